@@ -1,0 +1,259 @@
+"""Stateless train/val/test batching: any batch is a pure function of its number.
+
+Index arithmetic only; pixels come from the Dataset's sources. Every permutation is
+drawn from numpy's generator seeded by (seed, purpose, epoch...), so all processes
+compute the same global batch and a resumed run asks for the same batch numbers.
+
+  cap     the first `train_examples` of a permutation of the train source (seed, CAP)
+  split   a permutation of the capped set: val = first round(val_fraction * n), train =
+          the rest; drawn once (epoch 0) or per train epoch with redraw_val_each_epoch
+  train   batch b is in epoch e = b // steps_per_epoch, at position b % steps_per_epoch
+          of a permutation of that epoch's train part (seed, TRAIN, e); remainder dropped
+  val     an endless stream over the val part of train epoch e: val epoch v is a
+          permutation (seed, VAL, e, v); val batch i is stream entries
+          [i * val_batch_size, (i + 1) * val_batch_size)
+
+A trainer step s that consumes train_batches(s * T, T) takes
+val_batch(s, epoch=pipeline.epoch_of_batch(s * T)); with train_batches_per_step=T the
+epoch length is a multiple of T, so those T batches and the val batch come from one
+split and never share an example.
+"""
+
+from __future__ import annotations
+
+import functools
+import queue
+import threading
+from typing import Iterator, TypeVar
+
+import ml_collections
+import numpy as np
+
+from jaxaug.data.sources import Dataset
+
+CAP, SPLIT, TRAIN, VAL = range(4)
+T = TypeVar("T")
+
+
+def seeded_permutation(size: int, *seed_words: int) -> np.ndarray:
+  """int64 [size]: a permutation of range(size) determined by the non-negative seed words."""
+  return np.random.default_rng(list(seed_words)).permutation(size)
+
+
+def check_positive(name: str, value: int) -> None:
+  """Raises ValueError naming `value` unless it is an int >= 1."""
+  if not isinstance(value, (int, np.integer)) or value < 1:
+    raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+class Pipeline:
+  """Train, val and test batches of one Dataset for process `process_index` of `process_count`.
+
+  Batch sizes are global; each process gets rows [p * local, (p + 1) * local) of every
+  global batch, local = global // process_count. Images are uint8 [..., H, W, C],
+  labels int32.
+  """
+
+  def __init__(self, dataset: Dataset, *, global_batch_size: int, val_batch_size: int,
+               seed: int, val_fraction: float, redraw_val_each_epoch: bool,
+               train_examples: int | None, process_index: int = 0, process_count: int = 1,
+               train_batches_per_step: int = 1):
+    for name, value in (("global_batch_size", global_batch_size),
+                        ("val_batch_size", val_batch_size), ("process_count", process_count),
+                        ("train_batches_per_step", train_batches_per_step)):
+      check_positive(name, value)
+    for name, value in (("global_batch_size", global_batch_size),
+                        ("val_batch_size", val_batch_size)):
+      if value % process_count:
+        raise ValueError(f"{name} {value} is not divisible by process_count {process_count}")
+    if not 0 <= process_index < process_count:
+      raise ValueError(f"process_index {process_index} is outside [0, {process_count})")
+    if not isinstance(seed, (int, np.integer)) or seed < 0:
+      raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    if not 0.0 < val_fraction < 1.0:
+      raise ValueError(f"val_fraction must lie in (0, 1), got {val_fraction}")
+    available = len(dataset.train)
+    if train_examples is not None:
+      check_positive("train_examples", train_examples)
+      if train_examples > available:
+        raise ValueError(f"train_examples {train_examples} exceeds the {available} "
+                         "train examples available")
+    self.dataset = dataset
+    self.global_batch_size = global_batch_size
+    self.val_batch_size = val_batch_size
+    self.seed = seed
+    self.redraw_val_each_epoch = redraw_val_each_epoch
+    self.process_index = process_index
+    self.process_count = process_count
+    self.pool = (np.arange(available) if train_examples is None
+                 else seeded_permutation(available, seed, CAP)[:train_examples])
+    self.num_val_examples = round(val_fraction * len(self.pool))
+    self.num_train_examples = len(self.pool) - self.num_val_examples
+    if self.num_val_examples < 1:
+      raise ValueError(f"val_fraction {val_fraction} of {len(self.pool)} examples leaves "
+                       "no validation example")
+    full_batches = self.num_train_examples // global_batch_size
+    self.steps_per_epoch = full_batches // train_batches_per_step * train_batches_per_step
+    if self.steps_per_epoch < 1:
+      raise ValueError(
+          f"{self.num_train_examples} train examples (after val_fraction {val_fraction}) make "
+          f"no {train_batches_per_step} full batches of global_batch_size {global_batch_size}")
+    self._split = functools.lru_cache(maxsize=2)(self._draw_split)
+    self._train_order = functools.lru_cache(maxsize=2)(self._draw_train_order)
+
+  def _draw_split(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train indices [num_train], val indices [num_val]) into dataset.train for `epoch`."""
+    order = self.pool[seeded_permutation(len(self.pool), self.seed, SPLIT, epoch)]
+    return order[self.num_val_examples:], order[:self.num_val_examples]
+
+  def split(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train, val) int indices into dataset.train used in train `epoch`; disjoint."""
+    return self._split(epoch if self.redraw_val_each_epoch else 0)
+
+  def _draw_train_order(self, epoch: int) -> np.ndarray:
+    """Indices [num_train] into dataset.train in the order train `epoch` visits them."""
+    train, _ = self.split(epoch)
+    return train[seeded_permutation(len(train), self.seed, TRAIN, epoch)]
+
+  def epoch_of_batch(self, batch: int) -> int:
+    """The train epoch that train batch number `batch` belongs to."""
+    return batch // self.steps_per_epoch
+
+  def _local(self, global_indices: np.ndarray) -> np.ndarray:
+    """This process's columns [..., local] of global_indices [..., global batch]."""
+    local = global_indices.shape[-1] // self.process_count
+    return global_indices[..., self.process_index * local:(self.process_index + 1) * local]
+
+  def _gather(self, source, indices: np.ndarray) -> dict[str, np.ndarray]:
+    """dict(image=uint8 [*indices.shape, H, W, C], label=int32 [*indices.shape])."""
+    batch = source.get(indices.reshape(-1))
+    return {key: value.reshape(*indices.shape, *value.shape[1:]) for key, value in batch.items()}
+
+  def train_indices(self, first_batch: int, count: int) -> np.ndarray:
+    """Indices of train batches first_batch .. first_batch + count - 1.
+
+    Returns int [count, global_batch_size] indices into dataset.train, all processes' rows.
+    """
+    if first_batch < 0 or count < 1:
+      raise ValueError(f"train batches need first_batch >= 0 and count >= 1, "
+                       f"got first_batch {first_batch}, count {count}")
+    rows = []
+    for batch in range(first_batch, first_batch + count):
+      start = batch % self.steps_per_epoch * self.global_batch_size
+      order = self._train_order(self.epoch_of_batch(batch))
+      rows.append(order[start:start + self.global_batch_size])
+    return np.stack(rows)
+
+  def train_batches(self, first_batch: int, count: int) -> dict[str, np.ndarray]:
+    """This process's rows of train batches first_batch .. first_batch + count - 1.
+
+    Returns dict(image=uint8 [count, local_bs, H, W, C], label=int32 [count, local_bs]).
+    """
+    return self._gather(self.dataset.train, self._local(self.train_indices(first_batch, count)))
+
+  def val_indices(self, index: int, epoch: int | None = None) -> np.ndarray:
+    """Indices of val batch `index`, drawn from the val part of train `epoch`.
+
+    `epoch` is needed only with redraw_val_each_epoch (else every epoch has one val part).
+    Returns int [val_batch_size] indices into dataset.train, all processes' rows.
+    """
+    if index < 0:
+      raise ValueError(f"val batch index must be >= 0, got {index}")
+    if self.redraw_val_each_epoch and epoch is None:
+      raise ValueError("redraw_val_each_epoch needs the train epoch: val_batch(index, epoch=...)")
+    train_epoch = epoch if self.redraw_val_each_epoch else 0
+    _, val = self.split(train_epoch)
+    positions = index * self.val_batch_size + np.arange(self.val_batch_size)
+    val_epochs = positions // len(val)
+    indices = np.empty(self.val_batch_size, np.int64)
+    for val_epoch in np.unique(val_epochs):
+      in_epoch = val_epochs == val_epoch
+      order = val[seeded_permutation(len(val), self.seed, VAL, train_epoch, int(val_epoch))]
+      indices[in_epoch] = order[positions[in_epoch] % len(val)]
+    return indices
+
+  def val_batch(self, index: int, epoch: int | None = None) -> dict[str, np.ndarray]:
+    """This process's rows of val batch `index` for train `epoch` (see `val_indices`).
+
+    Returns dict(image=uint8 [local_val_bs, H, W, C], label=int32 [local_val_bs]).
+    """
+    return self._gather(self.dataset.train, self._local(self.val_indices(index, epoch)))
+
+  def eval_batches(self, split: str, batch_size: int,
+                   epoch: int = 0) -> Iterator[dict[str, np.ndarray]]:
+    """Batches covering split 'val' (of train `epoch`) or 'test' once, in index order.
+
+    batch_size is global; the last batch is padded to it with mask=False rows. Yields
+    this process's rows: dict(image=uint8 [local, H, W, C], label=int32 [local],
+    mask=bool [local]).
+    """
+    if split not in ("val", "test"):
+      raise ValueError(f"eval split must be 'val' or 'test', got {split!r}")
+    check_positive("eval batch_size", batch_size)
+    if batch_size % self.process_count:
+      raise ValueError(f"eval batch_size {batch_size} is not divisible by process_count "
+                       f"{self.process_count}")
+    if split == "val":
+      source, indices = self.dataset.train, np.sort(self.split(epoch)[1])
+    else:
+      source, indices = self.dataset.test, np.arange(len(self.dataset.test))
+    for start in range(0, len(indices), batch_size):
+      chunk = indices[start:start + batch_size]
+      mask = np.arange(batch_size) < len(chunk)
+      padded = np.concatenate([chunk, np.full(batch_size - len(chunk), indices[0])])
+      batch = self._gather(source, self._local(padded))
+      yield {**batch, "mask": self._local(mask)}
+
+
+def pipeline_from_config(dataset: Dataset, config: ml_collections.ConfigDict, *,
+                         global_batch_size: int, val_batch_size: int, process_index: int = 0,
+                         process_count: int = 1, train_batches_per_step: int = 1) -> Pipeline:
+  """Pipeline over `dataset` with the split/cap/seed fields of config.data."""
+  return Pipeline(dataset, global_batch_size=global_batch_size, val_batch_size=val_batch_size,
+                  seed=config.seed, val_fraction=config.val_fraction,
+                  redraw_val_each_epoch=config.redraw_val_each_epoch,
+                  train_examples=config.train_examples, process_index=process_index,
+                  process_count=process_count, train_batches_per_step=train_batches_per_step)
+
+
+def prefetch(iterator: Iterator[T], size: int = 2) -> Iterator[T]:
+  """Yields the items of `iterator`, produced up to `size` ahead by a background thread.
+
+  Exceptions raised by `iterator` are re-raised here; closing the generator stops the thread.
+  """
+  check_positive("prefetch size", size)
+  items: queue.Queue = queue.Queue(maxsize=size)
+  stop = threading.Event()
+  done = object()
+
+  def put(item) -> bool:
+    """Puts `item` unless the consumer stopped; True if it was put."""
+    while not stop.is_set():
+      try:
+        items.put(item, timeout=0.1)
+        return True
+      except queue.Full:
+        continue
+    return False
+
+  def produce() -> None:
+    try:
+      for item in iterator:
+        if not put((item, None)):
+          return
+      put((done, None))
+    except BaseException as error:  # pylint: disable=broad-except
+      put((done, error))
+
+  thread = threading.Thread(target=produce, daemon=True)
+  thread.start()
+  try:
+    while True:
+      item, error = items.get()
+      if error is not None:
+        raise error
+      if item is done:
+        return
+      yield item
+  finally:
+    stop.set()

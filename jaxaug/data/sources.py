@@ -1,0 +1,387 @@
+"""Random-access image sources: .npz arrays, image folders, tfds catalog, sklearn digits.
+
+A source answers `get(indices)` with uint8 NHWC images and int32 labels, holds no
+iteration state, and so serves any batch in any order (resume = ask for the same
+indices again). `load_dataset(config)` picks the source kind from `config.dataset`:
+
+  npz:/path/file.npz   arrays x_train, y_train, x_test, y_test, held in memory
+  folder:/path         /path/{train,test}/<class>/<image file> (tfds ImageFolder layout)
+  sklearn_digits       scikit-learn's bundled 8x8 digits, fixed 80/20 train/test split
+  any other name       a tfds catalog dataset, read through `tfds.data_source`
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+from typing import Callable, Protocol, runtime_checkable
+
+import ml_collections
+from ml_collections import config_dict
+import numpy as np
+from PIL import Image
+
+from jaxaug.registry import Registry
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+# tfds datasets whose held-out split is not called "test".
+TFDS_TEST_SPLITS = {"imagenet2012": "validation"}
+SKLEARN_DIGITS_TRAIN_FRACTION = 0.8
+SKLEARN_DIGITS_SPLIT_SEED = 0
+
+
+@runtime_checkable
+class Source(Protocol):
+  """Random-access labelled images.
+
+  `get(indices)` takes int indices [n] in [0, len) and returns
+  dict(image=uint8 [n, H, W, C], label=int32 [n]); `image_shape` is (H, W, C),
+  labels lie in [0, num_classes).
+  """
+
+  num_classes: int
+  image_shape: tuple[int, int, int]
+
+  def __len__(self) -> int:
+    ...
+
+  def get(self, indices: np.ndarray) -> dict[str, np.ndarray]:
+    ...
+
+
+@dataclasses.dataclass(frozen=True)
+class Dataset:
+  """A train and a test source over the same classes and image shape (H, W, C)."""
+
+  train: Source
+  test: Source
+  num_classes: int
+  image_shape: tuple[int, int, int]
+
+
+def default_data_config() -> ml_collections.ConfigDict:
+  """Defaults of `config.data`.
+
+  dataset: "npz:/file.npz", "folder:/dir", "sklearn_digits" or a tfds catalog name.
+  data_dir: tfds data directory (None: the tfds default).
+  image_size: side in pixels every image is resized to (None: keep the stored size).
+  val_fraction: part of the (capped) train set held out for validation, in (0, 1).
+  redraw_val_each_epoch: re-draw the train/val split every train epoch.
+  train_examples: use only this many train examples (None: all).
+  seed: seeds the cap, the split and every epoch's order.
+  in_memory_max_bytes: a folder split whose decoded uint8 pixels fit in this many
+    bytes is decoded once at load; a larger one is decoded on every access.
+  """
+  return ml_collections.ConfigDict({
+      "dataset": "sklearn_digits",
+      "data_dir": config_dict.placeholder(str),
+      "image_size": config_dict.placeholder(int),
+      "val_fraction": 0.2,
+      "redraw_val_each_epoch": False,
+      "train_examples": config_dict.placeholder(int),
+      "seed": 0,
+      "in_memory_max_bytes": 2**31,
+  })
+
+
+def check_labels(labels: np.ndarray, num_classes: int, where: str) -> None:
+  """Raises ValueError naming the first label of `labels` [n] outside [0, num_classes)."""
+  bad = labels[(labels < 0) | (labels >= num_classes)]
+  if bad.size:
+    raise ValueError(f"{where}: label {int(bad[0])} is outside [0, {num_classes})")
+
+
+def resize_pil(image: Image.Image, image_size: int) -> Image.Image:
+  """`image` resized (bilinear, antialiased) to image_size x image_size pixels."""
+  if image.size == (image_size, image_size):
+    return image
+  return image.resize((image_size, image_size), Image.BILINEAR)
+
+
+def resize_array(image: np.ndarray, image_size: int) -> np.ndarray:
+  """uint8 [H, W, C] -> uint8 [image_size, image_size, C], bilinear as `resize_pil`."""
+  if image.shape[:2] == (image_size, image_size):
+    return image
+  pil = Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)
+  return np.asarray(resize_pil(pil, image_size)).reshape(image_size, image_size, -1)
+
+
+def resize_arrays(images: np.ndarray, image_size: int | None) -> np.ndarray:
+  """uint8 [N, H, W, C] -> uint8 [N, S, S, C] with S = image_size (None: unchanged)."""
+  if image_size is None or images.shape[1:3] == (image_size, image_size):
+    return images
+  return np.stack([resize_array(image, image_size) for image in images])
+
+
+class ArraySource:
+  """Images and labels held in memory: uint8 [N, H, W, C] and int [N]."""
+
+  def __init__(self, images: np.ndarray, labels: np.ndarray, num_classes: int, name: str):
+    if images.dtype != np.uint8 or images.ndim != 4:
+      raise ValueError(f"{name}: images must be uint8 [N, H, W, C], got {images.dtype} {images.shape}")
+    if labels.shape != images.shape[:1]:
+      raise ValueError(f"{name}: {labels.shape[0]} labels for {images.shape[0]} images")
+    check_labels(labels, num_classes, name)
+    self.images = images
+    self.labels = labels.astype(np.int32)
+    self.num_classes = num_classes
+    self.image_shape = tuple(images.shape[1:])
+
+  def __len__(self) -> int:
+    return len(self.labels)
+
+  def get(self, indices: np.ndarray) -> dict[str, np.ndarray]:
+    """dict(image=uint8 [n, H, W, C], label=int32 [n]) for int indices [n]."""
+    return {"image": self.images[indices], "label": self.labels[indices]}
+
+
+class FolderSource:
+  """Image files decoded with PIL (as RGB) on every access.
+
+  paths[i] has label labels[i]; every image is resized to image_size when it is
+  given, else it must be image_shape[:2] in size.
+  """
+
+  def __init__(self, paths: list[str], labels: np.ndarray, num_classes: int,
+               image_shape: tuple[int, int, int], image_size: int | None):
+    self.paths = paths
+    self.labels = labels.astype(np.int32)
+    self.num_classes = num_classes
+    self.image_shape = image_shape
+    self.image_size = image_size
+
+  def __len__(self) -> int:
+    return len(self.paths)
+
+  def decode(self, index: int) -> np.ndarray:
+    """uint8 [H, W, 3] pixels of image `index`; ValueError naming a file of another size."""
+    path = self.paths[index]
+    with Image.open(path) as image:
+      image = image.convert("RGB")
+      if self.image_size is not None:
+        image = resize_pil(image, self.image_size)
+      pixels = np.asarray(image)
+    if pixels.shape != self.image_shape:
+      raise ValueError(
+          f"image {path} is {pixels.shape[1]}x{pixels.shape[0]}, others are "
+          f"{self.image_shape[1]}x{self.image_shape[0]}; set config.data.image_size to resize all")
+    return pixels
+
+  def get(self, indices: np.ndarray) -> dict[str, np.ndarray]:
+    """dict(image=uint8 [n, H, W, 3], label=int32 [n]) for int indices [n]."""
+    images = np.stack([self.decode(int(i)) for i in indices])
+    return {"image": images, "label": self.labels[indices]}
+
+
+class TfdsSource:
+  """A split of a tfds dataset read by index through `tfds.data_source`."""
+
+  def __init__(self, data_source, num_classes: int, image_shape: tuple[int, int, int],
+               image_size: int | None, name: str):
+    self.data_source = data_source
+    self.num_classes = num_classes
+    self.image_shape = image_shape
+    self.image_size = image_size
+    self.name = name
+
+  def __len__(self) -> int:
+    return len(self.data_source)
+
+  def example(self, index: int) -> tuple[np.ndarray, int]:
+    """(uint8 [H, W, C] image, label) of example `index`, resized to image_size if set."""
+    record = self.data_source[index]
+    image = np.asarray(record["image"], np.uint8)
+    if self.image_size is not None:
+      image = resize_array(image, self.image_size)
+    if image.shape != self.image_shape:
+      raise ValueError(f"{self.name}[{index}]: image shape {image.shape}, expected {self.image_shape}")
+    return image, int(record["label"])
+
+  def get(self, indices: np.ndarray) -> dict[str, np.ndarray]:
+    """dict(image=uint8 [n, H, W, C], label=int32 [n]) for int indices [n]."""
+    examples = [self.example(int(i)) for i in indices]
+    images = np.stack([image for image, _ in examples])
+    labels = np.array([label for _, label in examples], np.int32)
+    check_labels(labels, self.num_classes, self.name)
+    return {"image": images, "label": labels}
+
+
+def as_uint8_nhwc(images: np.ndarray, where: str) -> np.ndarray:
+  """uint8 [N, H, W, C] from uint8 or float-in-[0, 1] images [N, H, W] or [N, H, W, C]."""
+  if images.ndim == 3:
+    images = images[..., None]
+  if images.ndim != 4:
+    raise ValueError(f"{where}: images must be [N, H, W] or [N, H, W, C], got shape {images.shape}")
+  if np.issubdtype(images.dtype, np.floating):
+    low, high = float(images.min(initial=0.0)), float(images.max(initial=0.0))
+    if low < 0.0 or high > 1.0:
+      raise ValueError(f"{where}: float images must lie in [0, 1], found values in [{low}, {high}]")
+    return np.round(images * 255.0).astype(np.uint8)
+  if images.dtype != np.uint8:
+    raise ValueError(f"{where}: images must be uint8 or float in [0, 1], got {images.dtype}")
+  return images
+
+
+def as_labels(labels: np.ndarray, where: str) -> np.ndarray:
+  """int32 [N] from integer labels [N] or [N, 1]."""
+  if labels.ndim == 2 and labels.shape[1] == 1:
+    labels = labels[:, 0]
+  if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+    raise ValueError(f"{where}: labels must be integers [N], got {labels.dtype} {labels.shape}")
+  return labels.astype(np.int32)
+
+
+def dataset_from_arrays(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray,
+                        y_test: np.ndarray, num_classes: int | None, image_size: int | None,
+                        name: str) -> Dataset:
+  """In-memory Dataset from image arrays (see `as_uint8_nhwc`) and integer labels.
+
+  num_classes: None means 1 + the largest train label; test labels must lie below it.
+  """
+  train_images = resize_arrays(as_uint8_nhwc(x_train, f"{name} x_train"), image_size)
+  test_images = resize_arrays(as_uint8_nhwc(x_test, f"{name} x_test"), image_size)
+  train_labels = as_labels(y_train, f"{name} y_train")
+  test_labels = as_labels(y_test, f"{name} y_test")
+  if num_classes is None:
+    num_classes = int(train_labels.max(initial=-1)) + 1
+  train = ArraySource(train_images, train_labels, num_classes, f"{name} train")
+  test = ArraySource(test_images, test_labels, num_classes, f"{name} test")
+  if train.image_shape != test.image_shape:
+    raise ValueError(f"{name}: train images are {train.image_shape}, test images {test.image_shape}")
+  return Dataset(train, test, num_classes, train.image_shape)
+
+
+LOADERS: Registry[Callable[[str, ml_collections.ConfigDict], Dataset]] = Registry("dataset kind")
+
+
+@LOADERS.register("npz")
+def load_npz(path: str, config: ml_collections.ConfigDict) -> Dataset:
+  """Dataset from a .npz with x_train, y_train, x_test, y_test (and optionally num_classes)."""
+  if not os.path.isfile(path):
+    raise ValueError(f"npz dataset file {path!r} does not exist (dataset is 'npz:/path/file.npz')")
+  with np.load(path, allow_pickle=False) as arrays:
+    missing = sorted({"x_train", "y_train", "x_test", "y_test"} - set(arrays.files))
+    if missing:
+      raise ValueError(f"{path} lacks arrays {missing}; it has {sorted(arrays.files)}")
+    num_classes = int(arrays["num_classes"]) if "num_classes" in arrays.files else None
+    return dataset_from_arrays(arrays["x_train"], arrays["y_train"], arrays["x_test"],
+                               arrays["y_test"], num_classes, config.image_size, path)
+
+
+@LOADERS.register("sklearn_digits")
+def load_sklearn_digits(_: str, config: ml_collections.ConfigDict) -> Dataset:
+  """scikit-learn's 1,797 8x8 grayscale digits: uint8 [N, 8, 8, 1] (0..16 scaled to 0..255).
+
+  The train/test split (80/20) is a fixed permutation, the same for every config.seed.
+  """
+  from sklearn import datasets  # pylint: disable=g-import-not-at-top
+
+  digits = datasets.load_digits()
+  images = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)
+  order = np.random.default_rng(SKLEARN_DIGITS_SPLIT_SEED).permutation(len(images))
+  num_train = round(SKLEARN_DIGITS_TRAIN_FRACTION * len(images))
+  train, test = order[:num_train], order[num_train:]
+  return dataset_from_arrays(images[train], digits.target[train], images[test],
+                             digits.target[test], 10, config.image_size, "sklearn_digits")
+
+
+def list_image_files(split_dir: str, classes: list[str]) -> tuple[list[str], np.ndarray]:
+  """(sorted image paths, int32 labels) under split_dir/<class>/ for the given class order."""
+  unknown = sorted(set(entry.name for entry in os.scandir(split_dir) if entry.is_dir()) - set(classes))
+  if unknown:
+    raise ValueError(f"{split_dir}: class folders {unknown} are not among the train classes {classes}")
+  paths, labels = [], []
+  for label, name in enumerate(classes):
+    class_dir = os.path.join(split_dir, name)
+    if not os.path.isdir(class_dir):
+      continue
+    files = sorted(f for f in os.listdir(class_dir) if f.lower().endswith(IMAGE_EXTENSIONS))
+    paths += [os.path.join(class_dir, f) for f in files]
+    labels += [label] * len(files)
+  if not paths:
+    raise ValueError(f"folder {split_dir} holds no images ({', '.join(IMAGE_EXTENSIONS)}) "
+                     "in class sub-folders")
+  return paths, np.array(labels, np.int32)
+
+
+def folder_split(split_dir: str, classes: list[str], image_size: int | None,
+                 in_memory_max_bytes: int) -> Source:
+  """Source over split_dir/<class>/*; decoded into memory once if it fits in_memory_max_bytes."""
+  paths, labels = list_image_files(split_dir, classes)
+  if image_size is None:
+    with Image.open(paths[0]) as first:
+      width, height = first.size
+  else:
+    width = height = image_size
+  source = FolderSource(paths, labels, len(classes), (height, width, 3), image_size)
+  if len(source) * height * width * 3 > in_memory_max_bytes:
+    return source
+  return ArraySource(source.get(np.arange(len(source)))["image"], labels, len(classes), split_dir)
+
+
+@LOADERS.register("folder")
+def load_folder(root: str, config: ml_collections.ConfigDict) -> Dataset:
+  """Dataset from root/{train,test}/<class>/<image>; labels follow sorted class-folder names."""
+  train_dir, test_dir = os.path.join(root, "train"), os.path.join(root, "test")
+  for split_dir in (train_dir, test_dir):
+    if not os.path.isdir(split_dir):
+      raise ValueError(f"folder dataset {root!r} needs sub-folders train/ and test/; "
+                       f"{split_dir} is missing")
+  classes = sorted(entry.name for entry in os.scandir(train_dir) if entry.is_dir())
+  if not classes:
+    raise ValueError(f"folder {train_dir} holds no class sub-folders, so no images")
+  train = folder_split(train_dir, classes, config.image_size, config.in_memory_max_bytes)
+  test = folder_split(test_dir, classes, config.image_size, config.in_memory_max_bytes)
+  if train.image_shape != test.image_shape:
+    raise ValueError(f"folder {root}: train images are {train.image_shape}, test images "
+                     f"{test.image_shape}; set config.data.image_size")
+  return Dataset(train, test, len(classes), train.image_shape)
+
+
+def check_tfds_name(name: str) -> None:
+  """Raises ValueError naming close valid names if `name` is not in the tfds catalog."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
+  builder = name.split(":")[0].split("/")[0]
+  builders = tfds.list_builders(with_community_datasets=False)
+  if builder not in builders:
+    close = difflib.get_close_matches(builder, builders, n=5)
+    raise ValueError(
+        f"unknown dataset {name!r}: not 'npz:<file>', 'folder:<dir>', one of {LOADERS.names()} "
+        f"or a tfds catalog name; close tfds names: {close or 'none'}")
+
+
+@LOADERS.register("tfds")
+def load_tfds(name: str, config: ml_collections.ConfigDict) -> Dataset:
+  """Dataset of tfds catalog `name` (train split and 'test', or 'validation' for imagenet2012)."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
+  check_tfds_name(name)
+  test_split = TFDS_TEST_SPLITS.get(name.split(":")[0].split("/")[0], "test")
+  sources = {split: tfds.data_source(name, split=split, data_dir=config.data_dir)
+             for split in ("train", test_split)}
+  features = sources["train"].dataset_info.features
+  num_classes = features["label"].num_classes
+  height, width, channels = features["image"].shape
+  if config.image_size is not None:
+    height = width = config.image_size
+  elif height is None or width is None:
+    raise ValueError(f"tfds {name} images vary in size ({features['image'].shape}); "
+                     "set config.data.image_size")
+  image_shape = (height, width, channels)
+  train, test = (TfdsSource(sources[split], num_classes, image_shape, config.image_size,
+                            f"{name} {split}") for split in ("train", test_split))
+  return Dataset(train, test, num_classes, image_shape)
+
+
+def load_dataset(config: ml_collections.ConfigDict) -> Dataset:
+  """The Dataset named by config.dataset (fields: see `default_data_config`)."""
+  if config.image_size is not None and config.image_size < 1:
+    raise ValueError(f"config.data.image_size must be a positive number of pixels, got {config.image_size}")
+  kind, _, argument = config.dataset.partition(":")
+  if argument and kind in LOADERS:
+    return LOADERS.get(kind)(argument, config)
+  if config.dataset in LOADERS and config.dataset != "tfds":
+    return LOADERS.get(config.dataset)("", config)
+  return LOADERS.get("tfds")(config.dataset, config)

@@ -1,0 +1,423 @@
+"""Training reports: metrics.jsonl + TensorBoard, progress lines, image grids, metric plots.
+
+Layout under a run's workdir (written by the chief process only):
+
+  metrics.jsonl               one JSON object per `Reporter.write` call:
+                              {"step": int, "split": str, <name>: float | null, ...}
+  tensorboard/                TensorBoard event files: scalars "<split>/<name>", image grids
+  images/<name>_step<step:07d>.png
+  plots/<filename>            learned-parameter curves (`Reporter.plot_metrics`)
+  results.json                final results (`write_results`)
+
+Non-finite metric values are stored as JSON `null` so that every line is valid JSON;
+`read_metrics` returns them as None.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+import tensorboardX
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from PIL import Image, ImageDraw, ImageFont
+
+MetricValue = float | np.ndarray | jax.Array
+
+METRICS_FILENAME = "metrics.jsonl"
+RESULTS_FILENAME = "results.json"
+_RESERVED_KEYS = ("step", "split")
+# Images are upscaled (nearest neighbour, integer factor) until their longer side reaches this.
+_MIN_DISPLAY_SIZE = 96
+_GRID_GAP = 2  # pixels between images and between rows
+_LABEL_PADDING = 4  # pixels either side of a row label
+_BACKGROUND = 255  # white
+
+
+def _json_float(value: float) -> float | None:
+  """`value` if finite, else None (JSON null): keeps every line strict JSON."""
+  return value if math.isfinite(value) else None
+
+
+def _check_metrics(metrics: Mapping[str, Any]) -> None:
+  """ValueError unless names are strings other than "step"/"split" and values hold one number.
+
+  A value holds one number if it is a scalar or a size-1 array. Only shapes are read, so jax
+  arrays are not copied to the host.
+  """
+  for name, value in metrics.items():
+    if not isinstance(name, str) or name in _RESERVED_KEYS:
+      raise ValueError(f"metric names must be strings other than {_RESERVED_KEYS}, got {name!r}")
+    shape = np.shape(value)
+    if math.prod(shape) != 1:
+      raise ValueError(f"metric {name!r} must be a scalar or a size-1 array, got shape {shape}")
+
+
+def _to_python_float(name: str, value: Any) -> float:
+  """A one-number metric (python/numpy/jax scalar or size-1 array) as a python float.
+
+  Raises ValueError naming `name` and the value if it is not a number.
+  """
+  try:
+    return float(np.asarray(value).reshape(()))
+  except (TypeError, ValueError) as error:
+    raise ValueError(f"metric {name!r} is not a number: {value!r}") from error
+
+
+def _metrics_path(workdir: str) -> str:
+  return os.path.join(workdir, METRICS_FILENAME)
+
+
+def _record_line(record: Mapping[str, Any]) -> str:
+  """One metrics.jsonl line (with newline); raises if a value is not strict JSON."""
+  return json.dumps(record, allow_nan=False) + "\n"
+
+
+def read_metrics(workdir: str) -> list[dict[str, Any]]:
+  """Parses `<workdir>/metrics.jsonl` into a list of records, in file order.
+
+  Each record is {"step": int, "split": str, <metric name>: float | None}; None marks a
+  non-finite value. A last line cut off by a killed process (no trailing newline, not valid
+  JSON) is skipped; any other malformed line raises ValueError naming its line number.
+  Raises FileNotFoundError if the file does not exist.
+  """
+  path = _metrics_path(workdir)
+  with open(path) as f:
+    lines = f.readlines()
+  records = []
+  for number, line in enumerate(lines, start=1):
+    try:
+      records.append(json.loads(line))
+    except json.JSONDecodeError as error:
+      if number == len(lines) and not line.endswith("\n"):
+        break
+      raise ValueError(f"{path}:{number} is not a JSON line: {line!r}") from error
+  return records
+
+
+def _truncate_metrics(workdir: str, last_step: int) -> None:
+  """Rewrites metrics.jsonl keeping only records with step <= `last_step` (atomic replace)."""
+  if not os.path.exists(_metrics_path(workdir)):
+    return
+  kept = [record for record in read_metrics(workdir) if record["step"] <= last_step]
+  temporary_path = _metrics_path(workdir) + ".tmp"
+  with open(temporary_path, "w") as f:
+    f.writelines(_record_line(record) for record in kept)
+  os.replace(temporary_path, _metrics_path(workdir))
+
+
+def _to_json_value(value: Any) -> Any:
+  """`value` with numpy/jax arrays and scalars turned into python lists and scalars.
+
+  Mappings (keys become str) and lists/tuples are converted recursively; non-finite floats
+  become None. Raises ValueError for objects that have no JSON form.
+  """
+  if isinstance(value, Mapping):
+    return {str(key): _to_json_value(item) for key, item in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [_to_json_value(item) for item in value]
+  if hasattr(value, "__array__"):  # numpy/jax arrays and numpy scalars
+    return _to_json_value(np.asarray(value).tolist())
+  if isinstance(value, float):
+    return _json_float(value)
+  if value is None or isinstance(value, (bool, int, str)):
+    return value
+  raise ValueError(f"cannot write {type(value).__name__} {value!r} as JSON")
+
+
+def write_results(workdir: str, results: Mapping[str, Any]) -> str:
+  """Writes `results` as indented JSON to `<workdir>/results.json`; returns the path.
+
+  Nested mappings, lists, python/numpy/jax scalars and arrays are accepted (arrays become
+  nested lists, non-finite floats null). The file is replaced atomically.
+  """
+  os.makedirs(workdir, exist_ok=True)
+  path = os.path.join(workdir, RESULTS_FILENAME)
+  text = json.dumps(_to_json_value(results), indent=2, allow_nan=False)
+  with open(path + ".tmp", "w") as f:
+    f.write(text + "\n")
+  os.replace(path + ".tmp", path)
+  return path
+
+
+def format_duration(seconds: float) -> str:
+  """Seconds as "54s", "3m54s" or "2h05m09s" (rounded to whole seconds)."""
+  total = round(seconds)
+  hours, rest = divmod(total, 3600)
+  minutes, secs = divmod(rest, 60)
+  if hours:
+    return f"{hours}h{minutes:02d}m{secs:02d}s"
+  if minutes:
+    return f"{minutes}m{secs:02d}s"
+  return f"{secs}s"
+
+
+def _format_rate(steps_per_second: float) -> str:
+  """One decimal from 1 step/s up, three significant digits below (slow runs stay legible)."""
+  return f"{steps_per_second:.1f}" if steps_per_second >= 1 else f"{steps_per_second:.3g}"
+
+
+def format_progress(
+    step: int, total_steps: int, steps_per_second: float | None, metrics: Mapping[str, Any]
+) -> str:
+  """The progress line, e.g. "step 120/3000 (4.0%)  12.3 steps/s  ETA 3m54s  loss=1.234".
+
+  `steps_per_second` None (no time has passed) prints "--" for the rate and the ETA.
+  Metric values are shown with 4 significant digits.
+  """
+  parts = [f"step {step}/{total_steps} ({100 * step / total_steps:.1f}%)"]
+  if steps_per_second is None:
+    parts += ["-- steps/s", "ETA --"]
+  else:
+    eta_seconds = max(total_steps - step, 0) / steps_per_second
+    parts += [f"{_format_rate(steps_per_second)} steps/s", f"ETA {format_duration(eta_seconds)}"]
+  if metrics:
+    parts.append(" ".join(f"{name}={float(value):.4g}" for name, value in metrics.items()))
+  return "  ".join(parts)
+
+
+def _to_rgb_uint8(images: Any, index: int) -> np.ndarray:
+  """Row `index` of a grid, float [N, H, W, C in {1, 3}] in [0, 1], as uint8 [N, H, W, 3].
+
+  Values are clipped to [0, 1] (NaN shown as 0) and rounded to the nearest of 256 levels.
+  """
+  images = np.asarray(images, dtype=np.float32)
+  if images.ndim != 4 or images.shape[0] == 0 or images.shape[-1] not in (1, 3):
+    raise ValueError(f"grid row {index} must be [N>0, H, W, C in (1, 3)], got shape {images.shape}")
+  images = np.clip(np.nan_to_num(images), 0.0, 1.0)
+  return np.broadcast_to(np.round(images * 255).astype(np.uint8), images.shape[:3] + (3,))
+
+
+def display_scale(height: int, width: int) -> int:
+  """Integer nearest-neighbour upscaling factor so the longer side reaches 96 pixels (>= 1)."""
+  return max(1, math.ceil(_MIN_DISPLAY_SIZE / max(height, width)))
+
+
+def make_image_grid(rows: Sequence[Any], row_labels: Sequence[str]) -> np.ndarray:
+  """Lays image rows out as one uint8 RGB picture [height, width, 3].
+
+  Args:
+    rows: each a float array [N, H, W, C] in [0, 1] with C in (1, 3); every row has the same
+      H and W, N may differ. Row i becomes grid row i, images left to right.
+    row_labels: one label per row, drawn in a column on the left; the column is left out if
+      every label is empty.
+
+  Images are upscaled by `display_scale(H, W)` (nearest neighbour), separated by 2 white
+  pixels; the first image of the first row starts at column `label column width`, row 0.
+  """
+  if not rows or len(rows) != len(row_labels):
+    raise ValueError(f"need one label per row and at least one row, got {len(rows)} rows "
+                     f"and labels {list(row_labels)}")
+  rows = [_to_rgb_uint8(images, index) for index, images in enumerate(rows)]
+  height, width = rows[0].shape[1:3]
+  if any(images.shape[1:3] != (height, width) for images in rows):
+    raise ValueError(f"grid rows must share H, W; got shapes {[images.shape for images in rows]}")
+  scale = display_scale(height, width)
+  cell_height, cell_width = height * scale, width * scale
+
+  font = ImageFont.load_default()
+  measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+  label_widths = [measure.textlength(label, font=font) for label in row_labels]
+  label_column = math.ceil(max(label_widths)) + 2 * _LABEL_PADDING if any(row_labels) else 0
+  columns = max(images.shape[0] for images in rows)
+  grid = np.full(
+      (len(rows) * (cell_height + _GRID_GAP) - _GRID_GAP,
+       label_column + columns * (cell_width + _GRID_GAP) - _GRID_GAP, 3),
+      _BACKGROUND, np.uint8)
+  for row_index, images in enumerate(rows):
+    top = row_index * (cell_height + _GRID_GAP)
+    upscaled = images.repeat(scale, axis=2).repeat(scale, axis=1)[:, ::-1]
+    for column_index, image in enumerate(upscaled):
+      left = label_column + column_index * (cell_width + _GRID_GAP)
+      grid[top:top + cell_height, left:left + cell_width] = image
+
+  picture = Image.fromarray(grid)
+  draw = ImageDraw.Draw(picture)
+  for row_index, label in enumerate(row_labels):
+    _, text_top, _, text_bottom = draw.textbbox((0, 0), label, font=font)
+    center_y = row_index * (cell_height + _GRID_GAP) + cell_height / 2
+    draw.text((_LABEL_PADDING, center_y - (text_top + text_bottom) / 2), label,
+              fill=(0, 0, 0), font=font)
+  return np.asarray(picture)
+
+
+def _plot_metric_series(records: Sequence[Mapping[str, Any]], names: Sequence[str]) -> Figure:
+  """One subplot per metric name (grid layout), value against step, one line per split."""
+  columns = math.ceil(math.sqrt(len(names)))
+  grid_rows = math.ceil(len(names) / columns)
+  figure = Figure(figsize=(4 * columns, 3 * grid_rows), layout="constrained")
+  FigureCanvasAgg(figure)
+  axes = figure.subplots(grid_rows, columns, squeeze=False).ravel()
+  for axis, name in zip(axes, names):
+    splits = dict.fromkeys(record["split"] for record in records if name in record)
+    for split in splits:
+      points = [(record["step"], record[name]) for record in records
+                if name in record and record["split"] == split]
+      steps, values = zip(*points)
+      values = [math.nan if value is None else value for value in values]
+      axis.plot(steps, values, label=split)
+    axis.set_title(name)
+    axis.set_xlabel("step")
+    axis.grid(alpha=0.3)
+    if len(splits) > 1:
+      axis.legend()
+  for axis in axes[len(names):]:
+    axis.set_visible(False)
+  return figure
+
+
+class Reporter:
+  """Writes a run's metrics, progress, image grids and plots under `workdir`.
+
+  Only the chief process (`is_chief=True`) writes or prints; on other processes every method
+  is a no-op apart from validating its arguments. Metric values are python/numpy/jax scalars
+  or size-1 arrays.
+
+  Args:
+    workdir: run directory (created if missing).
+    total_steps: number of training steps of the whole run, > 0 (for progress and ETA).
+    is_chief: whether this process writes (typically `jax.process_index() == 0`).
+    log_every: `progress` prints every `log_every` steps (and at the last step), > 0.
+    start_step: step the run resumes from; when > 0, metrics.jsonl records with a larger step
+      are dropped and TensorBoard hides events from step `start_step + 1` on, so a resumed
+      run continues the files without duplicates.
+    print_fn: where progress lines go.
+    clock: seconds as a float, monotonic; used for steps/s and ETA.
+  """
+
+  def __init__(
+      self,
+      workdir: str,
+      *,
+      total_steps: int,
+      is_chief: bool = True,
+      log_every: int = 50,
+      start_step: int = 0,
+      print_fn: Callable[[str], Any] = print,
+      clock: Callable[[], float] = time.perf_counter,
+  ):
+    if total_steps <= 0 or log_every <= 0 or start_step < 0:
+      raise ValueError(f"need total_steps > 0, log_every > 0, start_step >= 0; got "
+                       f"{total_steps=}, {log_every=}, {start_step=}")
+    self.workdir = workdir
+    self.total_steps = total_steps
+    self.is_chief = is_chief
+    self.log_every = log_every
+    self._print_fn = print_fn
+    self._clock = clock
+    self._last_progress: tuple[int, float] | None = None  # (step, clock time)
+    self._metrics_file = None
+    self._summary_writer = None
+    if is_chief:
+      os.makedirs(workdir, exist_ok=True)
+      if start_step > 0:
+        _truncate_metrics(workdir, start_step)
+      self._metrics_file = open(_metrics_path(workdir), "a")
+      self._summary_writer = tensorboardX.SummaryWriter(
+          os.path.join(workdir, "tensorboard"),
+          purge_step=start_step + 1 if start_step > 0 else None)
+
+  def write(self, step: int, split: str, metrics: Mapping[str, MetricValue]) -> None:
+    """Appends {"step", "split", **metrics} to metrics.jsonl and TensorBoard "<split>/<name>".
+
+    Raises ValueError naming the metric if a value is not a scalar / size-1 array, or if a
+    name is "step" or "split". Non-finite values become null in JSON and stay as-is in
+    TensorBoard. Both files are flushed.
+    """
+    _check_metrics(metrics)
+    if not self.is_chief:
+      return
+    values = {name: _to_python_float(name, value) for name, value in metrics.items()}
+    record = {"step": int(step), "split": split}
+    record.update({name: _json_float(value) for name, value in values.items()})
+    self._metrics_file.write(_record_line(record))
+    self._metrics_file.flush()
+    for name, value in values.items():
+      self._summary_writer.add_scalar(f"{split}/{name}", value, int(step))
+    self._summary_writer.flush()
+
+  def progress(self, step: int, metrics: Mapping[str, Any] | None = None) -> None:
+    """Prints `format_progress(...)` every `log_every` steps and at step `total_steps`.
+
+    steps/s is measured (wall clock via `clock`) since the previous printed line; the first
+    call after construction only starts the clock (so compilation time is not counted) and
+    prints nothing.
+    """
+    if not self.is_chief:
+      return
+    now = self._clock()
+    if self._last_progress is None:
+      self._last_progress = (step, now)
+      return
+    if step % self.log_every and step != self.total_steps:
+      return
+    last_step, last_time = self._last_progress
+    elapsed = now - last_time
+    steps_per_second = (step - last_step) / elapsed if elapsed > 0 and step > last_step else None
+    self._print_fn(format_progress(step, self.total_steps, steps_per_second, metrics or {}))
+    self._last_progress = (step, now)
+
+  def _image_path(self, step: int, name: str) -> str:
+    return os.path.join(self.workdir, "images", f"{name}_step{step:07d}.png")
+
+  def save_image_grid(
+      self, step: int, name: str, rows: Sequence[np.ndarray], row_labels: Sequence[str]
+  ) -> str:
+    """Saves `make_image_grid(rows, row_labels)` as PNG and as TensorBoard image `name`.
+
+    Args:
+      step: training step, part of the file name and the TensorBoard step.
+      name: file-name stem and TensorBoard tag.
+      rows: each float [N, H, W, C] in [0, 1], C in (1, 3), e.g. [originals, augmented].
+      row_labels: one label per row, drawn on the left.
+
+    Returns:
+      `<workdir>/images/<name>_step<step:07d>.png` (written by the chief only).
+    """
+    path = self._image_path(step, name)
+    if not self.is_chief:
+      return path
+    grid = make_image_grid(rows, row_labels)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    Image.fromarray(grid).save(path)
+    self._summary_writer.add_image(name, grid, int(step), dataformats="HWC")
+    self._summary_writer.flush()
+    return path
+
+  def plot_metrics(
+      self, prefix: str = "aug/", filename: str = "augmentation_params.png"
+  ) -> str | None:
+    """Plots every metric whose name starts with `prefix` against step.
+
+    One subplot per metric (grid layout), one line per split; null values leave gaps.
+    Returns `<workdir>/plots/<filename>`, or None if no metric matches or this process is not
+    the chief.
+    """
+    if not self.is_chief:
+      return None
+    self._metrics_file.flush()
+    records = read_metrics(self.workdir)
+    names = sorted({key for record in records for key in record
+                    if key.startswith(prefix) and key not in _RESERVED_KEYS})
+    if not names:
+      return None
+    path = os.path.join(self.workdir, "plots", filename)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    _plot_metric_series(records, names).savefig(path, dpi=100)
+    return path
+
+  def close(self) -> None:
+    """Flushes and closes the metrics file and the TensorBoard writer; safe to call twice."""
+    if self._metrics_file is not None:
+      self._metrics_file.close()
+      self._metrics_file = None
+    if self._summary_writer is not None:
+      self._summary_writer.close()
+      self._summary_writer = None

@@ -1,0 +1,126 @@
+"""Hypergradients through the unroll: reverse-over-forward vs plain autodiff vs finite differences."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from jaxaug import hypergrad
+
+
+def _problem(seed=0, batch=6, features=5, classes=3, steps=3):
+  """A tiny 2-layer classifier whose training inputs are scaled by hyper-parameters."""
+  keys = jax.random.split(jax.random.PRNGKey(seed), 6)
+  params = {
+      "w1": jax.random.normal(keys[0], (features, 4), jnp.float64) * 0.5,
+      "b1": jnp.zeros((4,), jnp.float64),
+      "w2": jax.random.normal(keys[1], (4, classes), jnp.float64) * 0.5,
+  }
+  train_x = jax.random.normal(keys[2], (steps, batch, features), jnp.float64)
+  train_y = jax.random.randint(keys[3], (steps, batch), 0, classes)
+  val_x = jax.random.normal(keys[4], (batch, features), jnp.float64)
+  val_y = jax.random.randint(keys[5], (batch,), 0, classes)
+  hyper = jnp.linspace(0.5, 1.5, features, dtype=jnp.float64)
+  return params, (train_x, train_y), (val_x, val_y), hyper
+
+
+def _loss(params, aux, inputs):
+  """Cross-entropy; `aux`, a carried state not differentiated, is a running mean of the labels."""
+  x, y = inputs
+  hidden = jnp.tanh(x @ params["w1"] + params["b1"] - aux)
+  logits = hidden @ params["w2"]
+  loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+  new_aux = 0.9 * aux + 0.1 * y.mean()
+  return loss, (new_aux, {"loss": loss})
+
+
+def _tx():
+  schedule = optax.linear_schedule(0.3, 0.1, transition_steps=5)
+  return optax.chain(optax.add_decayed_weights(1e-2),
+                     optax.sgd(schedule, momentum=0.9, nesterov=True))
+
+
+def _val_loss_after_unroll(hyper, params, opt_state, aux, train, val, steps, mode):
+  x, y = train
+  inputs = (x[:steps] * hyper, y[:steps])
+  (params_t, _, aux_t), _ = hypergrad.unrolled_updates(
+      _loss, _tx(), params, opt_state, aux, inputs, second_order=mode)
+  return _loss(params_t, aux_t, val)[0]
+
+
+def _warm_state(params):
+  """Optimiser state after one update so momentum is non-zero."""
+  tx = _tx()
+  opt_state = tx.init(params)
+  grads = jax.tree.map(jnp.ones_like, params)
+  _, opt_state = tx.update(grads, opt_state, params)
+  return opt_state
+
+
+@pytest.mark.parametrize("steps", [1, 3])
+def test_hypergradient_matches_autodiff_and_finite_differences(steps):
+  with jax.enable_x64(True):
+    params, train, val, hyper = _problem()
+    opt_state = _warm_state(params)
+    aux = jnp.full((4,), 0.1, jnp.float64)
+    args = (params, opt_state, aux, train, val, steps)
+
+    val_loss = jax.jit(_val_loss_after_unroll, static_argnums=(6, 7))
+    forward = jax.grad(val_loss)(hyper, *args, "forward")
+    reverse = jax.grad(val_loss)(hyper, *args, "reverse")
+
+    eps = 1e-6
+    finite = np.array([
+        (val_loss(hyper.at[i].add(eps), *args, "reverse")
+         - val_loss(hyper.at[i].add(-eps), *args, "reverse")) / (2 * eps)
+        for i in range(hyper.shape[0])
+    ])
+    assert np.abs(reverse).max() > 1e-4  # a hypergradient that is not trivially zero
+    np.testing.assert_allclose(forward, reverse, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(forward, finite, rtol=1e-6, atol=1e-9)
+
+
+def test_remat_gives_same_hypergradient():
+  with jax.enable_x64(True):
+    params, (x, y), val, hyper = _problem()
+    opt_state = _warm_state(params)
+    aux = jnp.zeros((4,), jnp.float64)
+
+    def outer(hyper, remat):
+      (p, _, a), _ = hypergrad.unrolled_updates(
+          _loss, _tx(), params, opt_state, aux, (x * hyper, y), remat=remat)
+      return _loss(p, a, val)[0]
+
+    np.testing.assert_allclose(jax.grad(outer)(hyper, True), jax.grad(outer)(hyper, False),
+                               rtol=1e-10)
+
+
+def test_unrolled_updates_are_the_real_optimiser_updates():
+  """The unroll's final state equals T applications of tx.update by hand.
+
+  optax evaluates the learning-rate schedule in float32 (int32 step count), and
+  jit and eager round it differently, hence rtol 1e-6 rather than float64 eps.
+  """
+  with jax.enable_x64(True):
+    params, (x, y), _, hyper = _problem()
+    tx = _tx()
+    opt_state = _warm_state(params)
+    aux = jnp.zeros((4,), jnp.float64)
+    (p_unroll, s_unroll, a_unroll), (losses, _) = hypergrad.unrolled_updates(
+        _loss, tx, params, opt_state, aux, (x * hyper, y))
+
+    p, s, a = params, opt_state, aux
+    for t in range(x.shape[0]):
+      (loss, (a, _)), g = jax.value_and_grad(_loss, has_aux=True)(p, a, (x[t] * hyper, y[t]))
+      np.testing.assert_allclose(losses[t], loss, rtol=1e-6)
+      updates, s = tx.update(g, s, p)
+      p = optax.apply_updates(p, updates)
+    jax.tree.map(lambda u, v: np.testing.assert_allclose(u, v, rtol=1e-6), p_unroll, p)
+    jax.tree.map(lambda u, v: np.testing.assert_allclose(u, v, rtol=1e-6), s_unroll, s)
+    np.testing.assert_allclose(a_unroll, a, rtol=1e-6)
+
+
+def test_unknown_second_order_mode_is_rejected():
+  with pytest.raises(ValueError, match="'sideways'.*forward, reverse"):
+    hypergrad.inner_grad_fn(_loss, second_order="sideways")

@@ -1,0 +1,263 @@
+"""Tests for jaxaug.reporting: metrics.jsonl, TensorBoard, progress, image grids, plots."""
+
+from __future__ import annotations
+
+import glob
+import io
+import json
+import math
+import os
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from PIL import Image
+
+from jaxaug import reporting
+
+
+def _raw_lines(workdir):
+  """metrics.jsonl parsed line by line with a JSON parser that rejects NaN/Infinity."""
+
+  def reject_constant(name):
+    raise AssertionError(f"non-strict JSON constant {name}")
+
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [json.loads(line, parse_constant=reject_constant) for line in f]
+
+
+def _tensorboard_events(logdir):
+  """All (tag, step, value proto) in the event files under `logdir`, read by TensorFlow."""
+  tf = pytest.importorskip("tensorflow")
+  events = []
+  for path in sorted(glob.glob(os.path.join(logdir, "events.out.tfevents.*"))):
+    for event in tf.compat.v1.train.summary_iterator(path):
+      events.extend((value.tag, event.step, value) for value in event.summary.value)
+  return events
+
+
+class FakeClock:
+  """A clock whose time the test sets."""
+
+  def __init__(self):
+    self.now = 0.0
+
+  def __call__(self):
+    return self.now
+
+
+def test_write_appends_one_json_line_per_call(tmp_path):
+  reporter = reporting.Reporter(str(tmp_path), total_steps=100)
+  reporter.write(10, "train", {"loss": 1.5, "acc": np.float32(0.25), "lr": jnp.asarray(0.125)})
+  reporter.write(10, "val", {"loss": jnp.asarray([2.0]), "count": np.array([[3]])})
+  reporter.close()
+  expected = [
+      {"step": 10, "split": "train", "loss": 1.5, "acc": 0.25, "lr": 0.125},
+      {"step": 10, "split": "val", "loss": 2.0, "count": 3.0},
+  ]
+  assert _raw_lines(tmp_path) == expected
+  assert reporting.read_metrics(str(tmp_path)) == expected
+
+
+def test_write_rejects_non_scalar_and_reserved_names(tmp_path):
+  reporter = reporting.Reporter(str(tmp_path), total_steps=100)
+  with pytest.raises(ValueError, match=r"'per_class'.*\(2, 3\)"):
+    reporter.write(1, "train", {"loss": 1.0, "per_class": np.zeros((2, 3))})
+  with pytest.raises(ValueError, match="'step'"):
+    reporter.write(1, "train", {"step": 1.0})
+  with pytest.raises(ValueError, match="'name'"):
+    reporter.write(1, "train", {"name": "abc"})
+  reporter.close()
+  assert _raw_lines(tmp_path) == []
+
+
+def test_non_finite_values_are_json_null(tmp_path):
+  reporter = reporting.Reporter(str(tmp_path), total_steps=100)
+  reporter.write(3, "train", {"loss": np.nan, "grad_norm": jnp.inf, "acc": 0.5})
+  reporter.close()
+  assert _raw_lines(tmp_path) == [
+      {"step": 3, "split": "train", "loss": None, "grad_norm": None, "acc": 0.5}]
+
+
+def test_resume_drops_records_after_start_step(tmp_path):
+  first_run = reporting.Reporter(str(tmp_path), total_steps=100)
+  for step in (10, 20, 30, 40):
+    first_run.write(step, "train", {"loss": float(step)})
+  first_run.write(20, "val", {"loss": 0.5})
+  first_run.close()
+
+  resumed = reporting.Reporter(str(tmp_path), total_steps=100, start_step=20)
+  assert [(r["step"], r["split"]) for r in _raw_lines(tmp_path)] == [
+      (10, "train"), (20, "train"), (20, "val")]
+  resumed.write(30, "train", {"loss": -1.0})
+  resumed.close()
+  assert _raw_lines(tmp_path)[-1] == {"step": 30, "split": "train", "loss": -1.0}
+  assert len(_raw_lines(tmp_path)) == 4
+
+
+def test_read_metrics_skips_a_torn_last_line_only(tmp_path):
+  path = tmp_path / "metrics.jsonl"
+  path.write_text('{"step": 1, "split": "train", "loss": 1.0}\n{"step": 2, "spl')
+  assert reporting.read_metrics(str(tmp_path)) == [{"step": 1, "split": "train", "loss": 1.0}]
+  path.write_text('{"step": 1, "spl\n{"step": 2, "split": "train", "loss": 1.0}\n')
+  with pytest.raises(ValueError, match="metrics.jsonl:1"):
+    reporting.read_metrics(str(tmp_path))
+
+
+def test_tensorboard_receives_scalars(tmp_path):
+  reporter = reporting.Reporter(str(tmp_path), total_steps=100)
+  reporter.write(5, "train", {"loss": 1.5, "aug/scale": np.float32(0.25)})
+  reporter.write(7, "val", {"loss": np.nan})
+  reporter.close()
+  scalars = {(tag, step): value.simple_value
+             for tag, step, value in _tensorboard_events(tmp_path / "tensorboard")}
+  assert scalars[("train/loss", 5)] == 1.5
+  assert scalars[("train/aug/scale", 5)] == 0.25
+  assert math.isnan(scalars[("val/loss", 7)])
+
+
+def _random_images(rng, shape):
+  """Float images on the 256-level grid, so uint8 conversion is exact."""
+  return (rng.integers(0, 256, size=shape) / 255).astype(np.float32)
+
+
+def _nearest_upscaled(image, scale):
+  """Reference: PIL nearest-neighbour resize of a float [H, W, C] image, as uint8 RGB."""
+  pixels = np.round(image * 255).astype(np.uint8)
+  picture = Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels)
+  height, width = pixels.shape[:2]
+  resized = picture.resize((width * scale, height * scale), Image.Resampling.NEAREST)
+  return np.asarray(resized.convert("RGB"))
+
+
+@pytest.mark.parametrize("size, scale", [(8, 12), (32, 3), (100, 1)])
+def test_image_grid_size_and_pixels(tmp_path, size, scale):
+  rng = np.random.default_rng(0)
+  originals = _random_images(rng, (3, size, size, 3))
+  augmented = _random_images(rng, (2, size, size, 1))
+  reporter = reporting.Reporter(str(tmp_path), total_steps=100)
+  path = reporter.save_image_grid(40, "augmented", [originals, augmented], ["", ""])
+  reporter.close()
+
+  assert path == str(tmp_path / "images" / "augmented_step0000040.png")
+  grid = np.asarray(Image.open(path).convert("RGB"))
+  cell, gap = size * scale, 2
+  assert grid.shape == (2 * cell + gap, 3 * cell + 2 * gap, 3)
+  for column, image in enumerate(originals):
+    left = column * (cell + gap)
+    np.testing.assert_array_equal(grid[:cell, left:left + cell], _nearest_upscaled(image, scale))
+  for column, image in enumerate(augmented):
+    left = column * (cell + gap)
+    np.testing.assert_array_equal(grid[cell + gap:, left:left + cell],
+                                  _nearest_upscaled(image, scale))
+
+
+def test_image_grid_labels_add_a_left_column_and_go_to_tensorboard(tmp_path):
+  rng = np.random.default_rng(1)
+  rows = [_random_images(rng, (4, 8, 8, 3)), _random_images(rng, (4, 8, 8, 3))]
+  reporter = reporting.Reporter(str(tmp_path), total_steps=100)
+  unlabelled = np.asarray(Image.open(reporter.save_image_grid(1, "plain", rows, ["", ""])))
+  path = reporter.save_image_grid(1, "labelled", rows, ["original", "augmented"])
+  reporter.close()
+
+  labelled = np.asarray(Image.open(path).convert("RGB"))
+  label_column = labelled.shape[1] - unlabelled.shape[1]
+  assert labelled.shape[0] == unlabelled.shape[0] and label_column > 0
+  np.testing.assert_array_equal(labelled[:, label_column:], unlabelled)
+  assert (labelled[:, :label_column] < 128).any()  # some label ink
+  np.testing.assert_array_equal(labelled[:96, label_column:label_column + 96],
+                                _nearest_upscaled(rows[0][0], 12))
+
+  images = {tag: value.image for tag, _, value in _tensorboard_events(tmp_path / "tensorboard")}
+  decoded = np.asarray(Image.open(io.BytesIO(images["labelled"].encoded_image_string)))
+  np.testing.assert_array_equal(decoded[..., :3], labelled)
+
+
+def test_image_grid_rejects_bad_rows(tmp_path):
+  reporter = reporting.Reporter(str(tmp_path), total_steps=100)
+  with pytest.raises(ValueError, match=r"\(2, 8, 8, 4\)"):
+    reporter.save_image_grid(1, "bad", [np.zeros((2, 8, 8, 4))], ["x"])
+  with pytest.raises(ValueError, match="one label per row"):
+    reporter.save_image_grid(1, "bad", [np.zeros((2, 8, 8, 3))], ["x", "y"])
+  with pytest.raises(ValueError, match="share H, W"):
+    reporter.save_image_grid(1, "bad", [np.zeros((2, 8, 8, 3)), np.zeros((2, 9, 8, 3))], ["", ""])
+  reporter.close()
+
+
+def test_plot_metrics(tmp_path):
+  reporter = reporting.Reporter(str(tmp_path), total_steps=100)
+  for step in range(0, 50, 10):
+    reporter.write(step, "train", {"loss": 1.0, "aug/scale": step / 50, "aug/shift": -step / 50})
+  reporter.write(50, "train", {"aug/scale": np.nan})
+  path = reporter.plot_metrics()
+  assert reporter.plot_metrics(prefix="policy/") is None
+  reporter.close()
+
+  assert path == str(tmp_path / "plots" / "augmentation_params.png")
+  with Image.open(path) as picture:
+    assert picture.format == "PNG"
+    width, height = picture.size
+    # Two metrics side by side: wider than tall; pixels not all background.
+    assert width > height > 100
+    assert np.asarray(picture.convert("L")).min() < 128
+
+
+def test_progress_line_rate_and_eta_from_recent_window(tmp_path):
+  clock, lines = FakeClock(), []
+  reporter = reporting.Reporter(str(tmp_path), total_steps=250, log_every=100,
+                                print_fn=lines.append, clock=clock)
+  # Steps 1..100 take 1 s each, 101..200 take 0.1 s, 201..250 take 0.5 s.
+  for step in range(1, 251):
+    clock.now += 1.0 if step <= 100 else 0.1 if step <= 200 else 0.5
+    reporter.progress(step, {"loss": 1.23456, "acc": np.float32(0.5625)})
+  reporter.close()
+  # Step 1 only starts the clock. At 100: 99 steps in 99 s, 150 left; at 200: 100 steps in
+  # 10 s (the recent window, not the run average), 50 left; 250 is the last step (printed
+  # although not a multiple of 100): 50 steps in 25 s.
+  assert lines == [
+      "step 100/250 (40.0%)  1.0 steps/s  ETA 2m30s  loss=1.235 acc=0.5625",
+      "step 200/250 (80.0%)  10.0 steps/s  ETA 5s  loss=1.235 acc=0.5625",
+      "step 250/250 (100.0%)  2.0 steps/s  ETA 0s  loss=1.235 acc=0.5625",
+  ]
+
+
+def test_progress_formatting_of_durations_and_slow_rates():
+  assert reporting.format_duration(54) == "54s"
+  assert reporting.format_duration(3 * 60 + 54) == "3m54s"
+  assert reporting.format_duration(2 * 3600 + 5 * 60 + 9) == "2h05m09s"
+  # 0.025 steps/s, 90 steps left: 3600 s.
+  assert reporting.format_progress(10, 100, 0.025, {}) == (
+      "step 10/100 (10.0%)  0.025 steps/s  ETA 1h00m00s")
+
+
+def test_non_chief_writes_and_prints_nothing(tmp_path):
+  workdir, lines = tmp_path / "run", []
+  reporter = reporting.Reporter(str(workdir), total_steps=10, log_every=1, is_chief=False,
+                                start_step=5, print_fn=lines.append, clock=FakeClock())
+  reporter.write(1, "train", {"loss": 1.0})
+  for step in range(1, 11):
+    reporter.progress(step, {"loss": 1.0})
+  path = reporter.save_image_grid(1, "grid", [np.zeros((1, 8, 8, 3))], ["x"])
+  assert path.endswith("grid_step0000001.png")
+  assert reporter.plot_metrics(prefix="") is None
+  reporter.close()
+  assert not workdir.exists()
+  assert lines == []
+  with pytest.raises(ValueError, match="'loss'"):  # validation still runs everywhere
+    reporter.write(1, "train", {"loss": np.zeros(3)})
+
+
+def test_write_results_python_scalars(tmp_path):
+  results = {"test/acc": jnp.asarray(0.75), "epochs": np.int32(3), "bad": np.float64(np.nan),
+             "per_class": np.array([0.5, 1.0]), "nested": {"steps": [np.int64(1), 2]},
+             "method": "bilevel"}
+  path = reporting.write_results(str(tmp_path), results)
+  assert path == str(tmp_path / "results.json")
+  with open(path) as f:
+    text = f.read()
+  assert "\n  " in text  # indented
+  assert json.loads(text) == {"test/acc": 0.75, "epochs": 3, "bad": None,
+                              "per_class": [0.5, 1.0], "nested": {"steps": [1, 2]},
+                              "method": "bilevel"}
+  with pytest.raises(ValueError, match="object"):
+    reporting.write_results(str(tmp_path), {"x": object()})
