@@ -209,8 +209,8 @@ def make_image_grid(rows: Sequence[Any], row_labels: Sequence[str]) -> np.ndarra
     row_labels: one label per row, drawn in a column on the left; the column is left out if
       every label is empty.
 
-  Images are upscaled by `display_scale(H, W)` (nearest neighbour), separated by 2 white
-  pixels; the first image of the first row starts at column `label column width`, row 0.
+  Images are upscaled by `display_scale(H, W)` (nearest neighbour) and separated by 2 white
+  pixels; the label column, when present, is the widest label plus 4 pixels either side.
   """
   if not rows or len(rows) != len(row_labels):
     raise ValueError(f"need one label per row and at least one row, got {len(rows)} rows "
@@ -233,7 +233,7 @@ def make_image_grid(rows: Sequence[Any], row_labels: Sequence[str]) -> np.ndarra
       _BACKGROUND, np.uint8)
   for row_index, images in enumerate(rows):
     top = row_index * (cell_height + _GRID_GAP)
-    upscaled = images.repeat(scale, axis=2).repeat(scale, axis=1)[:, ::-1]
+    upscaled = images.repeat(scale, axis=1).repeat(scale, axis=2)
     for column_index, image in enumerate(upscaled):
       left = label_column + column_index * (cell_width + _GRID_GAP)
       grid[top:top + cell_height, left:left + cell_width] = image
@@ -262,7 +262,7 @@ def _plot_metric_series(records: Sequence[Mapping[str, Any]], names: Sequence[st
                 if name in record and record["split"] == split]
       steps, values = zip(*points)
       values = [math.nan if value is None else value for value in values]
-      axis.plot(steps, values, label=split)
+      axis.plot(steps, values, marker=".", markersize=4, label=split)
     axis.set_title(name)
     axis.set_xlabel("step")
     axis.grid(alpha=0.3)

@@ -152,6 +152,15 @@ def test_image_grid_size_and_pixels(tmp_path, size, scale):
                                   _nearest_upscaled(image, scale))
 
 
+def test_image_grid_clips_and_rounds_to_nearest_level(tmp_path):
+  values = np.array([-0.5, 0.3 / 255, 127.6 / 255, 0.999, 1.7], np.float32)
+  image = np.broadcast_to(values[None, None, :, None], (1, 96, 5, 1))  # 96 tall: no upscaling
+  reporter = reporting.Reporter(str(tmp_path), total_steps=100)
+  grid = np.asarray(Image.open(reporter.save_image_grid(0, "levels", [image], [""])))
+  reporter.close()
+  np.testing.assert_array_equal(grid[0, :, 0], [0, 0, 128, 255, 255])
+
+
 def test_image_grid_labels_add_a_left_column_and_go_to_tensorboard(tmp_path):
   rng = np.random.default_rng(1)
   rows = [_random_images(rng, (4, 8, 8, 3)), _random_images(rng, (4, 8, 8, 3))]

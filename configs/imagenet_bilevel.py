@@ -1,0 +1,35 @@
+"""DABO on ImageNet: ResNet-50 (ImageNet stem), affine + colour augmenter, 224 px.
+
+Images are resized to 224x224 (the paper: "we resize them to a resolution of 224x224").
+SGD 0.1 x (batch / 256), Nesterov momentum 0.9, weight decay 1e-4, 90 epochs, step decay
+at 30/60/80 (the standard ResNet-50 recipe; the paper gives none). Needs the tfds
+`imagenet2012` prepared in array_record format, or a folder source, and accelerators.
+"""
+
+from jaxaug.config import default_config
+
+
+def get_config():
+  config = default_config()
+  config.method = "bilevel"
+  config.model = "resnet50"
+  config.data.dataset = "imagenet2012"
+  config.data.image_size = 224
+  config.data.val_fraction = 0.02
+  config.data.mean = (0.485, 0.456, 0.406)
+  config.data.std = (0.229, 0.224, 0.225)
+  config.augment = "hflip"
+  config.bilevel.augmenter.kind = "affine_color"
+  config.batch_size = 1024
+  config.val_batch_size = 1024
+  config.eval_batch_size = 1024
+  config.num_epochs = 90
+  config.optim.learning_rate = 0.1 * config.batch_size / 256
+  config.optim.weight_decay = 1e-4
+  config.optim.schedule = "step"
+  config.optim.step_epochs = (30, 60, 80)
+  config.optim.step_factor = 0.1
+  config.optim.warmup_epochs = 5
+  config.log_every_steps = 100
+  config.checkpoint_every_steps = 5000
+  return config

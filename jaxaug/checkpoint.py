@@ -1,0 +1,58 @@
+"""Orbax checkpoints of the whole train state.
+
+The state (classifier, augmenter, optimisers, step, ...) is saved as a flat
+mapping from pytree paths to arrays, so any method's state dataclass works; it
+is restored into a template built by the method's `init`, which supplies the
+static parts (graph definitions, optimiser transforms) and shardings. The data
+position needs no extra entry: batches are a pure function of the step.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+
+def _flat(tree: Any) -> dict[str, Any]:
+  return {jax.tree_util.keystr(path): leaf
+          for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+class Checkpointer:
+  """Saves and restores train states under `<workdir>/checkpoints`, keeping the newest `keep`."""
+
+  def __init__(self, workdir: str, *, keep: int = 3):
+    if keep < 1:
+      raise ValueError(f"keep_checkpoints={keep} must be >= 1")
+    self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+    self._manager = ocp.CheckpointManager(
+        self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
+
+  def latest_step(self) -> int | None:
+    """The newest saved step, or None."""
+    return self._manager.latest_step()
+
+  def save(self, step: int, state: Any) -> None:
+    """Saves `state` as step `step` (asynchronously; `wait` or `close` to finish)."""
+    self._manager.save(step, args=ocp.args.StandardSave(_flat(state)))
+
+  def restore(self, template: Any, step: int | None = None) -> Any:
+    """The state saved at `step` (default: newest), with the structure and shardings of `template`."""
+    step = self.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f"no checkpoint in {self.directory}")
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, _flat(template))
+    restored = self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
+    leaves = [restored[key] for key in _flat(template)]
+    return jax.tree.unflatten(jax.tree.structure(template), leaves)
+
+  def wait(self) -> None:
+    """Blocks until pending saves are written."""
+    self._manager.wait_until_finished()
+
+  def close(self) -> None:
+    """Finishes pending saves and releases the manager."""
+    self._manager.close()

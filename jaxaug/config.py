@@ -1,0 +1,105 @@
+"""Default configuration shared by every `configs/*.py` file (ml_collections)."""
+
+from __future__ import annotations
+
+import ml_collections
+
+from jaxaug.data.sources import default_data_config
+
+
+def default_optimizer() -> ml_collections.ConfigDict:
+  """The classifier's optimiser: SGD, Nesterov momentum 0.9, weight decay 5e-4, cosine."""
+  return ml_collections.ConfigDict({
+      "name": "sgd",            # sgd | adam
+      "learning_rate": 0.1,
+      "momentum": 0.9,
+      "nesterov": True,
+      "weight_decay": 5e-4,     # L2 added to the gradient (PyTorch SGD semantics)
+      "grad_clip": 0.0,         # global-norm clip; 0 disables
+      "schedule": "cosine",     # constant | cosine | step
+      "warmup_epochs": 0.0,
+      "step_epochs": (60, 120, 160),  # for schedule=step
+      "step_factor": 0.2,             # for schedule=step
+  })
+
+
+def default_bilevel() -> ml_collections.ConfigDict:
+  """The `bilevel` method's settings (see jaxaug/methods/bilevel.py)."""
+  return ml_collections.ConfigDict({
+      "truncation": 1,          # T: classifier updates back-propagated through per augmenter update
+      "update_every": 1,        # K: augmenter update every K train steps
+      "second_order": "forward",  # forward (reverse-over-forward, fast) | reverse (plain autodiff)
+      "remat": False,           # rematerialise inner steps: memory O(1) in T
+      "augmenter": {
+          "kind": "affine_color",  # translation | affine | color | affine_color
+          "size": "small",         # small | medium | large
+          "bounds": {},            # overrides of create_augmenter's bounds, e.g. max_translation
+      },
+      "optim": {                # the augmenter's optimiser
+          "name": "adam",
+          "learning_rate": 1e-3,
+          "momentum": 0.0,
+          "nesterov": False,
+          "weight_decay": 0.0,
+          "grad_clip": 1.0,
+          "schedule": "constant",
+          "warmup_epochs": 0.0,
+      },
+  })
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """Every field the trainer reads, with defaults for a quick CPU run."""
+  config = ml_collections.ConfigDict()
+  config.method = "supervised"      # supervised | bilevel
+  config.model = "small_cnn"
+  config.augment = "none"           # fixed augmentation, '+'-joined (jaxaug.augment.fixed)
+  config.data = default_data_config()
+  config.data.mean = (0.5,)         # per-channel standardisation of [0, 1] images
+  config.data.std = (0.25,)
+  config.batch_size = 128           # global, over all devices and processes
+  config.val_batch_size = 128
+  config.eval_batch_size = 256
+  config.num_epochs = 10
+  config.optim = default_optimizer()
+  config.bilevel = default_bilevel()
+  config.seed = 0
+  config.log_every_steps = 50
+  config.eval_every_epochs = 1.0
+  config.checkpoint_every_steps = 1000
+  config.keep_checkpoints = 3
+  config.image_every_epochs = 10.0
+  config.distributed = False        # jax.distributed.initialize() for multi-host runs
+  return config
+
+
+CIFAR_STATS = {  # per-channel mean and std of the training images in [0, 1]
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+}
+
+
+def cifar_resnet18_config(dataset: str = "cifar10") -> ml_collections.ConfigDict:
+  """The shared CIFAR recipe of configs/cifar*.py: ResNet-18, 200 epochs.
+
+  The DABO paper's text gives no classifier optimiser settings; these are the
+  standard CIFAR ResNet-18 ones (SGD 0.1, Nesterov momentum 0.9, weight decay
+  5e-4, batch 128, cosine decay). 20% of train is held out for validation (as in
+  the paper). `dataset` may be a tfds name or e.g. 'folder:/data/cifar10'; the
+  standardisation statistics are CIFAR-10's unless it names cifar100.
+  """
+  config = default_config()
+  config.model = "resnet18"
+  config.data.dataset = dataset
+  config.data.mean, config.data.std = CIFAR_STATS["cifar100" if "cifar100" in dataset
+                                                  else "cifar10"]
+  config.data.val_fraction = 0.2
+  config.batch_size = 128
+  config.val_batch_size = 128
+  config.num_epochs = 200
+  config.optim.learning_rate = 0.1
+  config.optim.weight_decay = 5e-4
+  config.optim.schedule = "cosine"
+  config.log_every_steps = 100
+  config.checkpoint_every_steps = 2000
+  return config

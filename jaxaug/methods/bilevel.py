@@ -1,0 +1,157 @@
+"""Online bilevel optimisation of a learned augmenter with truncated back-propagation (DABO).
+
+Mounsaveng et al., "Learning Data Augmentation with Online Bilevel Optimization
+for Image Classification", WACV 2021. Each train step:
+
+1. the fixed augmentation (`config.augment`, e.g. a random flip) and then the
+   augmenter network (noise -> bounded transformation parameters per image)
+   transform T training batches;
+2. the classifier takes T real optimiser updates on them (`hypergrad.unrolled_updates`,
+   the same optax transform and state as any other update);
+3. every `update_every` steps, the validation loss of the updated classifier on a
+   held-out batch is differentiated back through the T updates into the
+   augmenter's parameters, which take one optimiser step.
+
+config.bilevel: truncation (T), update_every (K), augmenter (kind, size, bounds),
+optim (the augmenter's optimiser), second_order ('forward' | 'reverse'), remat.
+The validation loss uses batch statistics (train-mode batch norm) without
+keeping them.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+from flax import nnx
+from flax import struct
+
+from jaxaug.augment import augmenters
+from jaxaug.methods import common
+from jaxaug.methods import supervised
+
+
+@struct.dataclass
+class Settings:
+  """Static bilevel settings (hashable)."""
+  kind: str = struct.field(pytree_node=False)
+  noise_dim: int = struct.field(pytree_node=False)
+  update_every: int = struct.field(pytree_node=False)
+  second_order: str = struct.field(pytree_node=False)
+  remat: bool = struct.field(pytree_node=False)
+
+
+@struct.dataclass
+class State:
+  step: jax.Array
+  classifier: common.Learner
+  augmenter: common.Learner
+  nonfinite_step: jax.Array  # first step with a non-finite loss or hypergradient, -1 if none
+  settings: common.Settings = struct.field(pytree_node=False)
+  bilevel: Settings = struct.field(pytree_node=False)
+
+
+def train_batches_per_step(config: ml_collections.ConfigDict) -> int:
+  """T: the truncation, i.e. classifier updates (and training batches) per step."""
+  truncation = config.bilevel.truncation
+  if not isinstance(truncation, int) or truncation < 1:
+    raise ValueError(f"config.bilevel.truncation={truncation!r} must be an integer >= 1")
+  return truncation
+
+
+def init(config: ml_collections.ConfigDict, rng: jax.Array, sample_batch: dict,
+         info: common.DataInfo) -> State:
+  """Classifier, augmenter and their optimisers."""
+  del sample_batch
+  cfg = config.bilevel
+  if not isinstance(cfg.update_every, int) or cfg.update_every < 1:
+    raise ValueError(f"config.bilevel.update_every={cfg.update_every!r} must be an integer >= 1")
+  classifier_rng, augmenter_rng = jax.random.split(rng)
+  module = augmenters.create_augmenter(cfg.augmenter.kind, cfg.augmenter.size,
+                                       rngs=nnx.Rngs(params=augmenter_rng),
+                                       **cfg.augmenter.bounds)
+  steps_per_epoch = max(info.steps_per_epoch // train_batches_per_step(config), 1)
+  tx = common.make_optimizer(cfg.optim, steps_per_epoch=steps_per_epoch,
+                             total_steps=int(config.num_epochs * steps_per_epoch))
+  return State(
+      step=jnp.zeros((), jnp.int32),
+      classifier=common.create_classifier(config, classifier_rng, info),
+      augmenter=common.Learner.create(module, tx),
+      nonfinite_step=jnp.full((), -1, jnp.int32),
+      settings=common.Settings.from_config(config, info.image_shape[-1]),
+      bilevel=Settings(kind=cfg.augmenter.kind, noise_dim=module.noise_dim,
+                       update_every=cfg.update_every, second_order=cfg.second_order,
+                       remat=cfg.remat))
+
+
+def _learned_augment(state: State, augmenter_params: nnx.State, images: jax.Array,
+                     rng: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Augmenter applied to f32 [..., B, H, W, C]; returns (images, transformation params [..., B, P])."""
+  noise = jax.random.normal(rng, images.shape[:-3] + (state.bilevel.noise_dim,))
+  params, _ = state.augmenter.apply(augmenter_params, state.augmenter.rest, noise)
+  flat_images = images.reshape((-1,) + images.shape[-3:])
+  flat_params = params.reshape((-1, params.shape[-1]))
+  augmented = augmenters.apply_augmenter_params(state.bilevel.kind, flat_images, flat_params)
+  return augmented.reshape(images.shape), params
+
+
+def train_step(state: State, train_batch: dict, val_batch: dict, rng: jax.Array):
+  """T classifier updates on augmented train batches, then (every K steps) one augmenter update.
+
+  train_batch: image f32 [T, B, H, W, C] in [0, 1], label int [T, B].
+  val_batch: image f32 [B', H, W, C], label [B'], disjoint from train_batch.
+  """
+  fixed_rng, noise_rng = jax.random.split(rng)
+  flipped = common.fixed_augment_stack(state.settings, fixed_rng, train_batch["image"])
+  settings = state.settings
+
+  def val_loss_after_updates(augmenter_params):
+    images, transform_params = _learned_augment(state, augmenter_params, flipped, noise_rng)
+    classifier, metrics = supervised.classifier_updates(
+        state.classifier, settings, images, train_batch["label"],
+        second_order=state.bilevel.second_order, remat=state.bilevel.remat)
+    val_loss, (_, val_metrics) = common.classifier_loss(
+        classifier, classifier.params, classifier.rest, val_batch["image"], val_batch["label"],
+        mean=settings.mean, std=settings.std)
+    return val_loss, (classifier, metrics, val_metrics["accuracy"], transform_params)
+
+  def with_augmenter_update(augmenter):
+    (val_loss, aux), hypergrads = jax.value_and_grad(val_loss_after_updates, has_aux=True)(
+        augmenter.params)
+    return augmenter.apply_update(hypergrads), val_loss, aux, optax.global_norm(hypergrads)
+
+  def without_augmenter_update(augmenter):
+    val_loss, aux = val_loss_after_updates(augmenter.params)
+    return augmenter, val_loss, aux, jnp.zeros((), jnp.float32)
+
+  if state.bilevel.update_every == 1:
+    augmenter, val_loss, aux, hypergrad_norm = with_augmenter_update(state.augmenter)
+  else:
+    augmenter, val_loss, aux, hypergrad_norm = jax.lax.cond(
+        state.step % state.bilevel.update_every == 0, with_augmenter_update,
+        without_augmenter_update, state.augmenter)
+  classifier, metrics, val_accuracy, transform_params = aux
+
+  metrics = jax.tree.map(jnp.mean, metrics)
+  metrics.update(val_loss=val_loss, val_accuracy=val_accuracy, hypergrad_norm=hypergrad_norm)
+  described = augmenters.describe_params(state.bilevel.kind,
+                                         transform_params.reshape(-1, transform_params.shape[-1]))
+  metrics.update({f"aug/{name}": value for name, value in described.items()})
+  nonfinite = common.first_nonfinite(state.step, state.nonfinite_step, metrics["loss"],
+                                     val_loss, hypergrad_norm)
+  return state.replace(step=state.step + 1, classifier=classifier, augmenter=augmenter,
+                       nonfinite_step=nonfinite), metrics
+
+
+def eval_step(state: State, batch: dict) -> dict:
+  """Loss/accuracy sums of the classifier on a masked batch (see `common.eval_metrics`)."""
+  return common.eval_metrics(state.classifier, batch, mean=state.settings.mean,
+                             std=state.settings.std)
+
+
+def augment(state: State, images: jax.Array, rng: jax.Array) -> jax.Array:
+  """Fixed then learned augmentation of f32 [B, H, W, C] images, as training sees them."""
+  fixed_rng, noise_rng = jax.random.split(rng)
+  flipped = common.fixed_augment_stack(state.settings, fixed_rng, images[None])[0]
+  return _learned_augment(state, state.augmenter.params, flipped, noise_rng)[0]

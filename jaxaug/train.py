@@ -1,0 +1,182 @@
+"""The training loop: data -> state -> jitted step -> eval -> checkpoint -> report.
+
+Nothing here is method-specific: the method module named by `config.method`
+supplies `init`, `train_step`, `eval_step`, `augment` and
+`train_batches_per_step` (see jaxaug/methods/__init__.py).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from jaxaug import checkpoint
+from jaxaug import data
+from jaxaug import parallel
+from jaxaug import reporting
+from jaxaug.methods import METHODS
+from jaxaug.methods import common
+
+GRID_IMAGES = 8
+
+
+class NonFiniteError(FloatingPointError):
+  """A loss or hypergradient became NaN/inf; the message names the step."""
+
+
+def to_float_images(batch: dict) -> dict:
+  """uint8 images -> float32 in [0, 1]; other entries unchanged."""
+  return {**batch, "image": batch["image"].astype(jnp.float32) / 255.0}
+
+
+def _mean_metrics(history: list[dict]) -> dict[str, float]:
+  """Means over steps of per-step metric dicts (fetched to the host once)."""
+  stacked = jax.device_get(jax.tree.map(lambda *xs: jnp.stack(xs), *history))
+  return {name: float(np.mean(values)) for name, values in stacked.items()}
+
+
+def evaluate(eval_step, state, pipeline: data.Pipeline, split: str, batch_size: int,
+             mesh) -> dict[str, float]:
+  """Loss and accuracy of the classifier over the whole `split` ('val' or 'test')."""
+  totals = None
+  for batch in pipeline.eval_batches(split, batch_size):
+    sums = eval_step(state, parallel.put_batch(batch, mesh))
+    totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+  totals = jax.device_get(totals)
+  count = float(totals["count"])
+  return {"loss": float(totals["loss_sum"]) / count, "accuracy": float(totals["correct"]) / count}
+
+
+def _check_finite(state, checkpointer: checkpoint.Checkpointer) -> None:
+  bad_step = int(jax.device_get(state.nonfinite_step))
+  if bad_step >= 0:
+    raise NonFiniteError(
+        f"non-finite loss or hypergradient at train step {bad_step}; stopping. The last good "
+        f"checkpoint (step {checkpointer.latest_step()}) is kept in {checkpointer.directory}")
+
+
+def _interval(every_epochs: float, steps_per_epoch: int) -> int:
+  return max(1, int(round(every_epochs * steps_per_epoch)))
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Trains `config.method` and writes metrics, images, plots, checkpoints and results.json.
+
+  Resumes from the newest checkpoint in `<workdir>/checkpoints` if there is one.
+  Returns the results dict also written to `<workdir>/results.json`.
+  """
+  start_time = time.time()
+  parallel.initialize_distributed(config.distributed)
+  method = METHODS.get(config.method)
+  batches_per_step = method.train_batches_per_step(config)
+  mesh = parallel.make_mesh()
+  for name in ("batch_size", "val_batch_size", "eval_batch_size"):
+    parallel.check_batch_divisible(name, config[name], mesh)
+
+  dataset = data.load_dataset(config.data)
+  pipeline = data.pipeline_from_config(
+      dataset, config.data, global_batch_size=config.batch_size,
+      val_batch_size=config.val_batch_size, process_index=jax.process_index(),
+      process_count=jax.process_count(), train_batches_per_step=batches_per_step)
+  steps_per_epoch = pipeline.steps_per_epoch // batches_per_step  # train steps per epoch
+  total_steps = int(math.ceil(config.num_epochs * steps_per_epoch))
+  info = common.DataInfo(num_classes=dataset.num_classes, image_shape=dataset.image_shape,
+                         steps_per_epoch=pipeline.steps_per_epoch)
+
+  rng = jax.random.PRNGKey(config.seed)
+  init_rng, train_rng, image_rng = jax.random.split(rng, 3)
+  sample_batch = pipeline.train_batches(0, batches_per_step)
+  state = parallel.put_replicated(method.init(config, init_rng, sample_batch, info), mesh)
+
+  checkpointer = checkpoint.Checkpointer(workdir, keep=config.keep_checkpoints)
+  start_step = checkpointer.latest_step() or 0
+  if start_step:
+    state = checkpointer.restore(state)
+  is_chief = jax.process_index() == 0
+  reporter = reporting.Reporter(workdir, total_steps=total_steps, is_chief=is_chief,
+                                log_every=config.log_every_steps, start_step=start_step)
+  if is_chief:
+    print(f"{config.method} on {config.data.dataset}: {len(dataset.train)} train examples "
+          f"({pipeline.num_train_examples} train / {pipeline.num_val_examples} val), "
+          f"{steps_per_epoch} steps/epoch x {batches_per_step} batch(es) of {config.batch_size}, "
+          f"{total_steps} steps on {mesh.devices.size} device(s)"
+          + (f"; resuming at step {start_step}" if start_step else ""))
+
+  def step_fn(state, train_batch, val_batch, rng):
+    return method.train_step(state, to_float_images(train_batch), to_float_images(val_batch), rng)
+
+  train_step = jax.jit(step_fn, donate_argnums=0)
+  eval_step = jax.jit(lambda state, batch: method.eval_step(state, to_float_images(batch)))
+  augment = jax.jit(lambda state, images, rng: method.augment(state, images / 255.0, rng))
+  grid_images = pipeline.train_batches(0, 1)["image"][0, :GRID_IMAGES]
+
+  eval_every = _interval(config.eval_every_epochs, steps_per_epoch)
+  image_every = _interval(config.image_every_epochs, steps_per_epoch)
+
+  def save_images(step):
+    rows = [grid_images / 255.0] + [
+        np.asarray(augment(state, grid_images, jax.random.fold_in(image_rng, step * 2 + k)))
+        for k in range(2)]
+    reporter.save_image_grid(step, "augmented", rows, ["original", "augmented", "augmented"])
+
+  def eval_and_report(step):
+    results = {}
+    for split in ("val", "test"):
+      results[split] = evaluate(eval_step, state, pipeline, split, config.eval_batch_size, mesh)
+      reporter.write(step, split, results[split])
+    return results
+
+  history = []
+  try:
+    for step in range(start_step, total_steps):
+      first_batch = step * batches_per_step
+      train_batch = pipeline.train_batches(first_batch, batches_per_step)
+      val_batch = pipeline.val_batch(step, epoch=pipeline.epoch_of_batch(first_batch))
+      state, metrics = train_step(state, parallel.put_batch(train_batch, mesh, batch_axis=1),
+                                  parallel.put_batch(val_batch, mesh),
+                                  jax.random.fold_in(train_rng, step))
+      history.append(metrics)
+      done = step + 1
+      if done % config.log_every_steps == 0 or done == total_steps:
+        _check_finite(state, checkpointer)
+        means = _mean_metrics(history)
+        history = []
+        means["epoch"] = done / steps_per_epoch
+        reporter.write(done, "train", means)
+        reporter.progress(done, {"loss": means["loss"], "acc": means["accuracy"]})
+      if done % eval_every == 0 and done != total_steps:
+        eval_and_report(done)
+      if done % image_every == 0 or step == start_step:
+        save_images(done)
+      if done % config.checkpoint_every_steps == 0 or done == total_steps:
+        _check_finite(state, checkpointer)
+        checkpointer.save(done, state)
+  finally:
+    checkpointer.close()  # an interrupted run keeps every checkpoint it started writing
+
+  final = eval_and_report(total_steps)
+  save_images(total_steps)
+  reporter.plot_metrics("aug/", "augmentation_params.png")
+  results = {
+      "method": config.method,
+      "dataset": config.data.dataset,
+      "model": config.model,
+      "test_accuracy": final["test"]["accuracy"],
+      "test_loss": final["test"]["loss"],
+      "val_accuracy": final["val"]["accuracy"],
+      "val_loss": final["val"]["loss"],
+      "steps": total_steps,
+      "epochs": config.num_epochs,
+      "wall_seconds": time.time() - start_time,
+      "devices": int(mesh.devices.size),
+  }
+  if is_chief:
+    reporting.write_results(workdir, results)
+  reporter.close()
+  return results
