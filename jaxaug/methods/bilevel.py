@@ -87,12 +87,14 @@ def init(config: ml_collections.ConfigDict, rng: jax.Array, sample_batch: dict,
 
 def _learned_augment(state: State, augmenter_params: nnx.State, images: jax.Array,
                      rng: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """Augmenter applied to f32 [..., B, H, W, C]; returns (images, transformation params [..., B, P])."""
-  noise = jax.random.normal(rng, images.shape[:-3] + (state.bilevel.noise_dim,))
-  params, _ = state.augmenter.apply(augmenter_params, state.augmenter.rest, noise)
+  """Augmenter applied to f32 [..., B, H, W, C]; returns (images, transformation params [N, P]).
+
+  One noise vector (hence one transformation) per image; N is the number of images.
+  """
   flat_images = images.reshape((-1,) + images.shape[-3:])
-  flat_params = params.reshape((-1, params.shape[-1]))
-  augmented = augmenters.apply_augmenter_params(state.bilevel.kind, flat_images, flat_params)
+  noise = jax.random.normal(rng, (flat_images.shape[0], state.bilevel.noise_dim))
+  params, _ = state.augmenter.apply(augmenter_params, state.augmenter.rest, noise)
+  augmented = augmenters.apply_augmenter_params(state.bilevel.kind, flat_images, params)
   return augmented.reshape(images.shape), params
 
 
@@ -135,8 +137,7 @@ def train_step(state: State, train_batch: dict, val_batch: dict, rng: jax.Array)
 
   metrics = jax.tree.map(jnp.mean, metrics)
   metrics.update(val_loss=val_loss, val_accuracy=val_accuracy, hypergrad_norm=hypergrad_norm)
-  described = augmenters.describe_params(state.bilevel.kind,
-                                         transform_params.reshape(-1, transform_params.shape[-1]))
+  described = augmenters.describe_params(state.bilevel.kind, transform_params)
   metrics.update({f"aug/{name}": value for name, value in described.items()})
   nonfinite = common.first_nonfinite(state.step, state.nonfinite_step, metrics["loss"],
                                      val_loss, hypergrad_norm)

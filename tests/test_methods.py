@@ -1,0 +1,129 @@
+"""Method steps: 8 devices == 1 device; the bilevel look-ahead is the real update; hypergradient modes agree."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxaug import parallel
+from jaxaug.config import default_config
+from jaxaug.methods import METHODS
+from jaxaug.methods import bilevel
+from jaxaug.methods import common
+
+IMAGE_SHAPE = (8, 8, 3)
+
+
+def _config(method, **bilevel_overrides):
+  config = default_config()
+  config.method = method
+  config.model = "small_cnn"
+  config.augment = "hflip"
+  config.num_epochs = 1
+  config.optim.learning_rate = 0.05
+  for key, value in bilevel_overrides.items():
+    config.bilevel[key] = value
+  return config
+
+
+def _batches(truncation, batch=16, seed=0):
+  rng = np.random.default_rng(seed)
+  train = {"image": rng.integers(0, 256, (truncation, batch) + IMAGE_SHAPE).astype(np.float32) / 255,
+           "label": rng.integers(0, 4, (truncation, batch)).astype(np.int32)}
+  val = {"image": rng.integers(0, 256, (batch,) + IMAGE_SHAPE).astype(np.float32) / 255,
+         "label": rng.integers(0, 4, (batch,)).astype(np.int32)}
+  return train, val
+
+
+def _init(config):
+  info = common.DataInfo(num_classes=4, image_shape=IMAGE_SHAPE, steps_per_epoch=10)
+  return METHODS.get(config.method).init(config, jax.random.PRNGKey(0), None, info)
+
+
+def _assert_leaves_close(actual, expected, **tolerances):
+  paths_actual = jax.tree_util.tree_leaves_with_path(actual)
+  leaves_expected = jax.tree.leaves(expected)
+  assert len(paths_actual) == len(leaves_expected)
+  for (path, a), b in zip(paths_actual, leaves_expected):
+    np.testing.assert_allclose(a, b, err_msg=jax.tree_util.keystr(path), **tolerances)
+
+
+def _step_on_mesh(config, devices, steps=2):
+  """`steps` jitted train steps with the batch split over `devices`; returns host state and metrics."""
+  method = METHODS.get(config.method)
+  mesh = parallel.make_mesh(devices)
+  state = parallel.put_replicated(_init(config), mesh)
+  step = jax.jit(method.train_step)
+  for i in range(steps):
+    train, val = _batches(method.train_batches_per_step(config), seed=i)
+    state, metrics = step(state, parallel.put_batch(train, mesh, batch_axis=1),
+                          parallel.put_batch(val, mesh), jax.random.PRNGKey(i))
+  return jax.device_get(state), jax.device_get(metrics)
+
+
+@pytest.mark.parametrize("method,truncation", [("supervised", 1), ("bilevel", 1), ("bilevel", 2)])
+def test_eight_devices_match_one_device(method, truncation):
+  assert len(jax.devices()) == 8
+  config = _config(method, truncation=truncation)
+  state_8, metrics_8 = _step_on_mesh(config, jax.devices())
+  state_1, metrics_1 = _step_on_mesh(config, jax.devices()[:1])
+  # Same math; only the order of cross-device reductions differs. (The two states hold
+  # different optimiser objects as static fields, so compare leaves.)
+  _assert_leaves_close((state_8, metrics_8), (state_1, metrics_1), rtol=2e-4, atol=2e-5)
+
+
+def test_bilevel_look_ahead_is_the_update_the_classifier_takes():
+  """After a bilevel step the classifier equals one plain optax update on the augmented batch."""
+  config = _config("bilevel")
+  config.augment = "none"
+  state = _init(config)
+  train, val = _batches(1)
+  rng = jax.random.PRNGKey(3)
+  new_state, _ = jax.jit(bilevel.train_step)(state, train, val, rng)
+
+  _, noise_rng = jax.random.split(rng)
+  images, _ = bilevel._learned_augment(state, state.augmenter.params, jnp.asarray(train["image"]),
+                                       noise_rng)
+  classifier = state.classifier
+  (_, (rest, _)), grads = jax.value_and_grad(common.classifier_loss, argnums=1, has_aux=True)(
+      classifier, classifier.params, classifier.rest, images[0], train["label"][0],
+      mean=state.settings.mean, std=state.settings.std)
+  expected = classifier.apply_update(grads, rest)
+  _assert_leaves_close(new_state.classifier, expected, rtol=1e-5, atol=1e-6)
+  # and the augmenter moved
+  moved = jax.tree.map(lambda a, b: float(jnp.abs(a - b).max()), new_state.augmenter.params,
+                       state.augmenter.params)
+  assert max(jax.tree.leaves(moved)) > 0
+
+
+@pytest.mark.parametrize("truncation", [1, 2])
+def test_bilevel_forward_and_reverse_second_order_agree(truncation):
+  """The fast reverse-over-forward hypergradient equals plain autodiff on the real model."""
+  train, val = _batches(truncation)
+  results = {}
+  for mode in ("forward", "reverse"):
+    config = _config("bilevel", truncation=truncation, second_order=mode)
+    config.bilevel.optim.name = "sgd"  # update = -lr * hypergradient: compares gradients directly
+    config.bilevel.optim.learning_rate = 1.0
+    config.bilevel.optim.grad_clip = 0.0
+    state = _init(config)
+    new_state, metrics = jax.jit(bilevel.train_step)(state, train, val, jax.random.PRNGKey(1))
+    results[mode] = (jax.tree.map(jnp.subtract, new_state.augmenter.params,
+                                  state.augmenter.params), metrics["hypergrad_norm"])
+  assert results["forward"][1] > 0
+  np.testing.assert_allclose(results["forward"][1], results["reverse"][1], rtol=1e-4)
+  _assert_leaves_close(results["forward"][0], results["reverse"][0], rtol=1e-3, atol=1e-7)
+
+
+def test_bilevel_update_every_skips_augmenter_updates():
+  config = _config("bilevel", update_every=2)
+  state = _init(config)
+  step = jax.jit(bilevel.train_step)
+  for i, expect_moved in enumerate([True, False, True]):
+    train, val = _batches(1, seed=i)
+    new_state, metrics = step(state, train, val, jax.random.PRNGKey(i))
+    moved = max(jax.tree.leaves(jax.tree.map(lambda a, b: float(jnp.abs(a - b).max()),
+                                             new_state.augmenter.params, state.augmenter.params)))
+    assert (moved > 0) == expect_moved
+    assert (float(metrics["hypergrad_norm"]) > 0) == expect_moved
+    state = new_state

@@ -1,0 +1,175 @@
+"""End to end: each method on smoke configs (tfds mock data, image folder), resume, bad input."""
+
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+from PIL import Image
+
+from jaxaug import checkpoint
+from jaxaug import data
+from jaxaug import train
+from jaxaug.config import default_config
+
+
+def smoke_config(method="supervised", **overrides):
+  """configs/smoke.py, with dotted-key overrides."""
+  import importlib.util
+  path = os.path.join(os.path.dirname(__file__), "..", "configs", "smoke.py")
+  spec = importlib.util.spec_from_file_location("smoke_config", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config()
+  config.method = method
+  for key, value in overrides.items():
+    target = config
+    *parents, leaf = key.split(".")
+    for parent in parents:
+      target = target[parent]
+    target[leaf] = value
+  return config
+
+
+def _check_outputs(workdir, results, *, expect_aug_plot):
+  assert os.path.exists(os.path.join(workdir, "results.json"))
+  with open(os.path.join(workdir, "results.json")) as f:
+    on_disk = json.load(f)
+  for key in ("test_accuracy", "val_accuracy", "steps", "wall_seconds"):
+    assert key in on_disk
+  assert on_disk["test_accuracy"] == pytest.approx(results["test_accuracy"])
+  assert 0.0 <= on_disk["test_accuracy"] <= 1.0
+  records = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+  splits = {r["split"] for r in records}
+  assert {"train", "val", "test"} <= splits
+  assert all("step" in r for r in records)
+  assert os.listdir(os.path.join(workdir, "images"))
+  assert os.listdir(os.path.join(workdir, "tensorboard"))
+  plot = os.path.join(workdir, "plots", "augmentation_params.png")
+  assert os.path.exists(plot) == expect_aug_plot
+  return records
+
+
+@pytest.mark.parametrize("method,augment", [("supervised", "none"),
+                                            ("supervised", "predefined"),
+                                            ("bilevel", "hflip")])
+def test_end_to_end_on_tfds_mock_data(tmp_path, method, augment):
+  config = smoke_config(method, augment=augment, **{"data.dataset": "cifar10",
+                                                    "data.train_examples": None})
+  with tfds.testing.mock_data(num_examples=96):
+    results = train.train_and_evaluate(config, str(tmp_path))
+  records = _check_outputs(str(tmp_path), results, expect_aug_plot=method == "bilevel")
+  train_records = [r for r in records if r["split"] == "train"]
+  assert all(np.isfinite(r["loss"]) for r in train_records)
+  if method == "bilevel":
+    assert any(k.startswith("aug/") for k in train_records[-1])
+    assert all(r["hypergrad_norm"] > 0 for r in train_records)
+
+
+def _write_folder(root, classes=3, per_class=12, size=8, seed=0):
+  rng = np.random.default_rng(seed)
+  for split in ("train", "test"):
+    for c in range(classes):
+      os.makedirs(root / split / f"class{c}")
+      for i in range(per_class):
+        pixels = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+        pixels[..., c] = 255  # a class cue the classifier can learn
+        Image.fromarray(pixels).save(root / split / f"class{c}" / f"{i}.png")
+
+
+def test_end_to_end_on_image_folder(tmp_path):
+  _write_folder(tmp_path / "images")
+  config = smoke_config("bilevel", **{"data.dataset": f"folder:{tmp_path / 'images'}",
+                                      "data.train_examples": None, "batch_size": 8,
+                                      "val_batch_size": 8, "eval_batch_size": 8})
+  results = train.train_and_evaluate(config, str(tmp_path / "run"))
+  _check_outputs(str(tmp_path / "run"), results, expect_aug_plot=True)
+
+
+def _final_state_leaves(workdir):
+  """The newest checkpoint of a run as {path: array} (no template needed)."""
+  manager = checkpoint.Checkpointer(workdir)
+  step = manager.latest_step()
+  restored = manager._manager.restore(step)
+  manager.close()
+  return step, jax.tree.map(np.asarray, dict(restored["default"]) if "default" in restored
+                            else dict(restored))
+
+
+@pytest.mark.parametrize("method", ["supervised", "bilevel"])
+def test_resumed_run_equals_uninterrupted_run(tmp_path, monkeypatch, method):
+  config = smoke_config(method, **{"checkpoint_every_steps": 3})
+  full = train.train_and_evaluate(config, str(tmp_path / "full"))
+
+  original = data.Pipeline.train_batches
+
+  def interrupt_after_step_4(self, first_batch, count):
+    if first_batch >= 4 * count:
+      raise KeyboardInterrupt("simulated pre-emption")
+    return original(self, first_batch, count)
+
+  monkeypatch.setattr(data.Pipeline, "train_batches", interrupt_after_step_4)
+  with pytest.raises(KeyboardInterrupt):
+    train.train_and_evaluate(config, str(tmp_path / "resumed"))
+  assert checkpoint.Checkpointer(str(tmp_path / "resumed")).latest_step() == 3
+  monkeypatch.setattr(data.Pipeline, "train_batches", original)
+  resumed = train.train_and_evaluate(config, str(tmp_path / "resumed"))
+
+  assert resumed["test_accuracy"] == full["test_accuracy"]
+  step_full, leaves_full = _final_state_leaves(str(tmp_path / "full"))
+  step_resumed, leaves_resumed = _final_state_leaves(str(tmp_path / "resumed"))
+  assert step_full == step_resumed == full["steps"]
+  assert leaves_full.keys() == leaves_resumed.keys()
+  for key in leaves_full:
+    np.testing.assert_array_equal(leaves_full[key], leaves_resumed[key], err_msg=key)
+  records = [json.loads(line) for line in open(tmp_path / "resumed" / "metrics.jsonl")]
+  steps = [(r["step"], r["split"]) for r in records]
+  assert len(steps) == len(set(steps))  # no duplicated records after resuming
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("method", "dabo", "unknown method 'dabo'.*bilevel.*supervised"),
+    ("model", "vgg", "unknown model 'vgg'.*resnet18"),
+    ("augment", "hflip+warp", "unknown augmentation 'warp'.*predefined"),
+    ("data.dataset", "cifar11", "cifar11"),
+    ("data.val_fraction", 1.5, "1.5"),
+    ("batch_size", 12, "batch_size=12 is not divisible by the number of devices \\(8\\)"),
+    ("bilevel.augmenter.kind", "warp", "warp"),
+    ("bilevel.truncation", 0, "truncation=0"),
+])
+def test_bad_input_is_rejected_at_start_up(tmp_path, key, value, message):
+  method = "bilevel" if key.startswith("bilevel") else "supervised"
+  config = smoke_config(method, **{key: value})
+  with pytest.raises(ValueError, match=message):
+    train.train_and_evaluate(config, str(tmp_path))
+
+
+def test_labels_out_of_range_are_rejected(tmp_path):
+  images = np.zeros((20, 8, 8, 3), np.uint8)
+  labels = np.arange(20) % 3
+  labels[7] = -2
+  path = tmp_path / "bad.npz"
+  np.savez(path, x_train=images, y_train=labels, x_test=images, y_test=np.abs(labels))
+  config = smoke_config(**{"data.dataset": f"npz:{path}", "data.train_examples": None})
+  with pytest.raises(ValueError, match="-2"):
+    train.train_and_evaluate(config, str(tmp_path / "run"))
+
+
+def test_nonfinite_loss_stops_with_step_and_keeps_last_good_checkpoint(tmp_path):
+  config = smoke_config("supervised", **{"optim.learning_rate": 1e30, "optim.schedule": "constant",
+                                         "checkpoint_every_steps": 1, "log_every_steps": 1})
+  with pytest.raises(train.NonFiniteError, match=r"at train step (\d+)") as error:
+    train.train_and_evaluate(config, str(tmp_path))
+  bad_step = int(error.match(r"at train step (\d+)").group(1))
+  step, leaves = _final_state_leaves(str(tmp_path))
+  assert step <= bad_step
+  for key, value in leaves.items():
+    if np.issubdtype(value.dtype, np.floating):
+      assert np.all(np.isfinite(value)), key
+
+
+def test_default_config_runs_quickstart_fields():
+  config = default_config()
+  assert config.method in ("supervised", "bilevel")
