@@ -13,7 +13,7 @@ def get_config():
   config.data.dataset = "sklearn_digits"
   config.data.train_examples = 160
   config.augment = "predefined"
-  config.bilevel.augmenter.kind = "affine_color"
+  config.bilevel.augmenter.kind = "affine"  # digits are grey: no colour
   config.batch_size = 16
   config.val_batch_size = 16
   config.eval_batch_size = 64

@@ -119,7 +119,8 @@ class ArraySource:
 
   def __init__(self, images: np.ndarray, labels: np.ndarray, num_classes: int, name: str):
     if images.dtype != np.uint8 or images.ndim != 4:
-      raise ValueError(f"{name}: images must be uint8 [N, H, W, C], got {images.dtype} {images.shape}")
+      raise ValueError(
+          f"{name}: images must be uint8 [N, H, W, C], got {images.dtype} {images.shape}")
     if labels.shape != images.shape[:1]:
       raise ValueError(f"{name}: {labels.shape[0]} labels for {images.shape[0]} images")
     check_labels(labels, num_classes, name)
@@ -195,7 +196,8 @@ class TfdsSource:
     if self.image_size is not None:
       image = resize_array(image, self.image_size)
     if image.shape != self.image_shape:
-      raise ValueError(f"{self.name}[{index}]: image shape {image.shape}, expected {self.image_shape}")
+      raise ValueError(
+          f"{self.name}[{index}]: image shape {image.shape}, expected {self.image_shape}")
     return image, int(record["label"])
 
   def get(self, indices: np.ndarray) -> dict[str, np.ndarray]:
@@ -212,11 +214,13 @@ def as_uint8_nhwc(images: np.ndarray, where: str) -> np.ndarray:
   if images.ndim == 3:
     images = images[..., None]
   if images.ndim != 4:
-    raise ValueError(f"{where}: images must be [N, H, W] or [N, H, W, C], got shape {images.shape}")
+    raise ValueError(
+        f"{where}: images must be [N, H, W] or [N, H, W, C], got shape {images.shape}")
   if np.issubdtype(images.dtype, np.floating):
     low, high = float(images.min(initial=0.0)), float(images.max(initial=0.0))
     if low < 0.0 or high > 1.0:
-      raise ValueError(f"{where}: float images must lie in [0, 1], found values in [{low}, {high}]")
+      raise ValueError(
+          f"{where}: float images must lie in [0, 1], found values in [{low}, {high}]")
     return np.round(images * 255.0).astype(np.uint8)
   if images.dtype != np.uint8:
     raise ValueError(f"{where}: images must be uint8 or float in [0, 1], got {images.dtype}")
@@ -248,7 +252,8 @@ def dataset_from_arrays(x_train: np.ndarray, y_train: np.ndarray, x_test: np.nda
   train = ArraySource(train_images, train_labels, num_classes, f"{name} train")
   test = ArraySource(test_images, test_labels, num_classes, f"{name} test")
   if train.image_shape != test.image_shape:
-    raise ValueError(f"{name}: train images are {train.image_shape}, test images {test.image_shape}")
+    raise ValueError(
+        f"{name}: train images are {train.image_shape}, test images {test.image_shape}")
   return Dataset(train, test, num_classes, train.image_shape)
 
 
@@ -259,7 +264,8 @@ LOADERS: Registry[Callable[[str, ml_collections.ConfigDict], Dataset]] = Registr
 def load_npz(path: str, config: ml_collections.ConfigDict) -> Dataset:
   """Dataset from a .npz with x_train, y_train, x_test, y_test (and optionally num_classes)."""
   if not os.path.isfile(path):
-    raise ValueError(f"npz dataset file {path!r} does not exist (dataset is 'npz:/path/file.npz')")
+    raise ValueError(
+        f"npz dataset file {path!r} does not exist (dataset is 'npz:/path/file.npz')")
   with np.load(path, allow_pickle=False) as arrays:
     missing = sorted({"x_train", "y_train", "x_test", "y_test"} - set(arrays.files))
     if missing:
@@ -288,9 +294,11 @@ def load_sklearn_digits(_: str, config: ml_collections.ConfigDict) -> Dataset:
 
 def list_image_files(split_dir: str, classes: list[str]) -> tuple[list[str], np.ndarray]:
   """(sorted image paths, int32 labels) under split_dir/<class>/ for the given class order."""
-  unknown = sorted(set(entry.name for entry in os.scandir(split_dir) if entry.is_dir()) - set(classes))
+  folders = {entry.name for entry in os.scandir(split_dir) if entry.is_dir()}
+  unknown = sorted(folders - set(classes))
   if unknown:
-    raise ValueError(f"{split_dir}: class folders {unknown} are not among the train classes {classes}")
+    raise ValueError(
+        f"{split_dir}: class folders {unknown} are not among the train classes {classes}")
   paths, labels = [], []
   for label, name in enumerate(classes):
     class_dir = os.path.join(split_dir, name)
@@ -339,17 +347,24 @@ def load_folder(root: str, config: ml_collections.ConfigDict) -> Dataset:
   return Dataset(train, test, len(classes), train.image_shape)
 
 
+def tfds_builder_name(name: str) -> str:
+  """The catalog name in a tfds dataset string: "cifar10" for "cifar10/plain:3.0.2"."""
+  return name.split(":")[0].split("/")[0]
+
+
 def check_tfds_name(name: str) -> None:
   """Raises ValueError naming close valid names if `name` is not in the tfds catalog."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
-  builder = name.split(":")[0].split("/")[0]
+  builder = tfds_builder_name(name)
   builders = tfds.list_builders(with_community_datasets=False)
   if builder not in builders:
-    close = difflib.get_close_matches(builder, builders, n=5)
+    containing = [candidate for candidate in builders if builder and builder in candidate]
+    close = list(dict.fromkeys(difflib.get_close_matches(builder, builders, n=5) + containing))[:8]
     raise ValueError(
-        f"unknown dataset {name!r}: not 'npz:<file>', 'folder:<dir>', one of {LOADERS.names()} "
-        f"or a tfds catalog name; close tfds names: {close or 'none'}")
+        f"unknown dataset {name!r}: not a tfds catalog name (close ones: {close or 'none'}); "
+        f"other datasets are '<kind>:<argument>' or a kind alone, kinds {LOADERS.names()}, "
+        "e.g. 'npz:/data/x.npz', 'folder:/data/images', 'sklearn_digits'")
 
 
 @LOADERS.register("tfds")
@@ -358,10 +373,10 @@ def load_tfds(name: str, config: ml_collections.ConfigDict) -> Dataset:
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
   check_tfds_name(name)
-  test_split = TFDS_TEST_SPLITS.get(name.split(":")[0].split("/")[0], "test")
+  test_split = TFDS_TEST_SPLITS.get(tfds_builder_name(name), "test")
   sources = {split: tfds.data_source(name, split=split, data_dir=config.data_dir)
              for split in ("train", test_split)}
-  features = sources["train"].dataset_info.features
+  features = tfds.builder(name, data_dir=config.data_dir).info.features
   num_classes = features["label"].num_classes
   height, width, channels = features["image"].shape
   if config.image_size is not None:
@@ -378,7 +393,8 @@ def load_tfds(name: str, config: ml_collections.ConfigDict) -> Dataset:
 def load_dataset(config: ml_collections.ConfigDict) -> Dataset:
   """The Dataset named by config.dataset (fields: see `default_data_config`)."""
   if config.image_size is not None and config.image_size < 1:
-    raise ValueError(f"config.data.image_size must be a positive number of pixels, got {config.image_size}")
+    raise ValueError(
+        f"config.data.image_size must be a positive number of pixels, got {config.image_size}")
   kind, _, argument = config.dataset.partition(":")
   if argument and kind in LOADERS:
     return LOADERS.get(kind)(argument, config)

@@ -67,6 +67,10 @@ def init(config: ml_collections.ConfigDict, rng: jax.Array, sample_batch: dict,
   cfg = config.bilevel
   if not isinstance(cfg.update_every, int) or cfg.update_every < 1:
     raise ValueError(f"config.bilevel.update_every={cfg.update_every!r} must be an integer >= 1")
+  channels = info.image_shape[-1]
+  if "color" in cfg.augmenter.kind and channels != 3:
+    raise ValueError(f"config.bilevel.augmenter.kind={cfg.augmenter.kind!r} needs RGB images; "
+                     f"these have {channels} channel(s): use 'affine' or 'translation'")
   classifier_rng, augmenter_rng = jax.random.split(rng)
   module = augmenters.create_augmenter(cfg.augmenter.kind, cfg.augmenter.size,
                                        rngs=nnx.Rngs(params=augmenter_rng),

@@ -101,8 +101,13 @@ class ResNet(nnx.Module):
     self.in_channels = in_channels
     self.imagenet_stem = imagenet_stem
     stem_features = STAGE_WIDTHS[0]
-    self.stem_conv = conv(in_channels, stem_features, 7 if imagenet_stem else 3,
-                          strides=2 if imagenet_stem else 1, rngs=rngs)
+    self.stem_conv = conv(
+        in_channels,
+        stem_features,
+        7 if imagenet_stem else 3,
+        strides=2 if imagenet_stem else 1,
+        rngs=rngs,
+    )
     self.stem_bn = batch_norm(stem_features, rngs=rngs)
     blocks = []
     in_features = stem_features
@@ -130,8 +135,14 @@ def resnet18(*, num_classes: int, in_channels: int, rngs: nnx.Rngs) -> ResNet:
 
   11,173,962 parameters for 10 classes and 3 input channels.
   """
-  return ResNet(BasicBlock, (2, 2, 2, 2), imagenet_stem=False,
-                num_classes=num_classes, in_channels=in_channels, rngs=rngs)
+  return ResNet(
+      BasicBlock,
+      (2, 2, 2, 2),
+      imagenet_stem=False,
+      num_classes=num_classes,
+      in_channels=in_channels,
+      rngs=rngs,
+  )
 
 
 def resnet50(*, num_classes: int, in_channels: int, rngs: nnx.Rngs) -> ResNet:
@@ -139,5 +150,11 @@ def resnet50(*, num_classes: int, in_channels: int, rngs: nnx.Rngs) -> ResNet:
 
   25,557,032 parameters for 1000 classes and 3 input channels.
   """
-  return ResNet(Bottleneck, (3, 4, 6, 3), imagenet_stem=True,
-                num_classes=num_classes, in_channels=in_channels, rngs=rngs)
+  return ResNet(
+      Bottleneck,
+      (3, 4, 6, 3),
+      imagenet_stem=True,
+      num_classes=num_classes,
+      in_channels=in_channels,
+      rngs=rngs,
+  )

@@ -1,0 +1,1 @@
+"""Image augmentation: differentiable geometric and colour transforms, learnable augmenters."""

@@ -1,0 +1,151 @@
+"""Differentiable colour transforms with per-image amounts, and random geometric samplers.
+
+Deterministic ops take the per-image amounts as arguments; random samplers draw
+them from a key and call the deterministic ops (dm-pix style). All work on float
+[B, H, W, C] images in [0, 1] and are jit- and vmap-safe.
+
+Colour ops follow dm-pix / `tf.image` semantics (per-image, per-channel mean for
+contrast; HSV for saturation and hue) and clip the result to [0, 1] with
+`clip_unit`, whose gradient is 1 for values in the closed interval [0, 1] and 0
+outside it. So at the identity amount every pixel of an image in [0, 1] passes
+its gradient through, including pixels at exactly 0 or 1. (`jnp.clip` would give
+1/2 at exactly 0 or 1; dm-pix's own clip of the saturation channel does, for fully
+saturated pixels at a saturation factor of exactly 1.)
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import dm_pix as pix
+import jax
+import jax.numpy as jnp
+
+from jaxaug.augment import geometry
+
+
+def clip_unit(values: jax.Array) -> jax.Array:
+  """Clips to [0, 1]; gradient 1 on the closed interval [0, 1], 0 outside. Any shape and dtype."""
+  return jnp.where(values < 0, 0, jnp.where(values > 1, 1, values)).astype(values.dtype)
+
+
+def _apply_per_image(
+    op: Callable[[jax.Array, jax.Array], jax.Array],
+    images: jax.Array,
+    amount: jax.Array,
+    *,
+    rgb: bool,
+) -> jax.Array:
+  """Applies single-image `op(image [H,W,C], amount [])` to each image with its amount, then clips.
+
+  Args:
+    op: a dm-pix style op on one image and a scalar amount.
+    images: float [B, H, W, C] in [0, 1].
+    amount: float [B].
+    rgb: whether the op needs C == 3.
+
+  Returns:
+    float [B, H, W, C] in [0, 1].
+  """
+  if images.ndim != 4 or (rgb and images.shape[-1] != 3):
+    raise ValueError(f"images must be [B, H, W, {3 if rgb else 'C'}], got shape {images.shape}")
+  amount = jnp.asarray(amount, images.dtype)
+  if amount.shape != images.shape[:1]:
+    raise ValueError(f"amount must have shape ({images.shape[0]},) for images {images.shape}, "
+                     f"got {amount.shape}")
+  return clip_unit(jax.vmap(op)(images, amount))
+
+
+def adjust_brightness(images: jax.Array, delta: jax.Array) -> jax.Array:
+  """Adds `delta[b]` to every pixel of image b, then clips. Identity: delta 0.
+
+  Args:
+    images: float [B, H, W, C] in [0, 1].
+    delta: float [B], additive shift in intensity units.
+
+  Returns:
+    float [B, H, W, C] in [0, 1].
+  """
+  return _apply_per_image(pix.adjust_brightness, images, delta, rgb=False)
+
+
+def adjust_contrast(images: jax.Array, factor: jax.Array) -> jax.Array:
+  """Scales each channel's deviation from its spatial mean by `factor[b]`, then clips. Identity: 1.
+
+  Args:
+    images: float [B, H, W, C] in [0, 1].
+    factor: float [B], >= 0; 0 gives the per-channel mean colour.
+
+  Returns:
+    float [B, H, W, C] in [0, 1].
+  """
+  return _apply_per_image(pix.adjust_contrast, images, factor, rgb=False)
+
+
+def adjust_saturation(images: jax.Array, factor: jax.Array) -> jax.Array:
+  """Multiplies the HSV saturation by `factor[b]` (clipped to [0, 1]), then clips. Identity: 1.
+
+  Args:
+    images: float [B, H, W, 3] RGB in [0, 1].
+    factor: float [B], >= 0; 0 gives greys of the same HSV value.
+
+  Returns:
+    float [B, H, W, 3] in [0, 1].
+  """
+  return _apply_per_image(pix.adjust_saturation, images, factor, rgb=True)
+
+
+def adjust_hue(images: jax.Array, delta: jax.Array) -> jax.Array:
+  """Rotates the HSV hue by `delta[b]` turns (1 = 360 degrees), then clips. Identity: 0.
+
+  Args:
+    images: float [B, H, W, 3] RGB in [0, 1].
+    delta: float [B], in turns; periodic with period 1.
+
+  Returns:
+    float [B, H, W, 3] in [0, 1].
+  """
+  return _apply_per_image(pix.adjust_hue, images, delta, rgb=True)
+
+
+def random_flip(rng: jax.Array, images: jax.Array, *, horizontal: bool,
+                vertical: bool) -> jax.Array:
+  """Flips each image left-right and/or up-down, each with probability 1/2, independently.
+
+  The draws for the two axes come from different sub-keys of `rng`, so the left-right
+  draws do not depend on `vertical` and vice versa.
+
+  Args:
+    rng: PRNG key.
+    images: float [B, H, W, C].
+    horizontal: whether to draw left-right flips.
+    vertical: whether to draw up-down flips.
+
+  Returns:
+    float [B, H, W, C].
+  """
+  horizontal_rng, vertical_rng = jax.random.split(rng)
+  batch = images.shape[0]
+  if horizontal:
+    images = geometry.flip_left_right(images, jax.random.bernoulli(horizontal_rng, 0.5, (batch,)))
+  if vertical:
+    images = geometry.flip_up_down(images, jax.random.bernoulli(vertical_rng, 0.5, (batch,)))
+  return images
+
+
+def random_pad_and_crop(rng: jax.Array, images: jax.Array, *, padding: int = 4) -> jax.Array:
+  """Zero-pads by `padding` and crops the original size at a uniform per-image offset.
+
+  The 'predefined' CIFAR augmentation (with `random_flip(horizontal=True)`): each offset
+  (row and column independently) is uniform over {0, ..., 2 * padding}.
+
+  Args:
+    rng: PRNG key.
+    images: float [B, H, W, C].
+    padding: pixels of zeros added on each side, >= 0.
+
+  Returns:
+    float [B, H, W, C].
+  """
+  offsets = jax.random.randint(rng, (images.shape[0], 2), 0, 2 * padding + 1)
+  return geometry.pad_and_crop(images, offsets, padding=padding)

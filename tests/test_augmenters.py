@@ -1,0 +1,218 @@
+"""Tests of jaxaug.augment.augmenters: the DABO augmenter networks.
+
+Layer sizes, parameter counts, identities and bounds are restated here from the paper
+(section 4.2) and the task's defaults, not read from the module.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from jaxaug.augment import augmenters
+from jaxaug.augment import transforms
+
+N_PARAMS = {"translation": 2, "affine": 6, "color": 4, "affine_color": 10}
+# Widths from the noise input to the output, for n transformation parameters (paper, section 4.2).
+LAYER_WIDTHS = {
+    "small": lambda n: [n, n, 10 * n, n],
+    "medium": lambda n: [100, 64, 32, n],
+    "large": lambda n: [100, 512, 1024, 124, 512, n],
+}
+AFFINE_IDENTITY = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+COLOR_IDENTITY = [0.0, 1.0, 1.0, 0.0]
+IDENTITY = {
+    "translation": [0.0, 0.0],
+    "affine": AFFINE_IDENTITY,
+    "color": COLOR_IDENTITY,
+    "affine_color": AFFINE_IDENTITY + COLOR_IDENTITY,
+}
+CUSTOM_BOUNDS = dict(max_translation=0.1, max_linear=0.05, max_brightness=0.3, max_contrast=0.5,
+                     max_saturation=0.2, max_hue=0.1)
+
+
+def maxima(kind: str, bounds: dict) -> np.ndarray:
+  """The allowed deviation from the identity of each parameter of `kind`, in output order."""
+  t, a = bounds["max_translation"], bounds["max_linear"]
+  affine = [a, a, t, a, a, t]
+  color = [bounds[f"max_{name}"] for name in ("brightness", "contrast", "saturation", "hue")]
+  return np.array({"translation": [t, t], "affine": affine, "color": color,
+                   "affine_color": affine + color}[kind])
+
+
+def count_parameters(module: nnx.Module) -> int:
+  return sum(leaf.size for leaf in jax.tree.leaves(nnx.state(module, nnx.Param)))
+
+
+def build(kind: str, size: str, seed: int = 0, **bounds) -> augmenters.Augmenter:
+  """create_augmenter initialised under one jit (eager nnx init compiles each op per shape)."""
+  create = lambda: augmenters.create_augmenter(kind, size, rngs=nnx.Rngs(seed), **bounds)
+  return nnx.merge(nnx.graphdef(nnx.eval_shape(create)), jax.jit(lambda: nnx.state(create()))())
+
+
+def random_images(seed: int, shape=(6, 8, 10, 3)) -> jax.Array:
+  return jax.random.uniform(jax.random.key(seed), shape)
+
+
+@pytest.mark.parametrize("size", sorted(LAYER_WIDTHS))
+@pytest.mark.parametrize("kind", sorted(N_PARAMS))
+def test_builds_with_paper_layer_sizes(kind, size):
+  # Abstract build (shapes only): eager initialisation would compile every op for every shape.
+  n = N_PARAMS[kind]
+  widths = LAYER_WIDTHS[size](n)
+  noise_shape = (5, widths[0])
+  def build_and_run():
+    augmenter = augmenters.create_augmenter(kind, size, rngs=nnx.Rngs(0))
+    return augmenter, augmenter(jnp.zeros(noise_shape))
+
+  augmenter, params = nnx.eval_shape(build_and_run)
+  assert augmenter.noise_dim == widths[0] and augmenter.n_params == n
+  assert count_parameters(augmenter) == sum(a * b + b for a, b in zip(widths[:-1], widths[1:]))
+  # Layer by layer (the count alone does not see the order of the small net's n and 10 n).
+  kernels = [leaf.shape for path, leaf in jax.tree.leaves_with_path(nnx.state(augmenter, nnx.Param))
+             if "kernel" in jax.tree_util.keystr(path)]
+  assert kernels == list(zip(widths[:-1], widths[1:]))
+  assert params.shape == (5, n) and params.dtype == jnp.float32
+
+
+@pytest.mark.parametrize("kind", sorted(N_PARAMS))
+def test_outputs_bounded_and_start_near_identity_with_spread(kind):
+  augmenter = build(kind, "medium", **CUSTOM_BOUNDS)
+  bound = maxima(kind, CUSTOM_BOUNDS)
+  noise = jax.random.normal(jax.random.key(2), (512, 100))
+  relative = (np.asarray(augmenter(noise)) - IDENTITY[kind]) / bound
+  assert np.all(np.abs(relative).mean(axis=0) < 0.3)  # near the identity ...
+  assert np.all(relative.std(axis=0) > 0.01)  # ... but each parameter varies with the noise
+  deviation = np.abs(np.asarray(augmenter(1e6 * noise)) - IDENTITY[kind])
+  assert np.all(deviation <= bound * (1 + 1e-6))
+  # Huge noise saturates tanh: the bounds are reached, so they are the ones in force.
+  np.testing.assert_allclose(deviation.max(axis=0), bound, rtol=1e-3)
+
+
+# affine_color covers the affine and color kinds.
+@pytest.mark.parametrize("kind", ["translation", "affine_color"])
+def test_gradient_reaches_every_weight_and_matches_finite_differences(kind):
+  # Whole pipeline (MLP, tanh bounds, affine warp, colour ops) in float64, at the default
+  # initialisation; the finite difference is along a random direction in weight space.
+  with jax.enable_x64(True):
+    graphdef, state = nnx.split(build(kind, "small", seed=9))
+    state = jax.tree.map(lambda leaf: leaf.astype(jnp.float64), state)
+    images = np.asarray(random_images(10, (3, 6, 7, 3)), np.float64)
+    weights = np.asarray(jax.random.normal(jax.random.key(11), images.shape), np.float64)
+    augment = lambda s: augmenters.augment_with((graphdef, s), images, jax.random.key(12))[0]
+    loss = lambda s: jnp.sum(weights * augment(s))
+    value_and_grad = jax.jit(jax.value_and_grad(loss))
+    _, gradient = value_and_grad(state)
+    for leaf in jax.tree.leaves(gradient):
+      assert np.all(np.isfinite(leaf)) and np.any(leaf != 0)
+    leaves, treedef = jax.tree.flatten(state)
+    rng = np.random.default_rng(0)
+    direction = jax.tree.unflatten(treedef, [rng.normal(size=leaf.shape) for leaf in leaves])
+    step = 1e-6
+    shifted = lambda sign: jax.tree.map(lambda s, d: s + sign * step * d, state, direction)
+    value = lambda s: float(value_and_grad(s)[0])
+    finite_difference = (value(shifted(1)) - value(shifted(-1))) / (2 * step)
+    analytic = sum(float(jnp.sum(g * d))
+                   for g, d in zip(jax.tree.leaves(gradient), jax.tree.leaves(direction)))
+    np.testing.assert_allclose(analytic, finite_difference, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kind", sorted(N_PARAMS))
+def test_identity_params_return_input(kind):
+  images = random_images(13)
+  identity = jnp.tile(jnp.asarray(IDENTITY[kind], jnp.float32), (images.shape[0], 1))
+  apply = jax.jit(augmenters.apply_augmenter_params, static_argnums=0)
+  np.testing.assert_allclose(apply(kind, images, identity), images, atol=1e-5)
+
+
+def test_translation_and_affine_follow_affine_grid_convention():
+  images = np.asarray(random_images(14))
+  height, width = images.shape[1:3]
+  # t = (2 px, -1 px) in normalised units: output (i, j) samples input (i - 1, j + 2); zero fill.
+  params = np.tile([2 * 2 / width, -2 * 1 / height], (images.shape[0], 1)).astype(np.float32)
+  expected = np.zeros_like(images)
+  expected[:, 1:, :-2] = images[:, :-1, 2:]
+  translated = augmenters.apply_augmenter_params("translation", jnp.asarray(images), params)
+  np.testing.assert_allclose(translated, expected, atol=1e-5)
+  mirror = np.tile([-1.0, 0.0, 0.0, 0.0, 1.0, 0.0], (images.shape[0], 1)).astype(np.float32)
+  mirrored = augmenters.apply_augmenter_params("affine", jnp.asarray(images), mirror)
+  np.testing.assert_allclose(mirrored, images[:, :, ::-1], atol=1e-5)
+
+
+def test_color_columns_and_order():
+  images = random_images(15)
+  batch = images.shape[0]
+  amounts = {"brightness": 0.1, "contrast": 1.4, "saturation": 0.6, "hue": 0.2}
+  ops = {"brightness": transforms.adjust_brightness, "contrast": transforms.adjust_contrast,
+         "saturation": transforms.adjust_saturation, "hue": transforms.adjust_hue}
+  composed = images
+  for column, name in enumerate(("brightness", "contrast", "saturation", "hue")):
+    only_this = np.tile(COLOR_IDENTITY, (batch, 1)).astype(np.float32)
+    only_this[:, column] = amounts[name]
+    single = jnp.full((batch,), amounts[name])
+    np.testing.assert_allclose(augmenters.apply_augmenter_params("color", images, only_this),
+                               ops[name](images, single), atol=1e-5)
+    composed = ops[name](composed, single)
+  all_columns = jnp.tile(jnp.asarray([amounts[name] for name in amounts]), (batch, 1))
+  color = augmenters.apply_augmenter_params("color", images, all_columns)
+  np.testing.assert_allclose(color, composed, atol=1e-5)
+  affine = jnp.tile(jnp.asarray([0.9, 0.1, 0.05, -0.1, 1.1, -0.1]), (batch, 1))
+  both = jnp.concatenate([affine, all_columns], axis=1)
+  np.testing.assert_allclose(augmenters.apply_augmenter_params("affine_color", images, both),
+                             augmenters.apply_augmenter_params("affine", color, affine), atol=1e-5)
+
+
+def test_augment_with_draws_per_image_and_is_reproducible():
+  augmenter = build("affine_color", "medium", seed=16)
+  images = random_images(17)
+  out, params = augmenters.augment_with(augmenter, images, jax.random.key(18))
+  assert out.shape == images.shape and params.shape == (images.shape[0], 10)
+  assert len({tuple(row) for row in np.asarray(params)}) == images.shape[0]  # one draw per image
+  split = nnx.split(augmenter)
+  jitted = jax.jit(augmenters.augment_with)(split, images, jax.random.key(18))
+  for ours, reference in zip(jitted, (out, params)):
+    np.testing.assert_allclose(ours, reference, atol=1e-5)
+  _, other = augmenters.augment_with(augmenter, images, jax.random.key(19))
+  assert not np.allclose(other, params)
+
+
+def test_describe_params_matches_numpy():
+  rng = np.random.default_rng(0)
+  params = (np.array(IDENTITY["affine_color"]) + 0.2 * rng.normal(size=(32, 10))).astype(np.float32)
+  stats = jax.jit(augmenters.describe_params, static_argnums=0)("affine_color", jnp.asarray(params))
+  names = ["linear_xx", "linear_xy", "translation_x", "linear_yx", "linear_yy", "translation_y",
+           "brightness", "contrast", "saturation", "hue"]
+  expected = {}
+  for column, name in enumerate(names):
+    expected[f"{name}_mean"] = params[:, column].mean()
+    expected[f"{name}_std"] = params[:, column].std()
+  expected["translation_norm_mean"] = np.sqrt(params[:, 2] ** 2 + params[:, 5] ** 2).mean()
+  expected["linear_deviation_mean"] = np.abs(params[:, [0, 1, 3, 4]] - [1, 0, 0, 1]).mean()
+  assert set(stats) == set(expected)
+  for name, value in expected.items():
+    np.testing.assert_allclose(stats[name], value, rtol=1e-5, atol=1e-7, err_msg=name)
+  assert set(augmenters.describe_params("color", jnp.ones((4, 4)))) == {
+      f"{n}_{s}" for n in ("brightness", "contrast", "saturation", "hue") for s in ("mean", "std")}
+
+
+def test_rejects_bad_names_bounds_and_shapes():
+  rngs = nnx.Rngs(0)
+  with pytest.raises(ValueError, match="affine, affine_color, color, translation"):
+    augmenters.create_augmenter("rotation", "small", rngs=rngs)
+  with pytest.raises(ValueError, match="large, medium, small"):
+    augmenters.create_augmenter("affine", "huge", rngs=rngs)
+  with pytest.raises(ValueError, match="max_translation.*-0.1"):
+    augmenters.create_augmenter("affine", "small", rngs=rngs, max_translation=-0.1)
+  with pytest.raises(ValueError, match="max_hue.*0.7"):
+    augmenters.create_augmenter("color", "small", rngs=rngs, max_hue=0.7)
+  with pytest.raises(ValueError, match="max_contrast.*1.5"):
+    augmenters.create_augmenter("color", "small", rngs=rngs, max_contrast=1.5)
+  augmenter = nnx.eval_shape(
+      lambda: augmenters.create_augmenter("affine", "small", rngs=nnx.Rngs(0)))
+  with pytest.raises(ValueError, match=r"\[B, 6\]"):
+    augmenter(jnp.zeros((3, 5)))
+  with pytest.raises(ValueError, match=r"\(6, 6\)"):
+    augmenters.apply_augmenter_params("affine", random_images(0), jnp.zeros((6, 2)))
+  with pytest.raises(ValueError, match=r"\[B, 2\]"):
+    augmenters.describe_params("translation", jnp.zeros((6, 10)))

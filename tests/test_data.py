@@ -1,0 +1,486 @@
+"""Tests of jaxaug.data: sources against PIL / numpy / tfds / sklearn, and batching index maths."""
+
+from __future__ import annotations
+
+import os
+import re
+import tarfile
+
+import numpy as np
+from PIL import Image
+import pytest
+
+from jaxaug import data
+from jaxaug.data import pipeline as pipeline_lib
+
+CIFAR_TAR = "/work/shared/data/cifar10-jpeg.tar.gz"
+
+
+def data_config(**overrides):
+  config = data.default_data_config()
+  config.update(overrides)
+  return config
+
+
+def index_dataset(num_train: int, num_test: int) -> data.Dataset:
+  """Dataset whose label (and pixel value) of example i is i: batches reveal their indices."""
+
+  def source(n: int) -> data.ArraySource:
+    images = np.broadcast_to(np.arange(n, dtype=np.uint8)[:, None, None, None], (n, 2, 2, 1))
+    return data.ArraySource(np.array(images), np.arange(n), num_train, "index")
+
+  return data.Dataset(source(num_train), source(num_test), num_train, (2, 2, 1))
+
+
+def make_pipeline(dataset=None, **overrides) -> data.Pipeline:
+  kwargs = dict(global_batch_size=16, val_batch_size=8, seed=3, val_fraction=0.2,
+                redraw_val_each_epoch=False, train_examples=None)
+  kwargs.update(overrides)
+  return data.Pipeline(dataset or index_dataset(100, 23), **kwargs)
+
+
+def epoch_train_ids(pipe: data.Pipeline, epoch: int) -> np.ndarray:
+  """Example ids [steps_per_epoch, batch] of every train batch of `epoch`."""
+  return pipe.train_batches(epoch * pipe.steps_per_epoch, pipe.steps_per_epoch)["label"]
+
+
+def val_set(pipe: data.Pipeline, epoch: int = 0) -> np.ndarray:
+  """Ids of the val split, read through eval_batches."""
+  batches = list(pipe.eval_batches("val", 7, epoch=epoch))
+  return np.concatenate([b["label"][b["mask"]] for b in batches])
+
+
+def pil_rgb(path) -> np.ndarray:
+  with Image.open(path) as image:
+    return np.asarray(image.convert("RGB"))
+
+
+# ----------------------------------------------------------------------------- sources
+
+
+@pytest.mark.parametrize("layout", ["uint8_nhwc", "uint8_nhw", "float_nhwc", "labels_n1"])
+def test_npz_round_trip(tmp_path, layout):
+  rng = np.random.default_rng(0)
+  x_train = rng.integers(0, 256, (9, 5, 4, 3), dtype=np.uint8)
+  x_test = rng.integers(0, 256, (4, 5, 4, 3), dtype=np.uint8)
+  y_train, y_test = rng.integers(0, 7, 9), rng.integers(0, 7, 4)
+  y_train[0] = 6
+  stored = dict(x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
+  if layout == "uint8_nhw":
+    x_train, x_test = x_train[..., 0], x_test[..., 0]
+    stored.update(x_train=x_train, x_test=x_test)
+    x_train, x_test = x_train[..., None], x_test[..., None]
+  elif layout == "float_nhwc":
+    float_train, float_test = rng.random(x_train.shape), rng.random(x_test.shape, np.float32)
+    float_train[0, 0, 0] = [0.0, 1.0, 0.999]
+    stored.update(x_train=float_train, x_test=float_test)
+    # Nearest uint8 level: within half a level of x * 255.
+    x_train, x_test = (np.floor(x * 255 + 0.5).astype(np.uint8) for x in (float_train, float_test))
+  elif layout == "labels_n1":
+    stored.update(y_train=y_train[:, None], y_test=y_test[:, None])
+  path = tmp_path / "d.npz"
+  np.savez(path, **stored)
+
+  ds = data.load_dataset(data_config(dataset=f"npz:{path}"))
+
+  assert ds.num_classes == 7 and ds.image_shape == x_train.shape[1:]
+  for source, x, y in ((ds.train, x_train, y_train), (ds.test, x_test, y_test)):
+    assert isinstance(source, data.Source) and len(source) == len(y)
+    got = source.get(np.array([3, 0, 3]))
+    assert got["image"].dtype == np.uint8 and got["label"].dtype == np.int32
+    np.testing.assert_array_equal(got["image"], x[[3, 0, 3]])
+    np.testing.assert_array_equal(got["label"], y[[3, 0, 3]])
+
+
+def test_npz_num_classes_key_and_resize(tmp_path):
+  x = np.random.default_rng(1).integers(0, 256, (3, 6, 6, 3), dtype=np.uint8)
+  path = tmp_path / "d.npz"
+  np.savez(path, x_train=x, y_train=np.array([0, 1, 1]), x_test=x, y_test=np.array([4, 0, 1]),
+           num_classes=5)
+  ds = data.load_dataset(data_config(dataset=f"npz:{path}", image_size=3))
+  assert ds.num_classes == 5 and ds.image_shape == (3, 3, 3)
+  reference = np.asarray(Image.fromarray(x[2]).resize((3, 3), Image.BILINEAR))
+  np.testing.assert_array_equal(ds.test.get(np.array([2]))["image"][0], reference)
+
+
+def write_image_folder(root, sizes=None):
+  """root/{train,test}/{cat,ant,bee}/ with PNG/JPEG/grayscale files; returns {path: class}."""
+  rng = np.random.default_rng(0)
+  written = {}
+  for split, count in (("train", 3), ("test", 2)):
+    for name in ("cat", "ant", "bee"):
+      os.makedirs(root / split / name)
+      for i in range(count):
+        size = (sizes or {}).get((split, name, i), (6, 5))
+        pixels = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+        image = Image.fromarray(pixels)
+        path = root / split / name / f"{i}.{('png', 'jpg', 'PNG')[i % 3]}"
+        if i == 2:
+          image = image.convert("L")
+        image.save(path, format="PNG" if str(path).lower().endswith("png") else "JPEG")
+        written[str(path)] = name
+    (root / split / "cat" / "notes.txt").write_text("not an image")
+  return written
+
+
+@pytest.mark.parametrize("in_memory_max_bytes", [2**31, 0])
+def test_folder_source_matches_pil(tmp_path, in_memory_max_bytes):
+  written = write_image_folder(tmp_path)
+  ds = data.load_dataset(data_config(dataset=f"folder:{tmp_path}",
+                                     in_memory_max_bytes=in_memory_max_bytes))
+  expected_kind = data.ArraySource if in_memory_max_bytes else data.FolderSource
+  assert isinstance(ds.train, expected_kind) and isinstance(ds.test, expected_kind)
+  assert ds.num_classes == 3 and ds.image_shape == (5, 6, 3)
+  classes = ["ant", "bee", "cat"]
+  for split, source in (("train", ds.train), ("test", ds.test)):
+    paths = sorted(p for p in written if f"/{split}/" in p)
+    assert len(source) == len(paths)
+    got = source.get(np.arange(len(source)))
+    # Sorted class names, then sorted file names within a class.
+    order = sorted(paths, key=lambda p: (classes.index(written[p]), os.path.basename(p)))
+    np.testing.assert_array_equal(got["label"], [classes.index(written[p]) for p in order])
+    np.testing.assert_array_equal(got["image"], np.stack([pil_rgb(p) for p in order]))
+
+
+@pytest.mark.parametrize("in_memory_max_bytes", [2**31, 0])
+def test_folder_mixed_sizes_need_image_size(tmp_path, in_memory_max_bytes):
+  write_image_folder(tmp_path, sizes={("train", "bee", 1): (7, 5)})
+  odd_file = str(tmp_path / "train" / "bee" / "1.jpg")
+  config = data_config(dataset=f"folder:{tmp_path}", in_memory_max_bytes=in_memory_max_bytes)
+  with pytest.raises(ValueError, match=re.escape(odd_file)):
+    data.load_dataset(config).train.get(np.arange(9))
+
+  config.image_size = 4
+  ds = data.load_dataset(config)
+  assert ds.image_shape == (4, 4, 3)
+  with Image.open(odd_file) as image:
+    reference = np.asarray(image.convert("RGB").resize((4, 4), Image.BILINEAR))
+  np.testing.assert_array_equal(ds.train.get(np.array([4]))["image"][0], reference)
+
+
+@pytest.fixture(scope="module")
+def cifar_subset(tmp_path_factory):
+  """3 classes x 5 images per split of the real CIFAR-10 JPEG archive, in tfds folder layout."""
+  root = tmp_path_factory.mktemp("cifar")
+  classes, files = ("airplane", "automobile", "bird"), {f"{i:04d}.jpg" for i in range(5)}
+  wanted = {f"cifar10/{split}/{name}/{file}"
+            for split in ("train", "test") for name in classes for file in files}
+  with tarfile.open(CIFAR_TAR, "r:gz") as tar:
+    for member in tar:
+      if member.name in wanted:
+        target = root / member.name
+        os.makedirs(target.parent, exist_ok=True)
+        target.write_bytes(tar.extractfile(member).read())
+        wanted.remove(member.name)
+        if not wanted:
+          break
+  assert not wanted
+  return root / "cifar10"
+
+
+@pytest.mark.skipif(not os.path.exists(CIFAR_TAR), reason="needs the shared CIFAR-10 archive")
+def test_folder_source_real_cifar(cifar_subset):
+  ds = data.load_dataset(data_config(dataset=f"folder:{cifar_subset}"))
+  assert ds.num_classes == 3 and ds.image_shape == (32, 32, 3)
+  for split, source in (("train", ds.train), ("test", ds.test)):
+    got = source.get(np.arange(15))
+    np.testing.assert_array_equal(got["label"], np.repeat([0, 1, 2], 5))
+    for row, (name, i) in enumerate((n, i) for n in ("airplane", "automobile", "bird")
+                                    for i in range(5)):
+      np.testing.assert_array_equal(got["image"][row],
+                                    pil_rgb(cifar_subset / split / name / f"{i:04d}.jpg"))
+    # Natural photographs, not a blank decode: pixel mean near CIFAR's ~120, real spread.
+    assert 60 < got["image"].mean() < 190 and got["image"].std() > 30
+
+
+def test_tfds_source_mock_cifar10():
+  tfds = pytest.importorskip("tensorflow_datasets")
+  with tfds.testing.mock_data(num_examples=12):
+    ds = data.load_dataset(data_config(dataset="cifar10"))
+    assert ds.num_classes == 10 and ds.image_shape == (32, 32, 3)
+    assert len(ds.train) == 12 and len(ds.test) == 12
+    for split, source in (("train", ds.train), ("test", ds.test)):
+      reference = tfds.data_source("cifar10", split=split)
+      indices = np.array([5, 0, 11])
+      got = source.get(indices)
+      assert got["image"].dtype == np.uint8 and got["label"].dtype == np.int32
+      expected = np.stack([reference[i]["image"] for i in indices])
+      np.testing.assert_array_equal(got["image"], expected)
+      np.testing.assert_array_equal(got["label"], [reference[i]["label"] for i in indices])
+
+
+def test_tfds_source_mock_resize_grayscale_and_validation_split():
+  tfds = pytest.importorskip("tensorflow_datasets")
+  with tfds.testing.mock_data(num_examples=4):
+    assert data.load_dataset(data_config(dataset="mnist")).image_shape == (28, 28, 1)
+    with pytest.raises(ValueError, match="image_size"):
+      data.load_dataset(data_config(dataset="imagenet2012"))
+    ds = data.load_dataset(data_config(dataset="imagenet2012", image_size=8))
+    assert ds.image_shape == (8, 8, 3) and ds.num_classes == 1000
+    raw = tfds.data_source("imagenet2012", split="validation")[2]["image"]
+    reference = np.asarray(Image.fromarray(raw).resize((8, 8), Image.BILINEAR))
+    np.testing.assert_array_equal(ds.test.get(np.array([2]))["image"][0], reference)
+
+
+@pytest.mark.parametrize("name,held_out_split", [("cifar10", "test"),
+                                                  ("imagenet2012", "validation")])
+def test_tfds_source_reads_the_held_out_split(name, held_out_split):
+  tfds = pytest.importorskip("tensorflow_datasets")
+  offsets = {"train": 0, held_out_split: 100}
+
+  def split_records(builder, split, **kwargs):
+    """Records whose pixels say which split and index they come from; others fail."""
+    del builder, kwargs
+    size = 3 if split == "train" else 2
+    return [{"image": np.full((32, 32, 3), offsets[split] + i, np.uint8), "label": i}
+            for i in range(size)]
+
+  with tfds.testing.mock_data(as_data_source_fn=split_records):
+    ds = data.load_dataset(data_config(dataset=name, image_size=None if name == "cifar10" else 4))
+    assert (len(ds.train), len(ds.test)) == (3, 2)
+    got = ds.test.get(np.array([1, 0]))
+    np.testing.assert_array_equal(got["label"], [1, 0])
+    np.testing.assert_array_equal(got["image"][:, 0, 0, 0], [101, 100])
+    np.testing.assert_array_equal(ds.train.get(np.array([2]))["image"][0, 0, 0], [2, 2, 2])
+
+
+def test_unknown_dataset_lists_close_names():
+  with pytest.raises(ValueError, match=r"cifar_10.*cifar10"):
+    data.load_dataset(data_config(dataset="cifar_10"))
+
+
+def test_sklearn_digits_is_the_bundled_set_split_80_20():
+  from sklearn.datasets import load_digits
+  digits = load_digits()
+  ds = data.load_dataset(data_config(dataset="sklearn_digits", seed=5))
+  assert ds.num_classes == 10 and ds.image_shape == (8, 8, 1)
+  assert (len(ds.train), len(ds.test)) == (1438, 359)
+  got = [source.get(np.arange(len(source))) for source in (ds.train, ds.test)]
+  images = np.concatenate([g["image"] for g in got])
+  labels = np.concatenate([g["label"] for g in got])
+  assert images.dtype == np.uint8 and images.max() == 255
+  expected = (digits.images * 255 / 16).round().astype(np.uint8)[..., None]
+  as_pairs = lambda x, y: sorted(zip((i.tobytes() for i in x), y.tolist()))
+  assert as_pairs(images, labels) == as_pairs(expected, digits.target)
+  other_seed = data.load_dataset(data_config(dataset="sklearn_digits", seed=9))
+  np.testing.assert_array_equal(other_seed.test.get(np.arange(359))["image"], got[1]["image"])
+
+
+# ----------------------------------------------------------------------------- pipeline
+
+
+def test_steps_per_epoch_drops_remainder():
+  assert make_pipeline(global_batch_size=16).steps_per_epoch == 5  # 80 train examples
+  assert make_pipeline(global_batch_size=12).steps_per_epoch == 6
+  assert make_pipeline(global_batch_size=12, train_batches_per_step=4).steps_per_epoch == 4
+
+
+def test_batch_shapes_and_dtypes():
+  pipe = make_pipeline(dataset=index_dataset(100, 23), global_batch_size=12)
+  train = pipe.train_batches(3, 4)
+  assert train["image"].shape == (4, 12, 2, 2, 1) and train["image"].dtype == np.uint8
+  assert train["label"].shape == (4, 12) and train["label"].dtype == np.int32
+  np.testing.assert_array_equal(train["image"][..., 0, 0, 0], train["label"])
+  val = pipe.val_batch(2)
+  assert val["image"].shape == (8, 2, 2, 1) and val["label"].shape == (8,)
+
+
+@pytest.mark.parametrize("batch_size", [16, 12])
+def test_each_epoch_is_a_permutation_of_train_disjoint_from_val(batch_size):
+  pipe = make_pipeline(global_batch_size=batch_size)
+  val = val_set(pipe)
+  assert len(val) == 20 and len(np.unique(val)) == 20
+  seen_orders = []
+  for epoch in range(3):
+    ids = epoch_train_ids(pipe, epoch).ravel()
+    assert len(np.unique(ids)) == len(ids) == pipe.steps_per_epoch * batch_size
+    assert not np.intersect1d(ids, val).size
+    seen_orders.append(ids)
+  assert not np.array_equal(seen_orders[0], seen_orders[1])
+  if batch_size == 16:  # no remainder: every train example every epoch
+    np.testing.assert_array_equal(np.sort(seen_orders[0]), np.setdiff1d(np.arange(100), val))
+  for index in range(6):
+    assert np.isin(pipe.val_batch(index, epoch=index)["label"], val).all()
+
+
+@pytest.mark.parametrize("val_batch_size", [10, 30])
+def test_val_stream_epochs_are_permutations_of_val(val_batch_size):
+  pipe = make_pipeline(val_batch_size=val_batch_size)
+  stream = np.concatenate([pipe.val_batch(i)["label"] for i in range(4)])
+  val = np.sort(val_set(pipe))
+  for start in range(0, len(stream) - 19, 20):
+    np.testing.assert_array_equal(np.sort(stream[start:start + 20]), val)
+  assert not np.array_equal(stream[:20], stream[20:40])
+
+
+def test_redraw_val_each_epoch_keeps_step_disjoint():
+  steps_per_batch = 3
+  pipe = make_pipeline(redraw_val_each_epoch=True, global_batch_size=12,
+                       train_batches_per_step=steps_per_batch)
+  assert pipe.steps_per_epoch % steps_per_batch == 0
+  val_sets = [set(val_set(pipe, epoch)) for epoch in range(3)]
+  assert val_sets[0] != val_sets[1] and all(len(v) == 20 for v in val_sets)
+  for step in range(3 * pipe.steps_per_epoch // steps_per_batch):
+    first = step * steps_per_batch
+    epoch = pipe.epoch_of_batch(first)
+    assert {pipe.epoch_of_batch(b) for b in range(first, first + steps_per_batch)} == {epoch}
+    train = pipe.train_batches(first, steps_per_batch)["label"]
+    val = pipe.val_batch(step, epoch=epoch)["label"]
+    assert not np.intersect1d(train, val).size
+    assert set(val) <= val_sets[epoch]
+  with pytest.raises(ValueError, match="epoch"):
+    pipe.val_batch(0)
+
+
+def test_determinism_and_resume_by_batch_number():
+  a, b = make_pipeline(seed=11), make_pipeline(seed=11)
+  sequential = a.train_batches(0, 12)
+  np.testing.assert_array_equal(b.train_batches(0, 12)["label"], sequential["label"])
+  one_by_one = np.stack([b.train_batches(i, 1)["label"][0] for i in range(12)])
+  np.testing.assert_array_equal(one_by_one, sequential["label"])
+  resumed = make_pipeline(seed=11).train_batches(7, 5)
+  for key in ("image", "label"):
+    np.testing.assert_array_equal(resumed[key], sequential[key][7:])
+  np.testing.assert_array_equal(make_pipeline(seed=11).val_batch(4)["label"],
+                                a.val_batch(4)["label"])
+  assert not np.array_equal(make_pipeline(seed=12).train_batches(0, 12)["label"],
+                            sequential["label"])
+
+
+def test_train_examples_cap_is_a_prefix_of_a_seeded_permutation():
+  def used(cap, seed=3):
+    pipe = make_pipeline(train_examples=cap, global_batch_size=4, seed=seed)
+    ids = np.concatenate([epoch_train_ids(pipe, 0).ravel(), val_set(pipe)])
+    assert len(np.unique(ids)) == len(ids)
+    return pipe, set(ids.tolist())
+
+  pipe, small = used(30)
+  assert pipe.num_val_examples == 6 and pipe.steps_per_epoch == 6 and len(small) == 30
+  _, large = used(50)
+  assert len(large) == 50 and small < large
+  assert small != used(30, seed=4)[1]
+  assert small != set(range(30))
+  assert used(100)[1] == set(range(100))
+
+
+def test_two_process_shards_concatenate_to_the_global_batch():
+  kwargs = dict(global_batch_size=16, val_batch_size=8, redraw_val_each_epoch=True)
+  single = make_pipeline(**kwargs)
+  shards = [make_pipeline(process_index=p, process_count=2, **kwargs) for p in range(2)]
+  for key in ("image", "label"):
+    np.testing.assert_array_equal(
+        np.concatenate([s.train_batches(3, 4)[key] for s in shards], axis=1),
+        single.train_batches(3, 4)[key])
+    np.testing.assert_array_equal(
+        np.concatenate([s.val_batch(6, epoch=1)[key] for s in shards]),
+        single.val_batch(6, epoch=1)[key])
+  for split in ("val", "test"):
+    whole = list(single.eval_batches(split, 10, epoch=1))
+    parts = [list(s.eval_batches(split, 10, epoch=1)) for s in shards]
+    assert len(parts[0]) == len(parts[1]) == len(whole)
+    for i, batch in enumerate(whole):
+      for key in ("image", "label", "mask"):
+        np.testing.assert_array_equal(np.concatenate([p[i][key] for p in parts]), batch[key])
+        assert parts[0][i][key].shape[0] == 5
+
+
+@pytest.mark.parametrize("split,size", [("test", 23), ("val", 20)])
+def test_eval_batches_cover_split_once_with_mask(split, size):
+  pipe = make_pipeline()
+  batches = list(pipe.eval_batches(split, 8))
+  assert len(batches) == -(-size // 8)
+  assert all(b["image"].shape == (8, 2, 2, 1) and b["mask"].dtype == bool for b in batches)
+  mask = np.concatenate([b["mask"] for b in batches])
+  np.testing.assert_array_equal(mask, np.arange(len(mask)) < size)
+  ids = np.concatenate([b["label"] for b in batches])[mask]
+  expected = np.arange(23) if split == "test" else np.sort(
+      np.setdiff1d(np.arange(100), epoch_train_ids(pipe, 0)))
+  np.testing.assert_array_equal(ids, expected)
+
+
+def test_prefetch_yields_in_order_and_reraises():
+  assert list(data.prefetch(iter(range(20)), size=3)) == list(range(20))
+
+  def failing():
+    yield 1
+    raise RuntimeError("boom")
+
+  with pytest.raises(RuntimeError, match="boom"):
+    list(data.prefetch(failing()))
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize("overrides,bad_value", [
+    (dict(val_fraction=0.0), "0.0"),
+    (dict(val_fraction=1.0), "1.0"),
+    (dict(val_fraction=-0.5), "-0.5"),
+    (dict(train_examples=0), "0"),
+    (dict(train_examples=101), "101"),
+    (dict(global_batch_size=10, process_count=4), "10"),
+    (dict(val_batch_size=6, process_count=4), "6"),
+    (dict(global_batch_size=200), "200"),
+])
+def test_bad_pipeline_arguments_raise(overrides, bad_value):
+  with pytest.raises(ValueError, match=re.escape(bad_value)):
+    make_pipeline(**overrides)
+
+
+def test_bad_eval_arguments_raise():
+  pipe = make_pipeline(process_count=2, global_batch_size=16, val_batch_size=8)
+  with pytest.raises(ValueError, match="train"):
+    next(pipe.eval_batches("train", 8))
+  with pytest.raises(ValueError, match="7"):
+    next(pipe.eval_batches("test", 7))
+
+
+def test_labels_out_of_range_raise(tmp_path):
+  x = np.zeros((3, 2, 2), np.uint8)
+  path = tmp_path / "negative.npz"
+  np.savez(path, x_train=x, y_train=np.array([0, -3, 1]), x_test=x, y_test=np.array([0, 1, 1]))
+  with pytest.raises(ValueError, match="-3"):
+    data.load_dataset(data_config(dataset=f"npz:{path}"))
+  path = tmp_path / "too_large.npz"
+  np.savez(path, x_train=x, y_train=np.array([0, 1, 1]), x_test=x, y_test=np.array([0, 9, 1]),
+           num_classes=4)
+  with pytest.raises(ValueError, match=r"label 9 is outside \[0, 4\)"):
+    data.load_dataset(data_config(dataset=f"npz:{path}"))
+
+
+def test_bad_npz_contents_raise(tmp_path):
+  path = tmp_path / "d.npz"
+  np.savez(path, x_train=np.full((2, 2, 2), 1.5), y_train=np.zeros(2, int),
+           x_test=np.zeros((2, 2, 2)), y_test=np.zeros(2, int))
+  with pytest.raises(ValueError, match="1.5"):
+    data.load_dataset(data_config(dataset=f"npz:{path}"))
+  np.savez(path, x_train=np.zeros((2, 2, 2), np.uint8), y_train=np.zeros(2, int))
+  with pytest.raises(ValueError, match="x_test"):
+    data.load_dataset(data_config(dataset=f"npz:{path}"))
+  missing = tmp_path / "missing.npz"
+  with pytest.raises(ValueError, match=re.escape(str(missing))):
+    data.load_dataset(data_config(dataset=f"npz:{missing}"))
+
+
+def test_folder_without_images_raises(tmp_path):
+  write_image_folder(tmp_path)
+  for path in (tmp_path / "test").rglob("*"):
+    if path.is_file():
+      path.unlink()
+  with pytest.raises(ValueError, match=re.escape(str(tmp_path / "test"))):
+    data.load_dataset(data_config(dataset=f"folder:{tmp_path}"))
+  with pytest.raises(ValueError, match=re.escape(str(tmp_path / "nothing" / "train"))):
+    data.load_dataset(data_config(dataset=f"folder:{tmp_path / 'nothing'}"))
+
+
+def test_bad_image_size_and_seed_raise():
+  with pytest.raises(ValueError, match="-4"):
+    data.load_dataset(data_config(image_size=-4))
+  with pytest.raises(ValueError, match="-1"):
+    make_pipeline(seed=-1)
+
+
+def test_seeded_permutation_is_a_permutation():
+  perm = pipeline_lib.seeded_permutation(50, 1, 2, 3)
+  np.testing.assert_array_equal(np.sort(perm), np.arange(50))
+  np.testing.assert_array_equal(perm, pipeline_lib.seeded_permutation(50, 1, 2, 3))
