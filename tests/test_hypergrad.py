@@ -124,3 +124,23 @@ def test_unrolled_updates_are_the_real_optimiser_updates():
 def test_unknown_second_order_mode_is_rejected():
   with pytest.raises(ValueError, match="'sideways'.*forward, reverse"):
     hypergrad.inner_grad_fn(_loss, second_order="sideways")
+
+
+def test_scan_and_inlined_unrolls_agree():
+  with jax.enable_x64(True):
+    params, (x, y), val, hyper = _problem()
+    opt_state = _warm_state(params)
+    aux = jnp.zeros((4,), jnp.float64)
+
+    def outer(hyper, max_inline_steps):
+      (p, _, a), (losses, _) = hypergrad.unrolled_updates(
+          _loss, _tx(), params, opt_state, aux, (x * hyper, y),
+          max_inline_steps=max_inline_steps)
+      return _loss(p, a, val)[0], losses
+
+    (scanned, scanned_losses), scanned_grad = jax.value_and_grad(outer, has_aux=True)(hyper, 0)
+    (inlined, inlined_losses), inlined_grad = jax.value_and_grad(outer, has_aux=True)(hyper, 8)
+    # rtol 1e-6: the float32 learning-rate schedule rounds differently in and out of scan.
+    np.testing.assert_allclose(scanned, inlined, rtol=1e-6)
+    np.testing.assert_allclose(scanned_losses, inlined_losses, rtol=1e-6)
+    np.testing.assert_allclose(scanned_grad, inlined_grad, rtol=1e-5)

@@ -1,0 +1,28 @@
+"""Reduced CIFAR-10 on the CPU: 4,000 training images, small CNN, 60 epochs.
+
+The comparison of the closing note (none vs predefined vs bilevel), small enough for
+a 2-core CPU. Pick the method on the command line:
+
+  python -m jaxaug.main --config configs/cifar10_reduced_cnn.py --workdir runs/r_none \
+      --config.data.dataset=folder:/data/cifar10 --config.method=supervised --config.augment=none
+  ... --config.method=supervised --config.augment=predefined
+  ... --config.method=bilevel --config.augment=hflip            (the default)
+"""
+
+from jaxaug.config import cifar_resnet18_config
+
+
+def get_config():
+  config = cifar_resnet18_config("cifar10")
+  config.model = "small_cnn"
+  config.data.train_examples = 4000   # 3,200 train + 800 validation
+  config.method = "bilevel"
+  config.augment = "hflip"
+  config.bilevel.augmenter.kind = "affine_color"
+  config.num_epochs = 60
+  config.optim.learning_rate = 0.05
+  config.log_every_steps = 25
+  config.eval_every_epochs = 5
+  config.image_every_epochs = 10
+  config.checkpoint_every_steps = 500
+  return config
