@@ -35,7 +35,8 @@ LossFn = Callable[[PyTree, PyTree, PyTree], tuple[jax.Array, tuple[PyTree, PyTre
 SECOND_ORDER_MODES = ("forward", "reverse")
 
 
-def inner_grad_fn(loss_fn: LossFn, *, second_order: str = "forward"):
+def inner_grad_fn(loss_fn: LossFn, *, second_order: str = "forward",
+                  params_are_constant: bool = False):
   """`(params, aux, inputs) -> (grads, (loss, new_aux, metrics))`, differentiable.
 
   The returned function computes the gradient of `loss_fn` with respect to
@@ -44,6 +45,10 @@ def inner_grad_fn(loss_fn: LossFn, *, second_order: str = "forward"):
   reverse-over-forward products (`grad` of `jvp`), `"reverse"` lets JAX
   differentiate `jax.grad` directly. Both are exact; they differ in cost.
   `aux`, the loss and metrics are treated as constants by the outer gradient.
+  With `params_are_constant` (the first step of a truncated unroll, whose
+  parameters do not depend on the hyper-parameters) the forward-mode product
+  skips the parameter cotangent, i.e. the weight-gradient half of its backward
+  pass; plain autodiff prunes it by itself.
   """
   if second_order not in SECOND_ORDER_MODES:
     raise ValueError(
@@ -73,6 +78,10 @@ def inner_grad_fn(loss_fn: LossFn, *, second_order: str = "forward"):
       return jax.jvp(lambda p: loss_fn(p, aux, inputs)[0], (params,), (grads_cotangent,))[1]
 
     # vjp, not grad: `inputs` may hold integer leaves (labels), whose cotangents are float0.
+    if params_are_constant:
+      value, inputs_vjp = jax.vjp(lambda inputs: directional_derivative(params, inputs), inputs)
+      (inputs_cotangent,) = inputs_vjp(jax.numpy.ones_like(value))
+      return jax.tree.map(jax.numpy.zeros_like, params), None, inputs_cotangent
     value, directional_vjp = jax.vjp(directional_derivative, params, inputs)
     params_cotangent, inputs_cotangent = directional_vjp(jax.numpy.ones_like(value))
     return params_cotangent, None, inputs_cotangent
@@ -98,7 +107,8 @@ def unrolled_updates(
   Args:
     loss_fn: `(params, aux, inputs_t) -> (loss, (new_aux, metrics))`.
     tx: the optax transform of the classifier; the same one applies its real updates.
-    params, opt_state, aux: state before the first update.
+    params, opt_state, aux: state before the first update; the outer gradient does not
+      flow into them (truncated back-propagation).
     inputs: a pytree whose leaves have a leading axis of length T; step t sees
       `inputs[t]`. The outer gradient flows into it.
     second_order: see `inner_grad_fn`.
@@ -112,23 +122,33 @@ def unrolled_updates(
   Returns:
     `((params_T, opt_state_T, aux_T), (losses [T], metrics with leading [T]))`.
   """
-  grad_fn = inner_grad_fn(loss_fn, second_order=second_order)
+  def make_step(params_are_constant):
+    grad_fn = inner_grad_fn(loss_fn, second_order=second_order,
+                            params_are_constant=params_are_constant)
 
-  def step(carry, inputs_t):
-    params, opt_state, aux = carry
-    grads, (loss, aux, metrics) = grad_fn(params, aux, inputs_t)
-    updates, opt_state = tx.update(grads, opt_state, params)
-    params = optax.apply_updates(params, updates)
-    return (params, opt_state, aux), (loss, metrics)
+    def step(carry, inputs_t):
+      params, opt_state, aux = carry
+      grads, (loss, aux, metrics) = grad_fn(params, aux, inputs_t)
+      updates, opt_state = tx.update(grads, opt_state, params)
+      params = optax.apply_updates(params, updates)
+      return (params, opt_state, aux), (loss, metrics)
 
-  if remat:
-    step = jax.checkpoint(step)
-  carry = (params, opt_state, aux)
+    return jax.checkpoint(step) if remat else step
+
+  # Truncation: the outer gradient stops at the state the unroll starts from.
+  carry = jax.lax.stop_gradient((params, opt_state, aux))
+  carry, first_output = make_step(params_are_constant=True)(
+      carry, jax.tree.map(lambda leaf: leaf[0], inputs))
+  later_step = make_step(params_are_constant=False)
+  later_inputs = jax.tree.map(lambda leaf: leaf[1:], inputs)
   length = jax.tree.leaves(inputs)[0].shape[0]
   if length > max_inline_steps:
-    return jax.lax.scan(step, carry, inputs)
-  outputs = []
-  for t in range(length):
-    carry, output = step(carry, jax.tree.map(lambda leaf: leaf[t], inputs))
-    outputs.append(output)
-  return carry, jax.tree.map(lambda *leaves: jax.numpy.stack(leaves), *outputs)
+    carry, later_outputs = jax.lax.scan(later_step, carry, later_inputs)
+    outputs = jax.tree.map(lambda first, later: jax.numpy.concatenate([first[None], later]),
+                           first_output, later_outputs)
+    return carry, outputs
+  step_outputs = [first_output]
+  for t in range(length - 1):
+    carry, output = later_step(carry, jax.tree.map(lambda leaf: leaf[t], later_inputs))
+    step_outputs.append(output)
+  return carry, jax.tree.map(lambda *leaves: jax.numpy.stack(leaves), *step_outputs)
