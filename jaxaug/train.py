@@ -132,12 +132,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       reporter.write(step, split, results[split])
     return results
 
-  history = []
-  try:
+  def host_batches():
     for step in range(start_step, total_steps):
       first_batch = step * batches_per_step
-      train_batch = pipeline.train_batches(first_batch, batches_per_step)
-      val_batch = pipeline.val_batch(step, epoch=pipeline.epoch_of_batch(first_batch))
+      yield (step, pipeline.train_batches(first_batch, batches_per_step),
+             pipeline.val_batch(step, epoch=pipeline.epoch_of_batch(first_batch)))
+
+  history = []
+  try:
+    for step, train_batch, val_batch in data.prefetch(host_batches()):
       state, metrics = train_step(state, parallel.put_batch(train_batch, mesh, batch_axis=1),
                                   parallel.put_batch(val_batch, mesh),
                                   jax.random.fold_in(train_rng, step))
