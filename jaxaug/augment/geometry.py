@@ -184,36 +184,22 @@ def normalized_to_pixel(theta: jax.Array, height: int, width: int) -> jax.Array:
   return matmul(matmul(unit_to_pixel, theta_homogeneous), pixel_to_unit)
 
 
-def flip_left_right(images: jax.Array, flip: jax.Array) -> jax.Array:
-  """Mirrors along the width the images whose `flip` is True.
-
-  Args:
-    images: float [B, H, W, C].
-    flip: bool [B].
-
-  Returns:
-    float [B, H, W, C].
-  """
+def _flip_where(images: jax.Array, flip: jax.Array, axis: int) -> jax.Array:
+  """Reverses image axis `axis` (1: height, 2: width) of the images whose `flip` is True."""
   images, flip = jnp.asarray(images), jnp.asarray(flip)
   _check_images(images)
   _check_per_image(flip, images, "flip")
-  return jnp.where(flip[:, None, None, None], images[:, :, ::-1], images)
+  return jnp.where(flip[:, None, None, None], jnp.flip(images, axis), images)
+
+
+def flip_left_right(images: jax.Array, flip: jax.Array) -> jax.Array:
+  """Mirrors along the width the images whose `flip` (bool [B]) is True; float [B, H, W, C]."""
+  return _flip_where(images, flip, axis=2)
 
 
 def flip_up_down(images: jax.Array, flip: jax.Array) -> jax.Array:
-  """Mirrors along the height the images whose `flip` is True.
-
-  Args:
-    images: float [B, H, W, C].
-    flip: bool [B].
-
-  Returns:
-    float [B, H, W, C].
-  """
-  images, flip = jnp.asarray(images), jnp.asarray(flip)
-  _check_images(images)
-  _check_per_image(flip, images, "flip")
-  return jnp.where(flip[:, None, None, None], images[:, ::-1], images)
+  """Mirrors along the height the images whose `flip` (bool [B]) is True; float [B, H, W, C]."""
+  return _flip_where(images, flip, axis=1)
 
 
 def pad_and_crop(
