@@ -159,8 +159,13 @@ def test_color_columns_and_order():
   np.testing.assert_allclose(color, composed, atol=1e-5)
   affine = jnp.tile(jnp.asarray([0.9, 0.1, 0.05, -0.1, 1.1, -0.1]), (batch, 1))
   both = jnp.concatenate([affine, all_columns], axis=1)
+  # Warp first, then colour, then zero where the warp sampled outside (its coverage).
+  warped = augmenters.apply_augmenter_params("affine", images, affine)
+  coverage = augmenters.apply_augmenter_params("affine", jnp.ones_like(images), affine)
+  expected = augmenters.apply_augmenter_params("color", warped, all_columns) * coverage
   np.testing.assert_allclose(augmenters.apply_augmenter_params("affine_color", images, both),
-                             augmenters.apply_augmenter_params("affine", color, affine), atol=1e-5)
+                             expected, atol=1e-5)
+  assert float(jnp.min(coverage)) == 0.0  # the test matrix does sample outside the image
 
 
 def test_augment_with_draws_per_image_and_is_reproducible():

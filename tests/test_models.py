@@ -16,7 +16,7 @@ from flax import nnx
 
 from jaxaug.models import MODELS, create_model
 
-ALL_MODELS = ("badgan", "resnet18", "resnet50", "small_cnn", "wrn28_10", "wrn40_2")
+ALL_MODELS = ("badgan", "cnn6", "resnet18", "resnet50", "small_cnn", "wrn28_10", "wrn40_2")
 # Models cheap enough on a 2-core CPU to build and run for real; the ResNets are checked by
 # tracing only (their blocks reuse the same conv / BatchNorm helpers).
 CHEAP_MODELS = ("small_cnn", "badgan", "wrn40_2")
@@ -118,6 +118,7 @@ def plain_cnn_parameter_count(layout, in_channels: int, num_classes: int) -> int
         # conv3x3 192, conv1x1 192, conv1x1 192.
         ("badgan", [(96, 3)] * 3 + [(192, 3)] * 4 + [(192, 1)] * 2),
         ("small_cnn", [(16, 3), (32, 3), (64, 3)]),
+        ("cnn6", [(32, 3), (32, 3), (64, 3), (64, 3), (128, 3), (128, 3)]),
     ],
 )
 def test_plain_cnn_parameter_count(name, layout):

@@ -106,8 +106,18 @@ def _apply_color(images: jax.Array, params: jax.Array) -> jax.Array:
 
 
 def _apply_affine_color(images: jax.Array, params: jax.Array) -> jax.Array:
-  """Colour by params[:, 6:], then the affine warp by params[:, :6], so the fill stays black."""
-  return _apply_affine(_apply_color(images, params[:, 6:]), params[:, :6])
+  """The affine warp by params[:, :6], then colour by params[:, 6:], times the warped coverage.
+
+  Warping first means the hypergradient never needs the warp's gradient with respect to
+  its input image (a scatter-add; measured here to triple the augmenter's cost). The
+  coverage (a channel of ones warped alongside) keeps pixels from outside the image
+  black whatever the colour change, as colour-then-warp would; the orders differ only
+  in the one-pixel fringe of partial coverage and in contrast's mean, which includes
+  the black fill.
+  """
+  ones = jnp.ones_like(images[..., :1])
+  warped = _apply_affine(jnp.concatenate([images, ones], axis=-1), params[:, :6])
+  return _apply_color(warped[..., :-1], params[:, 6:]) * warped[..., -1:]
 
 
 _TRANSLATION = (("translation_x", "translation_y"), (0.0, 0.0), ("max_translation",) * 2)

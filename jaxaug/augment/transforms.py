@@ -56,6 +56,34 @@ def _apply_per_image(
   return clip_unit(jax.vmap(op)(images, amount))
 
 
+def _rgb_to_hsv_planes(image: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """HSV planes (each [..., H, W], in [0, 1]) of an RGB image [..., H, W, 3] in [0, 1].
+
+  dm-pix's conversion, except that the hue's sector is chosen by comparing the channels
+  with each other rather than testing `max == green`: under jit, XLA:CPU may round the
+  same channel differently in two fusions, the equalities then all fail and dm-pix
+  applies the blue formula to a pixel whose maximum is red or green (a wrong colour,
+  seen here on about one pixel in 10^3 to 10^4 of a jitted colour augmenter).
+  """
+  red, green, blue = image[..., 0], image[..., 1], image[..., 2]
+  value = jnp.maximum(jnp.maximum(red, green), blue)
+  spread = value - jnp.minimum(jnp.minimum(red, green), blue)
+  saturation = jnp.where(value > 0, spread / jnp.where(value > 0, value, 1.0), 0.0)
+  norm = 1.0 / (6.0 * jnp.where(spread > 0, spread, 1.0))
+  red_is_max = (red >= green) & (red >= blue)
+  green_is_max = ~red_is_max & (green >= blue)
+  hue = jnp.where(red_is_max, norm * (green - blue),
+                  jnp.where(green_is_max, norm * (blue - red) + 2.0 / 6.0,
+                            norm * (red - green) + 4.0 / 6.0))
+  hue = jnp.where(spread > 0, hue % 1.0, 0.0)
+  return hue, saturation, value
+
+
+def _hsv_to_rgb(hue: jax.Array, saturation: jax.Array, value: jax.Array) -> jax.Array:
+  """RGB image [..., H, W, 3] of HSV planes [..., H, W] (dm-pix's conversion)."""
+  return pix.hsv_to_rgb(jnp.stack([hue, saturation, value], axis=-1))
+
+
 def adjust_brightness(images: jax.Array, delta: jax.Array) -> jax.Array:
   """Adds `delta[b]` to every pixel of image b, then clips. Identity: delta 0.
 
@@ -92,7 +120,11 @@ def adjust_saturation(images: jax.Array, factor: jax.Array) -> jax.Array:
   Returns:
     float [B, H, W, 3] in [0, 1].
   """
-  return _apply_per_image(pix.adjust_saturation, images, factor, rgb=True)
+  def saturate(image, amount):
+    hue, saturation, value = _rgb_to_hsv_planes(image)
+    return _hsv_to_rgb(hue, jnp.clip(saturation * amount, 0.0, 1.0), value)
+
+  return _apply_per_image(saturate, images, factor, rgb=True)
 
 
 def adjust_hue(images: jax.Array, delta: jax.Array) -> jax.Array:
@@ -105,7 +137,11 @@ def adjust_hue(images: jax.Array, delta: jax.Array) -> jax.Array:
   Returns:
     float [B, H, W, 3] in [0, 1].
   """
-  return _apply_per_image(pix.adjust_hue, images, delta, rgb=True)
+  def rotate_hue(image, amount):
+    hue, saturation, value = _rgb_to_hsv_planes(image)
+    return _hsv_to_rgb((hue + amount) % 1.0, saturation, value)
+
+  return _apply_per_image(rotate_hue, images, delta, rgb=True)
 
 
 def random_flip(rng: jax.Array, images: jax.Array, *, horizontal: bool,

@@ -16,6 +16,7 @@ from jaxaug.registry import Registry
 MODELS = Registry("model")
 MODELS.register("badgan")(cnn.badgan)
 MODELS.register("small_cnn")(cnn.small_cnn)
+MODELS.register("cnn6")(cnn.cnn6)
 MODELS.register("resnet18")(resnet.resnet18)
 MODELS.register("resnet50")(resnet.resnet50)
 MODELS.register("wrn28_10")(wide_resnet.wrn28_10)
