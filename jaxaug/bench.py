@@ -1,36 +1,70 @@
-"""Step-cost benchmark: python -m jaxaug.bench --config FILE [--config.key=value] [--steps N].
+"""Benchmark: python -m jaxaug.bench --config FILE [--config.key=value] [--steps N] [--sections ...].
 
-Times, in one process on the same model and data, a plain supervised step (no
-augmentation), a predefined-augmentation step and bilevel steps for T = 1, 2, 4
-(plus T = 1 with plain reverse-over-reverse autodiff, for reference). Prints one
-JSON object per line: name, ms_per_step, ms_per_update (per classifier update),
-ratio_to_plain (per step), compiled temporary memory and, where the backend
-reports it, peak device memory.
+Two sections, both by default (`--sections=steps,augment`), printing one JSON object per line:
+
+steps: times, in one process on the same model and data, a plain supervised step (no
+augmentation), a predefined-augmentation step and bilevel steps for T = 1, 2, 4 (plus T = 1
+with plain reverse-over-reverse autodiff, for reference): name, ms_per_step, ms_per_update
+(per classifier update), ratio_to_plain (per step), compiled temporary memory and, where the
+backend reports it, peak device memory.
+
+augment: augmentation throughput of the fixed policies RandAugment(2, 9) and AutoAugment
+CIFAR-10 on `--augment_batch_size` training images of `config.data`: jaxaug's jitted sampler
+(per-image randomness), and, when torchvision is importable (`pip install -e ".[bench]"`),
+torchvision's `transforms.v2` policy on the uint8 batch [B, C, H, W] called once (one op draw
+for the whole batch) and called per image in a Python loop (per-image randomness, as in a
+DataLoader): name, images_per_s, us_per_image, ratio_to_torchvision_per_image (time per image
+over torchvision's per-image loop: below 1 is faster), thread counts.
 """
 
 from __future__ import annotations
 
+import importlib
+import itertools
 import json
+import os
 import time
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import app
 from absl import flags
+from absl import logging
 from ml_collections import config_flags
 
 from jaxaug import data
 from jaxaug import parallel
+from jaxaug.augment import fixed
 from jaxaug.methods import METHODS
 from jaxaug.methods import common
 from jaxaug.train import to_float_images
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Configuration file (model, data, batch size).")
-flags.DEFINE_integer("steps", 20, "Timed steps per variant (after one compile + warm-up step).")
+flags.DEFINE_integer("steps", 20, "Timed repeats per variant, after untimed warm-up calls: train "
+                     "steps (steps section) or augmented batches (augment section).")
 flags.DEFINE_list("truncations", ["1", "2", "4"], "Bilevel truncations T to time.")
+flags.DEFINE_list("sections", ["steps", "augment"],
+                  "Sections to run: steps (train-step cost), augment (augmentation throughput).")
+flags.DEFINE_integer("augment_batch_size", 256, "Images per augmented batch (augment section).")
+
+SECTIONS = ("steps", "augment")
+WARMUP_CALLS = 2
+# jaxaug spec (`fixed.compose`) -> the same policy built from torchvision.transforms.v2.
+TORCHVISION_POLICIES: dict[str, Callable[[Any], Any]] = {
+    # 11 bins: magnitude 9 on the paper's 0-10 scale, as jaxaug reads M (torchvision's default
+    # is 31 bins, where 9 would be 0.3 of each op's range).
+    "randaugment(2, 9)": lambda v2: v2.RandAugment(num_ops=2, magnitude=9, num_magnitude_bins=11),
+    "autoaugment_cifar10": lambda v2: v2.AutoAugment(v2.AutoAugmentPolicy.CIFAR10),
+}
+OP_DRAWS = {
+    "jaxaug": "per image",
+    "torchvision_batch": "one for the whole batch (torchvision draws the ops once per call)",
+    "torchvision_per_image": "per image (one call per image in a Python loop, as a DataLoader)",
+}
 
 
 def variants(config: ml_collections.ConfigDict,
@@ -96,12 +130,10 @@ def time_variant(config: ml_collections.ConfigDict, dataset: data.Dataset, mesh,
   }
 
 
-def run(config: ml_collections.ConfigDict, *, steps: int, truncations: list[int],
-        print_fn=print) -> list[dict[str, Any]]:
-  """Times every variant and prints (and returns) one record per variant."""
+def step_records(config: ml_collections.ConfigDict, dataset: data.Dataset, *, steps: int,
+                 truncations: list[int]) -> Iterator[dict[str, Any]]:
+  """One record per train-step variant (see `time_variant`), with ratio_to_plain."""
   mesh = parallel.make_mesh()
-  dataset = data.load_dataset(config.data)
-  records = []
   plain_ms = None
   for name, variant_config in variants(config, truncations):
     record = {"name": name, **time_variant(variant_config, dataset, mesh, steps)}
@@ -110,6 +142,130 @@ def run(config: ml_collections.ConfigDict, *, steps: int, truncations: list[int]
     record.update(model=config.model, batch_size=config.batch_size,
                   image_shape=list(dataset.image_shape), backend=jax.default_backend(),
                   devices=len(jax.devices()))
+    yield record
+
+
+def median_seconds(run_once: Callable[[int], Any], repeats: int) -> float:
+  """Median wall-clock seconds of `run_once(i)` over `repeats` timed calls.
+
+  Calls i = 0 .. WARMUP_CALLS - 1 are untimed warm-up (compilation, caches); the timed
+  calls get i = WARMUP_CALLS .. WARMUP_CALLS + repeats - 1, so each can draw a fresh key.
+  """
+  if repeats < 1:
+    raise ValueError(f"repeats must be at least 1, got {repeats}")
+  for i in range(WARMUP_CALLS):
+    run_once(i)
+  durations = []
+  for i in range(WARMUP_CALLS, WARMUP_CALLS + repeats):
+    start = time.perf_counter()
+    run_once(i)
+    durations.append(time.perf_counter() - start)
+  return float(np.median(durations))
+
+
+def augment_batch(dataset: data.Dataset, batch_size: int) -> np.ndarray:
+  """uint8 [batch_size, H, W, C] training images evenly spaced over the train split."""
+  if not 1 <= batch_size <= len(dataset.train):
+    raise ValueError(f"augment batch size must lie in [1, {len(dataset.train)}] (the train "
+                     f"split's size), got {batch_size}")
+  indices = np.arange(batch_size) * (len(dataset.train) // batch_size)
+  return dataset.train.get(indices)["image"]
+
+
+def jaxaug_seconds(spec: str, images: np.ndarray, repeats: int) -> float:
+  """Median seconds per batch of the jitted `fixed.compose(spec)` sampler.
+
+  images: uint8 [B, H, W, C], put on the default device once; the jitted function turns them
+  into float32 in [0, 1] (as the train step does) and augments them with key fold_in(PRNGKey(0), i).
+  """
+  sampler = fixed.compose(spec)
+  key = jax.random.PRNGKey(0)
+
+  @jax.jit
+  def augment(i, pixels):
+    return sampler(jax.random.fold_in(key, i), pixels.astype(jnp.float32) / 255.0)
+
+  pixels = jax.device_put(images)
+  return median_seconds(lambda i: jax.block_until_ready(augment(i, pixels)), repeats)
+
+
+def import_torchvision() -> tuple[Any, Any] | None:
+  """(torch, torchvision.transforms.v2), or None with a warning when torchvision is missing."""
+  try:
+    torch = importlib.import_module("torch")
+    v2 = importlib.import_module("torchvision.transforms.v2")
+  except ImportError as error:
+    logging.warning("torchvision is not importable (%s): skipping the torchvision lines of the "
+                    "augment section; install them with: pip install -e \".[bench]\"", error)
+    return None
+  return torch, v2
+
+
+def torchvision_seconds(transform: Callable[[Any], Any], images: Any,
+                        repeats: int) -> dict[str, float]:
+  """Median seconds per batch of a torchvision transform on uint8 images [B, C, H, W].
+
+  torchvision_batch: one call on the whole batch; torchvision_per_image: one call per image.
+  """
+  return {
+      "torchvision_batch": median_seconds(lambda _: transform(images), repeats),
+      "torchvision_per_image": median_seconds(
+          lambda _: [transform(image) for image in images], repeats),
+  }
+
+
+def augment_records(config: ml_collections.ConfigDict, dataset: data.Dataset, *,
+                    batch_size: int, repeats: int) -> Iterator[dict[str, Any]]:
+  """One record per (policy, implementation): throughput on `batch_size` train images.
+
+  Names are "<jaxaug spec>/<implementation>", implementations jaxaug, torchvision_batch and
+  torchvision_per_image (the latter two only when torchvision is importable).
+  """
+  images = augment_batch(dataset, batch_size)
+  torchvision = import_torchvision()
+  context = {"batch_size": batch_size, "image_shape": list(dataset.image_shape),
+             "dataset": config.data.dataset, "backend": jax.default_backend(),
+             "cpu_count": len(os.sched_getaffinity(0)), "xla_flags": os.environ.get("XLA_FLAGS")}
+  if torchvision is not None:
+    torch, v2 = torchvision
+    torch_images = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
+    context.update(torch_threads=torch.get_num_threads(),
+                   torch_interop_threads=torch.get_num_interop_threads(),
+                   torch_version=torch.__version__)
+  for spec, torchvision_policy in TORCHVISION_POLICIES.items():
+    seconds = {"jaxaug": jaxaug_seconds(spec, images, repeats)}
+    if torchvision is not None:
+      torch.manual_seed(0)
+      seconds.update(torchvision_seconds(torchvision_policy(v2), torch_images, repeats))
+    reference = seconds.get("torchvision_per_image")
+    for implementation, batch_seconds in seconds.items():
+      yield {
+          "name": f"{spec}/{implementation}",
+          "images_per_s": round(batch_size / batch_seconds, 1),
+          "us_per_image": round(1e6 * batch_seconds / batch_size, 2),
+          "ratio_to_torchvision_per_image": (round(batch_seconds / reference, 3)
+                                             if reference else None),
+          "op_draws": OP_DRAWS[implementation],
+          **context,
+      }
+
+
+def run(config: ml_collections.ConfigDict, *, steps: int, truncations: list[int],
+        sections: Sequence[str] = SECTIONS, augment_batch_size: int = 256,
+        print_fn=print) -> list[dict[str, Any]]:
+  """Runs the named sections (see SECTIONS) and prints (and returns) one record per variant."""
+  unknown = sorted(set(sections) - set(SECTIONS))
+  if unknown:
+    raise ValueError(f"unknown bench sections {unknown}; valid sections: {', '.join(SECTIONS)}")
+  dataset = data.load_dataset(config.data)
+  section_records = []  # Generators: nothing runs until the loop below asks for a record.
+  if "steps" in sections:
+    section_records.append(step_records(config, dataset, steps=steps, truncations=truncations))
+  if "augment" in sections:
+    section_records.append(augment_records(config, dataset, batch_size=augment_batch_size,
+                                           repeats=steps))
+  records = []
+  for record in itertools.chain(*section_records):
     print_fn(json.dumps(record))
     records.append(record)
   return records
@@ -118,7 +274,8 @@ def run(config: ml_collections.ConfigDict, *, steps: int, truncations: list[int]
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  run(FLAGS.config, steps=FLAGS.steps, truncations=[int(t) for t in FLAGS.truncations])
+  run(FLAGS.config, steps=FLAGS.steps, truncations=[int(t) for t in FLAGS.truncations],
+      sections=FLAGS.sections, augment_batch_size=FLAGS.augment_batch_size)
 
 
 if __name__ == "__main__":

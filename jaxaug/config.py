@@ -53,7 +53,7 @@ def default_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.method = "supervised"      # supervised | bilevel
   config.model = "small_cnn"
-  config.augment = "none"           # fixed augmentation, '+'-joined (jaxaug.augment.fixed)
+  config.augment = "none"           # augment.fixed spec, e.g. "randaugment(2, 9)+cutout(16)"
   config.data = default_data_config()
   config.data.mean = (0.5,)         # per-channel standardisation of [0, 1] images
   config.data.std = (0.25,)

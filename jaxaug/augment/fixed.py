@@ -1,61 +1,146 @@
-"""Fixed (non-learned) augmentations, named by string and composed with '+'.
+"""Fixed (non-learned) augmentations, named by string and composed with '+' (big_vision style).
 
-Each entry is a sampler `(rng, images) -> images` over a batch, float32 NHWC in
-[0, 1], with independent draws per image. `compose("crop+hflip")` chains entries
-left to right. `"predefined"` is the standard CIFAR recipe (pad 4, random crop,
-horizontal flip) that every paper compares against.
+A spec is a '+'-joined chain of stages applied left to right, each a registered
+name, optionally called with Python-literal arguments:
+
+  "predefined"                                   pad-4 crop + horizontal flip
+  "autoaugment_cifar10+crop+hflip+cutout(16)"    the AutoAugment paper's CIFAR-10 recipe
+  "randaugment(2, 9)"                            RandAugment N=2, M=9
+  "cutout(20, fill=0.5)"
+
+`FIXED` maps each name to a factory: `factory(*args, **kwargs)` validates its
+arguments and returns a sampler `(rng, images) -> images` over a batch, float32 NHWC
+in [0, 1], with independent draws per image. Arguments are read with
+`ast.literal_eval` (numbers, strings, tuples, ...): nothing in a spec is executed.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+import ast
+import functools
+import inspect
+from typing import Any, Callable, NamedTuple
 
 import jax
 
+from jaxaug.augment import policies
 from jaxaug.augment import transforms
 from jaxaug.registry import Registry
 
 Sampler = Callable[[jax.Array, jax.Array], jax.Array]
-FIXED: Registry[Sampler] = Registry("augmentation")
+FIXED: Registry[Callable[..., Sampler]] = Registry("augmentation")
+
+
+class Stage(NamedTuple):
+  """One stage of a spec: the registered name and the literal arguments of its factory."""
+  name: str
+  args: tuple[Any, ...]
+  kwargs: dict[str, Any]
 
 
 @FIXED.register("none")
-def identity(rng: jax.Array, images: jax.Array) -> jax.Array:
+def identity() -> Sampler:
   """No augmentation."""
-  del rng
-  return images
+  return lambda rng, images: images
 
 
 @FIXED.register("hflip")
-def random_hflip(rng: jax.Array, images: jax.Array) -> jax.Array:
+def random_hflip() -> Sampler:
   """Horizontal flip with probability 1/2 per image."""
-  return transforms.random_flip(rng, images, horizontal=True, vertical=False)
+  return functools.partial(transforms.random_flip, horizontal=True, vertical=False)
 
 
 @FIXED.register("vflip")
-def random_vflip(rng: jax.Array, images: jax.Array) -> jax.Array:
+def random_vflip() -> Sampler:
   """Vertical flip with probability 1/2 per image."""
-  return transforms.random_flip(rng, images, horizontal=False, vertical=True)
+  return functools.partial(transforms.random_flip, horizontal=False, vertical=True)
 
 
 @FIXED.register("crop")
-def random_crop(rng: jax.Array, images: jax.Array) -> jax.Array:
-  """Zero-pad by 4 pixels and crop back at a uniform offset per image."""
-  return transforms.random_pad_and_crop(rng, images, padding=4)
+def random_crop(padding: int = 4) -> Sampler:
+  """Zero-pad by `padding` pixels and crop back at a uniform offset per image."""
+  if isinstance(padding, bool) or not isinstance(padding, int) or padding < 0:
+    raise ValueError(f"crop padding must be an integer >= 0, got {padding!r}")
+  return functools.partial(transforms.random_pad_and_crop, padding=padding)
 
 
 @FIXED.register("predefined")
-def predefined(rng: jax.Array, images: jax.Array) -> jax.Array:
+def predefined() -> Sampler:
   """Pad-4 random crop then horizontal flip: the standard CIFAR augmentation."""
-  return compose("crop+hflip")(rng, images)
+  return compose("crop+hflip")
+
+
+FIXED.register("autoaugment_cifar10")(functools.partial(policies.autoaugment, "cifar10"))
+FIXED.register("autoaugment_svhn")(functools.partial(policies.autoaugment, "svhn"))
+FIXED.register("autoaugment_imagenet")(functools.partial(policies.autoaugment, "imagenet"))
+FIXED.register("randaugment")(policies.randaugment)
+FIXED.register("trivialaugment_wide")(policies.trivial_augment_wide)
+FIXED.register("cutout")(policies.cutout)
+FIXED.register("color_jitter")(policies.color_jitter)
+
+
+def _malformed(spec: str, why: str) -> ValueError:
+  """The error for a spec that does not parse."""
+  return ValueError(f"malformed augmentation spec {spec!r}: {why}; expected names or "
+                    f"name(literal arguments) joined by '+', e.g. 'randaugment(2, 9)+cutout(16)'")
+
+
+def _parse_stage(node: ast.expr, spec: str) -> Stage:
+  """The `Stage` of one '+'-operand: a bare name or a call with literal arguments."""
+  if isinstance(node, ast.Name):
+    return Stage(node.id, (), {})
+  if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)):
+    raise _malformed(spec, f"{ast.unparse(node)!r} is not a name or a call of a name")
+  if any(isinstance(arg, ast.Starred) for arg in node.args) or any(
+      keyword.arg is None for keyword in node.keywords):
+    raise _malformed(spec, f"{ast.unparse(node)!r} unpacks arguments")
+  try:
+    args = tuple(ast.literal_eval(arg) for arg in node.args)
+    kwargs = {keyword.arg: ast.literal_eval(keyword.value) for keyword in node.keywords}
+  except ValueError:
+    raise _malformed(spec, f"the arguments of {ast.unparse(node)!r} must be Python literals"
+                     ) from None
+  return Stage(node.func.id, args, kwargs)
+
+
+def parse(spec: str) -> list[Stage]:
+  """The stages of `spec`, left to right; ValueError naming the spec if it is malformed."""
+  if not isinstance(spec, str) or not spec.strip():
+    raise _malformed(str(spec), "it is empty or not a string")
+  try:
+    tree = ast.parse(spec.strip(), mode="eval").body
+  except SyntaxError:
+    raise _malformed(spec, "it is not valid syntax") from None
+  operands = []
+  while isinstance(tree, ast.BinOp) and isinstance(tree.op, ast.Add):
+    operands.append(tree.right)
+    tree = tree.left
+  operands.append(tree)
+  return [_parse_stage(node, spec) for node in reversed(operands)]
+
+
+def _build(stage: Stage, spec: str) -> Sampler:
+  """The sampler of one stage: its factory called with its arguments."""
+  factory = FIXED.get(stage.name)
+  try:
+    inspect.signature(factory).bind(*stage.args, **stage.kwargs)
+  except TypeError as error:
+    raise ValueError(f"augmentation spec {spec!r}: bad arguments for {stage.name!r} "
+                     f"{inspect.signature(factory)}: {error}") from None
+  return factory(*stage.args, **stage.kwargs)
 
 
 def compose(spec: str) -> Sampler:
-  """The sampler for `spec`, names from `FIXED` joined by '+', applied left to right.
+  """The sampler for `spec` (module docstring): its stages applied left to right.
 
   Each stage gets its own key folded from `rng`, so stages draw independently.
+  Unknown names raise a ValueError listing the valid ones; malformed specs and bad
+  arguments raise a ValueError naming the spec.
+
+  Returns:
+    `sample(rng, images float32 [B, H, W, C] in [0, 1]) -> images`.
   """
-  samplers = [FIXED.get(name.strip()) for name in spec.split("+")]
+  samplers = [_build(stage, spec) for stage in parse(spec)]
 
   def apply(rng: jax.Array, images: jax.Array) -> jax.Array:
     for index, sampler in enumerate(samplers):

@@ -225,15 +225,27 @@ def rotate_matrix(degrees: jax.Array, height: int, width: int) -> jax.Array:
                          sin, cos, centre_y - sin * centre_x - cos * centre_y).astype(degrees.dtype)
 
 
-def _warp(matrix_fn: Callable[[jax.Array, int, int], jax.Array], images: jax.Array,
-          magnitude: jax.Array, *, interpolation: str, fill: float | jax.Array,
-          quantize: bool) -> jax.Array:
-  """Warps each image by `matrix_fn(magnitude, H, W)` with 8-bit semantics."""
-  images, magnitude = _check(images, magnitude)
-  _, height, width, channels = images.shape
+def warp(images: jax.Array, matrices: jax.Array, *, interpolation: str = "nearest",
+         fill: float | jax.Array = 0.0, quantize: bool = True) -> jax.Array:
+  """Warps each image by its pixel matrix with the geometric ops' 8-bit semantics.
+
+  Args:
+    images: float [B, H, W, C] in [0, 1].
+    matrices: float [B, 2, 3] pixel matrices, output -> input (`geometry.affine_warp`'s
+      PIL convention), e.g. from `shear_x_matrix`; several ops' matrices compose by product.
+    interpolation: 'nearest' (PIL NEAREST) or 'bilinear'.
+    fill: value in [0, 1] of pixels that come from outside the image; scalar or [C].
+    quantize: 8-bit semantics (module docstring).
+
+  Returns:
+    float [B, H, W, C] in [0, 1].
+  """
+  images = jnp.asarray(images)
+  geometry._check_images(images)  # pylint: disable=protected-access
+  channels = images.shape[-1]
   fill_levels = _to_levels(geometry._fill_per_channel(  # pylint: disable=protected-access
       fill, channels, images.dtype), quantize)
-  warped = geometry.affine_warp(_to_levels(images, quantize), matrix_fn(magnitude, height, width),
+  warped = geometry.affine_warp(_to_levels(images, quantize), matrices,
                                 interpolation=interpolation, fill_value=fill_levels)
   return _to_images(warped, quantize)
 
@@ -244,8 +256,9 @@ def _geometric_op(name: str, matrix_fn: Callable[[jax.Array, int, int], jax.Arra
 
   def op(images: jax.Array, magnitude: jax.Array, *, interpolation: str = "nearest",
          fill: float | jax.Array = 0.0, quantize: bool = True) -> jax.Array:
-    return _warp(matrix_fn, images, magnitude, interpolation=interpolation, fill=fill,
-                 quantize=quantize)
+    images, magnitude = _check(images, magnitude)
+    matrices = matrix_fn(magnitude, images.shape[1], images.shape[2])
+    return warp(images, matrices, interpolation=interpolation, fill=fill, quantize=quantize)
 
   op.__name__ = op.__qualname__ = name
   op.__doc__ = f"""{name.replace('_', ' ').capitalize()} by `magnitude` ({unit}); identity 0.
@@ -411,20 +424,20 @@ def _channel_extremes(levels: jax.Array) -> tuple[jax.Array, jax.Array]:
 
 @functools.cache
 def _pil_float64_shortfalls() -> np.ndarray:
-  """Sorted keys low * 2^16 + high * 2^8 + v of the (low, high, v) where PIL's float64
-  int(v * scale + offset) of autocontrast is one below the exact floor((v - low) 255 /
-  (high - low)); 12,094 of the 2.8M triples with low < high and low <= v <= high."""
+  """Bit set, uint32 [2^24 / 32], of the keys low * 2^16 + high * 2^8 + v of the (low, high,
+  v) where PIL's float64 int(v * scale + offset) of autocontrast is one below the exact
+  floor((v - low) 255 / (high - low)): 12,094 of the 2.8M triples low < high, low <= v <= high."""
   low, high = np.triu_indices(256, k=1)
-  spread = high - low
-  lengths = spread + 1
-  starts = np.repeat(low, lengths)
+  lengths = high - low + 1
+  starts, ends, spread = (np.repeat(a, lengths) for a in (low, high, high - low))
   value = starts + np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-  scale = 255.0 / np.repeat(spread, lengths)
+  scale = 255.0 / spread
   pil = (value * scale + (-starts * scale)).astype(np.int64)  # PIL's float64 expression
-  exact = (value - starts) * 255 // np.repeat(spread, lengths)
-  short = pil < exact
-  return np.sort((starts[short] * 65536 + np.repeat(high, lengths)[short] * 256
-                  + value[short]).astype(np.int32))
+  short = pil < (value - starts) * 255 // spread
+  keys = starts[short] * 65536 + ends[short] * 256 + value[short]
+  bits = np.zeros(2**24 // 32, np.uint32)
+  np.bitwise_or.at(bits, keys // 32, (np.uint32(1) << (keys % 32).astype(np.uint32)))
+  return bits
 
 
 def _pil_auto_contrast_levels(levels: jax.Array, low: jax.Array, high: jax.Array) -> jax.Array:
@@ -435,10 +448,10 @@ def _pil_auto_contrast_levels(levels: jax.Array, low: jax.Array, high: jax.Array
   """
   as_int = lambda x: x.astype(jnp.int32)
   exact = (as_int(levels - low) * 255) // jnp.maximum(as_int(high - low), 1)
-  keys = as_int(low) * 65536 + as_int(high) * 256 + as_int(levels)
-  table = jnp.asarray(_pil_float64_shortfalls())
-  position = jnp.clip(jnp.searchsorted(table, keys), 0, table.size - 1)
-  return (exact - (table[position] == keys)).astype(levels.dtype)
+  keys = (as_int(low) * 65536 + as_int(high) * 256 + as_int(levels)).astype(jnp.uint32)
+  words = jnp.asarray(_pil_float64_shortfalls())[keys // 32]
+  shortfall = (words >> (keys % 32)) & 1
+  return (exact - shortfall.astype(jnp.int32)).astype(levels.dtype)
 
 
 @_register("auto_contrast", differentiable=False, identity=0.0)
@@ -532,7 +545,9 @@ def _grey(levels: jax.Array, quantize: bool) -> jax.Array:
     return levels
   if levels.shape[-1] != 3:
     raise ValueError(f"colour ops need C = 1 or 3 channels, got shape {levels.shape}")
-  weighted = sum(w * levels[..., k:k + 1] for k, w in enumerate(_GREY_WEIGHTS)) / 65536.0
+  # Integer products and sums stay below 2^24, so the float32 dot is exact.
+  weights = jnp.asarray(_GREY_WEIGHTS, levels.dtype)[:, None]
+  weighted = jnp.dot(levels, weights, precision=jax.lax.Precision.HIGHEST) / 65536.0
   return _straight_through(jnp.floor(weighted + 0.5), weighted) if quantize else weighted
 
 

@@ -195,4 +195,5 @@ def fixed_augment_stack(settings: Settings, rng: jax.Array, images: jax.Array) -
   """Applies the fixed augmentation to each of T stacked batches, f32 [T, B, H, W, C]."""
   sampler = fixed.compose(settings.augment)
   rngs = jax.random.split(rng, images.shape[0])
-  return jax.vmap(sampler)(rngs, images)
+  # lax.map, not vmap: a vmapped lax.switch (space.apply on the CPU) would run every branch.
+  return jax.lax.map(lambda args: sampler(*args), (rngs, images))

@@ -1,0 +1,95 @@
+"""Tests of jaxaug.bench's augmentation section: timing, batch choice, records, optional torchvision."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from jaxaug import bench
+from jaxaug import data
+from jaxaug.config import default_config
+
+TORCHVISION_INSTALLED = importlib.util.find_spec("torchvision") is not None
+
+
+def test_median_seconds_times_only_the_calls_after_warm_up():
+  sleeps = [0.2] * bench.WARMUP_CALLS + [0.01, 0.02, 0.08]
+  calls = []
+
+  def run_once(i):
+    calls.append(i)
+    time.sleep(sleeps[i])
+
+  seconds = bench.median_seconds(run_once, repeats=3)
+  assert calls == list(range(len(sleeps)))
+  # Median of the timed calls 0.02 (sleep overshoots a little); their mean would be 0.037, the
+  # median counting the warm-up calls 0.08.
+  assert 0.02 <= seconds < 0.033
+
+
+def test_median_seconds_rejects_no_repeats():
+  with pytest.raises(ValueError, match="got 0"):
+    bench.median_seconds(lambda i: None, repeats=0)
+
+
+def test_augment_batch_takes_evenly_spaced_train_images():
+  # Pixel value of train image i is i, so the batch reveals which images it holds.
+  images = np.broadcast_to(np.arange(20, dtype=np.uint8)[:, None, None, None], (20, 2, 2, 1))
+  labels = np.zeros(20, np.int64)
+  dataset = data.Dataset(data.ArraySource(np.array(images), labels, 1, "train"),
+                         data.ArraySource(np.array(images), labels, 1, "test"), 1, (2, 2, 1))
+  batch = bench.augment_batch(dataset, 4)
+  np.testing.assert_array_equal(batch[:, 0, 0, 0], [0, 5, 10, 15])
+  with pytest.raises(ValueError, match="got 21"):
+    bench.augment_batch(dataset, 21)
+
+
+def test_import_torchvision_warns_and_returns_none_when_missing(monkeypatch, caplog):
+  monkeypatch.setitem(sys.modules, "torchvision.transforms.v2", None)
+  assert bench.import_torchvision() is None
+  assert '.[bench]' in caplog.text
+
+
+def test_augment_section_prints_one_parsable_record_per_policy_and_implementation(tmp_path):
+  # With torchvision installed (the bench extra) its lines must be there, without it absent.
+  rng = np.random.default_rng(0)
+  images = rng.integers(0, 256, (6, 16, 16, 3), dtype=np.uint8)
+  labels = np.arange(6) % 2
+  np.savez(tmp_path / "random.npz", x_train=images, y_train=labels, x_test=images, y_test=labels)
+  config = default_config()
+  config.data.dataset = f"npz:{tmp_path / 'random.npz'}"
+  lines = []
+
+  records = bench.run(config, steps=1, truncations=[1], sections=["augment"],
+                      augment_batch_size=3, print_fn=lines.append)
+
+  parsed = [json.loads(line) for line in lines]
+  assert parsed == records
+  implementations = ["jaxaug"] + (
+      ["torchvision_batch", "torchvision_per_image"] if TORCHVISION_INSTALLED else [])
+  assert [r["name"] for r in parsed] == [f"{policy}/{implementation}"
+                                         for policy in ("randaugment(2, 9)", "autoaugment_cifar10")
+                                         for implementation in implementations]
+  by_name = {r["name"]: r for r in parsed}
+  for record in parsed:
+    assert record["batch_size"] == 3 and record["image_shape"] == [16, 16, 3]
+    assert record["images_per_s"] * record["us_per_image"] == pytest.approx(1e6, rel=1e-2)
+    reference = by_name.get(record["name"].split("/")[0] + "/torchvision_per_image")
+    if reference is None:
+      assert record["ratio_to_torchvision_per_image"] is None
+    else:
+      assert record["ratio_to_torchvision_per_image"] == pytest.approx(  # Rounded to 0.001.
+          record["us_per_image"] / reference["us_per_image"], rel=1e-2, abs=6e-4)
+      assert isinstance(record["torch_threads"], int) and record["torch_threads"] >= 1
+  if TORCHVISION_INSTALLED:
+    assert "whole batch" in by_name["autoaugment_cifar10/torchvision_batch"]["op_draws"]
+
+
+def test_run_rejects_unknown_sections():
+  with pytest.raises(ValueError, match="'augmentation'"):
+    bench.run(default_config(), steps=1, truncations=[1], sections=["augmentation"])
