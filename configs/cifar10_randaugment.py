@@ -1,13 +1,13 @@
 """CIFAR-10 with RandAugment(N=3, M=5): WRN-28-10, the AutoAugment recipe otherwise.
 
 RandAugment (Cubuk et al., 2020) reports N = 3, M = 5 for WRN-28-10 on CIFAR-10
-(its appendix; from memory of the paper, check before quoting). M is on the paper's
+(recalled from the paper, not checked against its text here). M is on the paper's
 10-level scale (see `jaxaug.augment.policies.randaugment`). Per image: RandAugment,
 pad-4 crop and horizontal flip, 16 x 16 Cutout, as for AutoAugment; optimiser as in
 configs/cifar10_autoaugment.py.
 
   python -m jaxaug.main --config configs/cifar10_randaugment.py --workdir runs/c10_ra \
-      --config.augment='randaugment(2, 14)+crop+hflip+cutout(16)'   # another N, M
+      --config.augment='randaugment(2, 9)+crop+hflip+cutout(16)'   # another N, M
 """
 
 from jaxaug.config import cifar_resnet18_config

@@ -298,39 +298,32 @@ GEOMETRIC_MATRICES: dict[str, Callable[[jax.Array, int, int], jax.Array]] = {
 }
 
 
-@_register("flip_left_right", differentiable=False, identity=0.0)
-def flip_left_right(images: jax.Array, magnitude: jax.Array, *,
-                    quantize: bool = True) -> jax.Array:
-  """Mirrors along the width (`ImageOps.mirror`) at strength `magnitude` in [0, 1].
+def _strength_op(name: str, transform: Callable[[jax.Array], jax.Array],
+                 pil_reference: str) -> Op:
+  """The registered op applying `transform` (levels -> levels) at a blend strength."""
+
+  def op(images: jax.Array, magnitude: jax.Array, *, quantize: bool = True) -> jax.Array:
+    return _apply_in_levels(images, magnitude,
+                            lambda v, s: _with_strength(v, transform(v), s), quantize=quantize)
+
+  op.__name__ = op.__qualname__ = name
+  op.__doc__ = f"""`{pil_reference}` at strength `magnitude` in [0, 1].
 
   Args:
     images: float [B, H, W, C] in [0, 1].
-    magnitude: float [B], strength: 1 mirrors, 0 is the identity (module docstring).
+    magnitude: float [B], strength: 1 is PIL's op, 0 the identity (module docstring).
     quantize: 8-bit semantics.
 
   Returns:
     float [B, H, W, C] in [0, 1].
   """
-  return _apply_in_levels(
-      images, magnitude, lambda v, s: _with_strength(v, jnp.flip(v, axis=2), s),
-      quantize=quantize)
+  return _register(name, differentiable=False, identity=0.0)(op)
 
 
-@_register("flip_up_down", differentiable=False, identity=0.0)
-def flip_up_down(images: jax.Array, magnitude: jax.Array, *, quantize: bool = True) -> jax.Array:
-  """Mirrors along the height (`ImageOps.flip`) at strength `magnitude` in [0, 1].
-
-  Args:
-    images: float [B, H, W, C] in [0, 1].
-    magnitude: float [B], strength: 1 flips, 0 is the identity.
-    quantize: 8-bit semantics.
-
-  Returns:
-    float [B, H, W, C] in [0, 1].
-  """
-  return _apply_in_levels(
-      images, magnitude, lambda v, s: _with_strength(v, jnp.flip(v, axis=1), s),
-      quantize=quantize)
+flip_left_right = _strength_op("flip_left_right", lambda v: jnp.flip(v, axis=2),
+                               "ImageOps.mirror")
+flip_up_down = _strength_op("flip_up_down", lambda v: jnp.flip(v, axis=1), "ImageOps.flip")
+invert = _strength_op("invert", lambda v: MAX_LEVEL - v, "ImageOps.invert (255 - v)")
 
 
 # ----------------------------------------------------------------------------- point ops
@@ -341,22 +334,6 @@ def identity(images: jax.Array, magnitude: jax.Array) -> jax.Array:
   """Returns `images` (float [B, H, W, C]) unchanged; `magnitude` [B] is ignored."""
   images, _ = _check(images, magnitude)
   return images
-
-
-@_register("invert", differentiable=False, identity=0.0)
-def invert(images: jax.Array, magnitude: jax.Array, *, quantize: bool = True) -> jax.Array:
-  """`ImageOps.invert` (255 - v) at strength `magnitude` in [0, 1].
-
-  Args:
-    images: float [B, H, W, C] in [0, 1].
-    magnitude: float [B], strength: 1 inverts, 0 is the identity.
-    quantize: 8-bit semantics.
-
-  Returns:
-    float [B, H, W, C] in [0, 1].
-  """
-  return _apply_in_levels(images, magnitude,
-                          lambda v, s: _with_strength(v, MAX_LEVEL - v, s), quantize=quantize)
 
 
 @_register("solarize", differentiable=False, identity=256.0)
