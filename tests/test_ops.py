@@ -690,3 +690,41 @@ def test_image_gradient_is_straight_through(cifar, name):
     if name != "identity":  # identity has no quantize option
       _, unquantized, _ = gradients(cifar[:3] / 255.0, name, magnitudes, seed=3, quantize=False)
       np.testing.assert_allclose(gradient, unquantized, rtol=1e-9, atol=1e-12, err_msg=name)
+
+
+# ------------------------------------------------------------------------------- pad and crop
+
+
+def test_pad_and_crop_matches_numpy_padding_and_slicing(cifar):
+  # Reference: numpy pads each image by p pixels of the fill and slices H x W at the corner
+  # round(offset * 2 p); exact (an integer shift of grid values).
+  images = to_unit(cifar[:4])
+  height, width = images.shape[1:3]
+  paddings = np.array([0.0, 2.0, 4.0, 3.6], np.float32)  # 3.6 rounds to 4
+  offsets = np.array([[0.3, 0.9], [0.0, 1.0], [0.5, 0.25], [1.0, 0.0]], np.float32)
+  fill = np.asarray(FILL_RGB) / 255.0
+  ours = jax.jit(ops.pad_and_crop)(images, paddings, offsets_yx=offsets, fill=fill)
+  for b in range(len(images)):
+    p = int(np.round(paddings[b]))
+    padded = np.pad(cifar[b].astype(np.float64), ((p, p), (p, p), (0, 0)))
+    padded[:p], padded[p + height:] = FILL_RGB, FILL_RGB
+    padded[:, :p], padded[:, p + width:] = FILL_RGB, FILL_RGB
+    row, col = (int(np.round(offsets[b, k] * 2 * p)) for k in range(2))
+    np.testing.assert_array_equal(levels_of(np.asarray(ours[b])),
+                                  padded[row:row + height, col:col + width], err_msg=str(b))
+  identity = ops.pad_and_crop(images, paddings, offsets_yx=np.full((4, 2), 0.5, np.float32))
+  np.testing.assert_array_equal(identity, images)
+  with pytest.raises(ValueError, match="offsets_yx"):
+    ops.pad_and_crop(images, paddings, offsets_yx=offsets[:2])
+
+
+def test_cutout_magnitude_gradient_survives_an_empty_box(cifar):
+  # At the identity (side 0) the hard box is empty; the straight-through gradient is that of
+  # the soft box, which grows with the side: filling with 0.5 moves the image towards 0.5.
+  images = to_unit(cifar[:2])
+  centers = np.array([[13.0, 16.0], [5.0, 7.0]], np.float32)
+  contrast_to_fill = lambda m: jnp.sum(jnp.abs(
+      ops.cutout(images, m, centers_yx=centers, fill=0.5) - 0.5))
+  for side in (0.0, 1e-3, 0.25):
+    gradient = jax.grad(contrast_to_fill)(jnp.full((2,), side, jnp.float32))
+    assert np.all(np.isfinite(gradient)) and np.all(gradient < 0), (side, gradient)

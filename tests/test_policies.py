@@ -119,7 +119,9 @@ def test_randaugment_ops_uniform_at_the_reference_magnitude(recorder, num_ops, m
 TRIVIAL_WIDE = {
     "Identity": lambda b: 0.0, "AutoContrast": lambda b: 1.0, "Equalize": lambda b: 1.0,
     "ShearX": lambda b: 0.99 * b / 30, "ShearY": lambda b: 0.99 * b / 30,
-    "TranslateX": lambda b: 32.0 * b / 30, "TranslateY": lambda b: 32.0 * b / 30,
+    # torchvision shifts by int(magnitude) pixels.
+    "TranslateX": lambda b: float(int(32.0 * b / 30)),
+    "TranslateY": lambda b: float(int(32.0 * b / 30)),
     "Rotate": lambda b: 135.0 * b / 30,
     "Brightness": lambda b: 1 + 0.99 * b / 30, "Color": lambda b: 1 + 0.99 * b / 30,
     "Contrast": lambda b: 1 + 0.99 * b / 30, "Sharpness": lambda b: 1 + 0.99 * b / 30,

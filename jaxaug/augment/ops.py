@@ -22,9 +22,9 @@ divided by 255, with these documented exceptions:
 - geometric ops with 'nearest': PIL evaluates affine matrices with off-diagonal
   terms in 16.16 fixed point; a source point within ~1e-3 px of a pixel edge may pick
   the other pixel (see `geometry`).
-(auto_contrast reproduces PIL's float64 evaluation of its map, int(v * scale + offset),
-which falls one level short of the exact value for 0.43% of the (low, high, value)
-triples, with a table of those triples.)
+- auto_contrast is exact: it reproduces PIL's float64 evaluation of its map,
+  int(v * scale + offset), which falls one level short of the exact value for 0.43%
+  of the (low, high, value) triples, with a table of those triples.
 
 `quantize=False` keeps the same maths without the rounding of the input and the
 truncation of the output (the ops are then smooth where their maths is).
@@ -250,6 +250,10 @@ def warp(images: jax.Array, matrices: jax.Array, *, interpolation: str = "neares
   return _to_images(warped, quantize)
 
 
+# Pixel-matrix function (magnitude [B], height, width) -> [B, 2, 3] of each geometric op.
+GEOMETRIC_MATRICES: dict[str, Callable[[jax.Array, int, int], jax.Array]] = {}
+
+
 def _geometric_op(name: str, matrix_fn: Callable[[jax.Array, int, int], jax.Array],
                   unit: str, pil_reference: str) -> Op:
   """The registered op warping by `matrix_fn`; one definition serves all five geometric ops."""
@@ -276,6 +280,7 @@ def _geometric_op(name: str, matrix_fn: Callable[[jax.Array, int, int], jax.Arra
   Returns:
     float [B, H, W, C] in [0, 1].
   """
+  GEOMETRIC_MATRICES[name] = matrix_fn
   return _register(name, differentiable=True, identity=0.0)(op)
 
 
@@ -289,13 +294,6 @@ translate_y = _geometric_op("translate_y", translate_y_matrix, "fraction of the 
                             "im.transform(size, AFFINE, (1, 0, 0, 0, 1, m * H))")
 rotate = _geometric_op("rotate", rotate_matrix, "degrees, counter-clockwise", "im.rotate(m)")
 
-GEOMETRIC_MATRICES: dict[str, Callable[[jax.Array, int, int], jax.Array]] = {
-    "shear_x": shear_x_matrix,
-    "shear_y": shear_y_matrix,
-    "translate_x": translate_x_matrix,
-    "translate_y": translate_y_matrix,
-    "rotate": rotate_matrix,
-}
 
 
 def _strength_op(name: str, transform: Callable[[jax.Array], jax.Array],
@@ -324,6 +322,34 @@ flip_left_right = _strength_op("flip_left_right", lambda v: jnp.flip(v, axis=2),
                                "ImageOps.mirror")
 flip_up_down = _strength_op("flip_up_down", lambda v: jnp.flip(v, axis=1), "ImageOps.flip")
 invert = _strength_op("invert", lambda v: MAX_LEVEL - v, "ImageOps.invert (255 - v)")
+
+
+def pad_and_crop(images: jax.Array, magnitude: jax.Array, *, offsets_yx: jax.Array,
+                 fill: float | jax.Array = 0.0, quantize: bool = True) -> jax.Array:
+  """Pads by `magnitude` pixels of `fill` on every side and crops the original size back.
+
+  The classic CIFAR random crop (`geometry.pad_and_crop` with a per-image padding). The
+  crop's top-left corner in the padded image is round(offset * 2 p), p = round(magnitude),
+  so offset 0.5 is the identity crop. Not in `OPS`: it is a baseline transform, not an
+  op of the AutoAugment search space; its magnitude has no gradient.
+
+  Args:
+    images: float [B, H, W, C] in [0, 1].
+    magnitude: float [B], padding in pixels (rounded, >= 0); 0 is the identity.
+    offsets_yx: float [B, 2] in [0, 1], (row, column) position of the crop.
+    fill: value in [0, 1] of the padding; scalar or [C].
+    quantize: 8-bit semantics.
+
+  Returns:
+    float [B, H, W, C] in [0, 1].
+  """
+  images, magnitude = _check(images, magnitude)
+  offsets_yx = jnp.asarray(offsets_yx, images.dtype)
+  geometry._check_per_image(offsets_yx, images, "offsets_yx", (2,))  # pylint: disable=protected-access
+  padding = jnp.round(jnp.maximum(magnitude, 0))[:, None]
+  shift = jnp.round(jnp.clip(offsets_yx, 0, 1) * 2 * padding) - padding  # [B, 2] (row, col)
+  matrices = _pixel_matrices(1.0, 0.0, shift[:, 1], 0.0, 1.0, shift[:, 0]).astype(images.dtype)
+  return warp(images, matrices, interpolation="nearest", fill=fill, quantize=quantize)
 
 
 # ----------------------------------------------------------------------------- point ops
@@ -630,11 +656,13 @@ def cutout(images: jax.Array, magnitude: jax.Array, *, centers_yx: jax.Array,
     hard = (positions >= start) & (positions < stop)
     soft = (jax.nn.sigmoid((positions + 0.5 - start) / temperature)
             * jax.nn.sigmoid((stop - positions - 0.5) / temperature))
-    return _straight_through(hard.astype(images.dtype), soft)
+    return hard.astype(images.dtype), soft
 
-  rows = inside(jnp.arange(height, dtype=images.dtype), centers_yx[:, 0])
-  cols = inside(jnp.arange(width, dtype=images.dtype), centers_yx[:, 1])
-  box = (rows[:, :, None] * cols[:, None, :])[..., None]
+  hard_rows, soft_rows = inside(jnp.arange(height, dtype=images.dtype), centers_yx[:, 0])
+  hard_cols, soft_cols = inside(jnp.arange(width, dtype=images.dtype), centers_yx[:, 1])
+  outer = lambda rows, cols: (rows[:, :, None] * cols[:, None, :])[..., None]
+  # Straight-through on the whole box, so the soft box's gradient survives an empty hard box.
+  box = _straight_through(outer(hard_rows, hard_cols), outer(soft_rows, soft_cols))
   levels = _to_levels(images, quantize)
   return _to_images(levels + box * (fill_levels - levels), quantize)
 

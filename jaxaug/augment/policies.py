@@ -281,6 +281,9 @@ def trivial_augment_wide(*, interpolation: str = "nearest", fill: float | Sequen
     # an integer (Solarize's thresholds), so 8-bit comparisons match torchvision's.
     magnitude = (jnp.asarray(start, jnp.float32)[index] * (last - level)
                  + jnp.asarray(stop, jnp.float32)[index] * level) / last
+    # torchvision shifts by int(magnitude) pixels.
+    is_translation = jnp.asarray(pixels > 1)[index]
+    magnitude = jnp.where(is_translation, jnp.trunc(magnitude), magnitude)
     magnitude = magnitude / jnp.asarray(pixels, jnp.float32)[index]
     return _apply_layer(layer_rng, images, index, magnitude, names=names, signed=tuple(signed),
                         **options)
@@ -310,8 +313,8 @@ def pba_augment(
   Args:
     rng: PRNG key.
     images: float32 [B, H, W, C] in [0, 1].
-    probability: float [K] or [B, K], each entry's probability of being applied.
-    magnitude: float [K] or [B, K], each entry's unsigned magnitude in its op's unit
+    probability: float [K] or [B, K] (or a scalar), each entry's probability of being applied.
+    magnitude: float [K] or [B, K] (or a scalar), each entry's unsigned magnitude in its op's unit
       (`space.SPACE[name].level_to_magnitude(level)` for PBA's discrete levels).
     names: the K entries' `space` names, repeats allowed (PBA holds each op twice).
     count_probabilities: probabilities of applying 0, 1, 2, ... ops; static.
@@ -329,6 +332,11 @@ def pba_augment(
   distinct = tuple(dict.fromkeys(names + ("Identity",)))
   space.entries(distinct)
   batch, entries = images.shape[0], len(names)
+  for name, values in (("probability", probability), ("magnitude", magnitude)):
+    if jnp.shape(values) not in ((), (entries,), (batch, entries)):
+      raise ValueError(f"{name} must be a scalar or have shape ({entries},) or "
+                       f"({batch}, {entries}) for "
+                       f"{entries} entries and {batch} images, got {jnp.shape(values)}")
   probability = jnp.broadcast_to(jnp.asarray(probability, jnp.float32), (batch, entries))
   magnitude = jnp.broadcast_to(jnp.asarray(magnitude, jnp.float32), (batch, entries))
   op_of_entry = jnp.asarray([distinct.index(name) for name in names])

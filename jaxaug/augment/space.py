@@ -18,9 +18,7 @@ followed here:
   is the fraction int(level) / 32 of the image size, so it scales with the image.
 - Rotate uses int(level * 3) degrees; shear level * 0.03; the enhance ops the factor
   0.1 + level * 0.18 (never flipped: below 1 and above 1 are both reachable).
-- Cutout has side int(level * 2) pixels of 32, as a fraction of the height (the
-  square of PBA's copy; the tensorflow/models copy paints the index range
-  [top row, right column) along both axes, a bug).
+- Cutout has side int(level * 2) pixels of 32, as a fraction of the height.
 - Geometric ops get a random sign (done by the samplers, `random_sign`).
 - AutoContrast, Invert, Equalize, the flips ignore the level: strength 1 (PIL's op).
 SamplePairing is not in the reference code; its level is scaled to the paper's
