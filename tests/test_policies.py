@@ -327,3 +327,30 @@ def test_supervised_end_to_end_with_a_policy(tmp_path):
   assert 0.0 <= results["test_accuracy"] <= 1.0
   records = [line for line in open(tmp_path / "metrics.jsonl")]
   assert records and all("nan" not in line.lower() for line in records)
+
+
+def test_pba_spec_applies_every_entry_at_the_reference_level(recorder):
+  # "pba(1, 7)": every entry passes its coin, so the count decides how many ops apply, and
+  # each applied op has the AutoAugment reference magnitude of level 7 (up to the sign flip,
+  # a reflection about the op's identity).
+  draw(fixed.compose("pba(1.0, 7)"))
+  applied = sum((recorder.names(layer) != "Identity").astype(int) for layer in range(2))
+  for count, p in enumerate(policies.PBA_COUNT_PROBABILITIES):
+    assert_frequency(np.mean(applied == count), p, DRAWS, count)
+  for layer in range(2):
+    names, magnitude = recorder.names(layer), recorder.layers[layer][2]
+    for name in set(names) - {"Identity"}:
+      entry = space.SPACE.get(name)
+      expected = float(entry.level_to_magnitude(jnp.float32(7)))
+      identity = entry.identity or 0.0
+      np.testing.assert_allclose(np.abs(magnitude[names == name] - identity),
+                                 abs(expected - identity), rtol=1e-6, err_msg=name)
+
+
+def test_pba_spec_with_probability_zero_is_the_identity():
+  images = jnp.asarray(np.random.default_rng(0).integers(0, 256, (8, 6, 6, 3)) / 255.0,
+                       jnp.float32)
+  out = jax.jit(fixed.compose("pba(0.0, 5)"))(jax.random.key(1), images)
+  np.testing.assert_array_equal(out, images)
+  with pytest.raises(ValueError, match="level"):
+    fixed.compose("pba(0.5, 11)")

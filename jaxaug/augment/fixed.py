@@ -77,6 +77,7 @@ FIXED.register("randaugment")(policies.randaugment)
 FIXED.register("trivialaugment_wide")(policies.trivial_augment_wide)
 FIXED.register("cutout")(policies.cutout)
 FIXED.register("color_jitter")(policies.color_jitter)
+FIXED.register("pba")(policies.pba)
 
 
 def _malformed(spec: str, why: str) -> ValueError:

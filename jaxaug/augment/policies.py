@@ -412,3 +412,31 @@ def color_jitter(brightness: float = 0.4, contrast: float = 0.4, saturation: flo
     return images
 
   return sample
+
+
+def pba(probability: float = 0.5, level: float = 5, *, interpolation: str = "nearest",
+        fill: float | Sequence[float] = 0.0, quantize: bool = True) -> Sampler:
+  """The PBA augmentation function with one probability and level for all 30 entries.
+
+  A fixed, selectable form of `pba_augment` (e.g. the spec `"pba(0.3, 5)"`): every entry
+  of `PBA_ENTRIES` is applied with `probability`, at `level` on the AutoAugment
+  reference's 10-level scale (`space`), until the drawn count of ops is reached. PBA's
+  learned schedules and HBA set per-entry values through `pba_augment` instead.
+
+  Args:
+    probability: in [0, 1].
+    level: in [0, 10], may be fractional.
+
+  Returns:
+    `sample(rng, images float32 [B, H, W, C] in [0, 1]) -> images`.
+  """
+  _check_number("probability", probability, 0, 1)
+  _check_number("level", level, 0, space.PARAMETER_MAX)
+  magnitudes = np.array([float(space.SPACE.get(name).level_to_magnitude(jnp.float32(level)))
+                         for name in PBA_ENTRIES], np.float32)
+
+  def sample(rng: jax.Array, images: jax.Array) -> jax.Array:
+    return pba_augment(rng, images, jnp.full(len(PBA_ENTRIES), probability, jnp.float32),
+                       magnitudes, interpolation=interpolation, fill=fill, quantize=quantize)
+
+  return sample
