@@ -296,17 +296,19 @@ rotate = _geometric_op("rotate", rotate_matrix, "degrees, counter-clockwise", "i
 
 
 
-def _strength_op(name: str, transform: Callable[[jax.Array], jax.Array],
-                 pil_reference: str) -> Op:
-  """The registered op applying `transform` (levels -> levels) at a blend strength."""
+def _strength_op(name: str, transform: Callable[[jax.Array, bool], jax.Array],
+                 pil_reference: str, details: str = "") -> Op:
+  """The registered op applying `transform(levels, quantize) -> levels` at a blend strength."""
 
   def op(images: jax.Array, magnitude: jax.Array, *, quantize: bool = True) -> jax.Array:
-    return _apply_in_levels(images, magnitude,
-                            lambda v, s: _with_strength(v, transform(v), s), quantize=quantize)
+    return _apply_in_levels(
+        images, magnitude, lambda v, s: _with_strength(v, transform(v, quantize), s),
+        quantize=quantize)
 
   op.__name__ = op.__qualname__ = name
+  details = f"\n  {details.strip()}\n" if details.strip() else ""
   op.__doc__ = f"""`{pil_reference}` at strength `magnitude` in [0, 1].
-
+{details}
   Args:
     images: float [B, H, W, C] in [0, 1].
     magnitude: float [B], strength: 1 is PIL's op, 0 the identity (module docstring).
@@ -318,10 +320,10 @@ def _strength_op(name: str, transform: Callable[[jax.Array], jax.Array],
   return _register(name, differentiable=False, identity=0.0)(op)
 
 
-flip_left_right = _strength_op("flip_left_right", lambda v: jnp.flip(v, axis=2),
+flip_left_right = _strength_op("flip_left_right", lambda v, _: jnp.flip(v, axis=2),
                                "ImageOps.mirror")
-flip_up_down = _strength_op("flip_up_down", lambda v: jnp.flip(v, axis=1), "ImageOps.flip")
-invert = _strength_op("invert", lambda v: MAX_LEVEL - v, "ImageOps.invert (255 - v)")
+flip_up_down = _strength_op("flip_up_down", lambda v, _: jnp.flip(v, axis=1), "ImageOps.flip")
+invert = _strength_op("invert", lambda v, _: MAX_LEVEL - v, "ImageOps.invert (255 - v)")
 
 
 def pad_and_crop(images: jax.Array, magnitude: jax.Array, *, offsets_yx: jax.Array,
@@ -457,33 +459,23 @@ def _pil_auto_contrast_levels(levels: jax.Array, low: jax.Array, high: jax.Array
   return (exact - shortfall.astype(jnp.int32)).astype(levels.dtype)
 
 
-@_register("auto_contrast", differentiable=False, identity=0.0)
-def auto_contrast(images: jax.Array, magnitude: jax.Array, *,
-                  quantize: bool = True) -> jax.Array:
-  """`ImageOps.autocontrast` at strength `magnitude` in [0, 1].
+def _auto_contrast_levels(levels: jax.Array, quantize: bool) -> jax.Array:
+  """PIL's autocontrast of levels [B, H, W, C]; see `auto_contrast`."""
+  low, high = _channel_extremes(levels)
+  spread = high - low
+  stretched = (levels - low) * MAX_LEVEL / jnp.where(spread > 0, spread, 1.0)
+  if quantize:
+    stretched = _straight_through(_pil_auto_contrast_levels(levels, low, high), stretched)
+  return jnp.where(spread > 0, stretched, levels)
 
+
+auto_contrast = _strength_op(
+    "auto_contrast", _auto_contrast_levels, "ImageOps.autocontrast",
+    """
   Each channel is mapped linearly so that its lowest level becomes 0 and its highest
   255: floor((v - low) 255 / (high - low)), as PIL evaluates it in float64 (module
   docstring); a constant channel is unchanged.
-
-  Args:
-    images: float [B, H, W, C] in [0, 1].
-    magnitude: float [B], strength: 1 is PIL's op, 0 the identity.
-    quantize: 8-bit semantics.
-
-  Returns:
-    float [B, H, W, C] in [0, 1].
-  """
-
-  def op(levels, strength):
-    low, high = _channel_extremes(levels)
-    spread = high - low
-    stretched = (levels - low) * MAX_LEVEL / jnp.where(spread > 0, spread, 1.0)
-    if quantize:
-      stretched = _straight_through(_pil_auto_contrast_levels(levels, low, high), stretched)
-    return _with_strength(levels, jnp.where(spread > 0, stretched, levels), strength)
-
-  return _apply_in_levels(images, magnitude, op, quantize=quantize)
+""")
 
 
 def _equalize_maps(levels: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -515,28 +507,19 @@ def _equalize_maps(levels: jax.Array) -> tuple[jax.Array, jax.Array]:
   return lookup.reshape(-1).astype(levels.dtype), index
 
 
-@_register("equalize", differentiable=False, identity=0.0)
-def equalize(images: jax.Array, magnitude: jax.Array, *, quantize: bool = True) -> jax.Array:
-  """`ImageOps.equalize` (per-channel histogram equalisation) at strength `magnitude`.
+def _equalize_levels(levels: jax.Array, quantize: bool) -> jax.Array:
+  """PIL's equalisation of levels [B, H, W, C]; see `equalize`."""
+  del quantize  # the histogram is of rounded levels either way
+  lookup, index = _equalize_maps(jax.lax.stop_gradient(jnp.round(levels)))
+  return _straight_through(lookup[index], levels)
 
+
+equalize = _strength_op(
+    "equalize", _equalize_levels, "ImageOps.equalize (per-channel histogram equalisation)",
+    """
   The histogram is of the levels rounded to integers whatever `quantize` is. The map
   is piecewise constant; its image gradient is taken as 1 (straight-through).
-
-  Args:
-    images: float [B, H, W, C] in [0, 1].
-    magnitude: float [B], strength: 1 is PIL's op, 0 the identity.
-    quantize: 8-bit semantics.
-
-  Returns:
-    float [B, H, W, C] in [0, 1].
-  """
-
-  def op(levels, strength):
-    lookup, index = _equalize_maps(jax.lax.stop_gradient(jnp.round(levels)))
-    equalized = _straight_through(lookup[index], levels)
-    return _with_strength(levels, equalized, strength)
-
-  return _apply_in_levels(images, magnitude, op, quantize=quantize)
+""")
 
 
 # ----------------------------------------------------------------------------- enhance
