@@ -28,12 +28,13 @@ def default_bilevel() -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict({
       "truncation": 1,          # T: classifier updates back-propagated through per augmenter update
       "update_every": 1,        # K: augmenter update every K train steps
-      "second_order": "forward",  # forward (reverse-over-forward, fast) | reverse (plain autodiff)
+      "second_order": "forward",  # forward (forward-over-reverse, fast) | reverse (plain autodiff)
       "remat": False,           # rematerialise inner steps: memory O(1) in T
       "augmenter": {
           "kind": "affine_color",  # translation | affine | color | affine_color
           "size": "small",         # small | medium | large
           "bounds": {},            # overrides of create_augmenter's bounds, e.g. max_translation
+          "symmetric": False,      # deviations as likely as their opposites (odd MLP part)
       },
       "optim": {                # the augmenter's optimiser
           "name": "adam",

@@ -12,10 +12,11 @@ The expensive part of that gradient is the vector-Jacobian product of the
 inner gradient `g(params, inputs) = d loss / d params` with a cotangent `w`
 (what reaches `g` from the validation loss). Differentiating `jax.grad` with
 `jax.grad` (reverse-over-reverse) is general but slow. Here `g` carries a
-custom VJP that writes the same product as the gradient, with respect to
-`(params, inputs)`, of the directional derivative `<w, g> = jvp(loss, w)`,
-i.e. reverse-over-forward. `second_order="reverse"` keeps the plain
-autodiff path, used as the reference in tests and benchmarks.
+custom VJP that computes the same product forward-over-reverse: by the
+symmetry of second derivatives it is the tangent, along `w`, of the full
+gradient `(d loss / d params, d loss / d inputs)`, linearised while the inner
+step computes its gradient (see `inner_grad_fn`). `second_order="reverse"`
+keeps the plain autodiff path, used as the reference in tests and benchmarks.
 
 Nothing here knows about images or models: `loss_fn` is any
 `(params, aux, inputs) -> (loss, (aux, metrics))`, where `aux` is carried state
@@ -27,6 +28,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import jax
+import numpy as np
 import optax
 
 PyTree = Any
@@ -41,14 +43,13 @@ def inner_grad_fn(loss_fn: LossFn, *, second_order: str = "forward",
 
   The returned function computes the gradient of `loss_fn` with respect to
   `params`. Differentiating *it* (as an unrolled update does) needs second
-  derivatives of `loss_fn`: `second_order="forward"` computes them as
-  reverse-over-forward products (`grad` of `jvp`), `"reverse"` lets JAX
-  differentiate `jax.grad` directly. Both are exact; they differ in cost.
-  `aux`, the loss and metrics are treated as constants by the outer gradient.
-  With `params_are_constant` (the first step of a truncated unroll, whose
-  parameters do not depend on the hyper-parameters) the forward-mode product
-  skips the parameter cotangent, i.e. the weight-gradient half of its backward
-  pass; plain autodiff prunes it by itself.
+  derivatives of `loss_fn`: `second_order="forward"` computes them as one
+  forward-mode tangent of the gradient (`_with_linearized_second_order`),
+  `"reverse"` lets JAX differentiate `jax.grad` directly. Both are exact; they
+  differ in cost. `aux`, the loss and metrics are treated as constants by the
+  outer gradient. With `params_are_constant` (the first step of a truncated
+  unroll, whose parameters do not depend on the hyper-parameters) the
+  parameter cotangent is zero and its part of the tangent is never computed.
   """
   if second_order not in SECOND_ORDER_MODES:
     raise ValueError(
@@ -62,32 +63,64 @@ def inner_grad_fn(loss_fn: LossFn, *, second_order: str = "forward",
   if second_order == "reverse":
     return plain_grad
 
+  return _with_linearized_second_order(plain_grad, loss_fn, params_are_constant)
+
+
+def _with_linearized_second_order(plain_grad, loss_fn: LossFn, params_are_constant: bool):
+  """`plain_grad` with a VJP computed as a tangent of the gradient, linearised in the forward.
+
+  The mixed second derivatives are symmetric, so the product the outer gradient
+  needs, `w -> (H_pp w, H_xp w)` (the parameter and input cotangents of
+  `<w, g>`), is the tangent of the gradient `(dL/dp, dL/dx)` along the parameter
+  direction `w` (forward-over-reverse). Under differentiation, `jax.linearize`
+  evaluates that gradient once in the forward pass and keeps what its tangent
+  needs, so the backward pass is one tangent evaluation that reuses the inner
+  step's forward and backward passes instead of recomputing them.
+  Undifferentiated calls run `plain_grad`.
+  """
+  def split(inputs):
+    # Differentiable (inexact) leaves, and a function rebuilding `inputs` from them.
+    leaves, treedef = jax.tree.flatten(inputs)
+    is_float = [jax.numpy.issubdtype(leaf.dtype, jax.numpy.inexact) for leaf in leaves]
+
+    def rebuild(float_leaves, fill=lambda leaf: leaf):
+      float_leaves = iter(float_leaves)
+      return treedef.unflatten([next(float_leaves) if flag else fill(leaf)
+                                for leaf, flag in zip(leaves, is_float)])
+
+    return [leaf for leaf, flag in zip(leaves, is_float) if flag], rebuild
+
+  def linearized(params, aux, inputs):
+    float_leaves, rebuild = split(inputs)
+
+    def gradients(params):
+      (loss, (new_aux, metrics)), grads = jax.value_and_grad(
+          lambda p, x: loss_fn(p, aux, rebuild(x)), argnums=(0, 1), has_aux=True)(
+              params, float_leaves)
+      return grads, (loss, jax.lax.stop_gradient(new_aux), jax.lax.stop_gradient(metrics))
+
+    (param_grads, _), tangent_fn, extras = jax.linearize(gradients, params, has_aux=True)
+    return (param_grads, extras), tangent_fn
+
   @jax.custom_vjp
-  def grad_with_forward_second_order(params, aux, inputs):
+  def grad_with_linearized_second_order(params, aux, inputs):
     return plain_grad(params, aux, inputs)
 
   def fwd(params, aux, inputs):
-    return plain_grad(params, aux, inputs), (params, aux, inputs)
+    outputs, tangent_fn = linearized(params, aux, inputs)
+    return outputs, (tangent_fn, params, inputs)
 
   def bwd(residuals, cotangents):
-    params, aux, inputs = residuals
-    grads_cotangent = cotangents[0]  # cotangents of loss/aux/metrics are ignored
-
-    def directional_derivative(params, inputs):
-      # <w, d loss / d params> evaluated as a forward-mode product.
-      return jax.jvp(lambda p: loss_fn(p, aux, inputs)[0], (params,), (grads_cotangent,))[1]
-
-    # vjp, not grad: `inputs` may hold integer leaves (labels), whose cotangents are float0.
+    tangent_fn, params, inputs = residuals
+    params_cotangent, float_cotangents = tangent_fn(cotangents[0])
     if params_are_constant:
-      value, inputs_vjp = jax.vjp(lambda inputs: directional_derivative(params, inputs), inputs)
-      (inputs_cotangent,) = inputs_vjp(jax.numpy.ones_like(value))
-      return jax.tree.map(jax.numpy.zeros_like, params), None, inputs_cotangent
-    value, directional_vjp = jax.vjp(directional_derivative, params, inputs)
-    params_cotangent, inputs_cotangent = directional_vjp(jax.numpy.ones_like(value))
-    return params_cotangent, None, inputs_cotangent
+      params_cotangent = jax.tree.map(jax.numpy.zeros_like, params)
+    _, rebuild = split(inputs)
+    zero = lambda leaf: np.zeros(leaf.shape, jax.dtypes.float0)
+    return params_cotangent, None, rebuild(float_cotangents, fill=zero)
 
-  grad_with_forward_second_order.defvjp(fwd, bwd)
-  return grad_with_forward_second_order
+  grad_with_linearized_second_order.defvjp(fwd, bwd)
+  return grad_with_linearized_second_order
 
 
 def unrolled_updates(

@@ -1,4 +1,4 @@
-"""Hypergradients through the unroll: reverse-over-forward vs plain autodiff vs finite differences."""
+"""Hypergradients through the unroll: forward-over-reverse (linearised) vs plain autodiff vs finite differences."""
 
 import jax
 import jax.numpy as jnp
