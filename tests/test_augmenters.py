@@ -90,6 +90,25 @@ def test_outputs_bounded_and_start_near_identity_with_spread(kind):
   np.testing.assert_allclose(deviation.max(axis=0), bound, rtol=1e-3)
 
 
+def test_symmetric_augmenter_deviations_are_odd_in_the_noise():
+  """symmetric=True: params(-z) - identity == -(params(z) - identity), with the same weights."""
+  noise = jax.random.normal(jax.random.key(3), (256, 100))
+  symmetric = build("affine_color", "medium", symmetric=True, **CUSTOM_BOUNDS)
+  plain = build("affine_color", "medium", **CUSTOM_BOUNDS)
+  identity = np.array(IDENTITY["affine_color"])
+  plus = np.asarray(symmetric(noise)) - identity
+  minus = np.asarray(symmetric(-noise)) - identity
+  np.testing.assert_allclose(plus, -minus, atol=1e-6)
+  assert np.all((plus / maxima("affine_color", CUSTOM_BOUNDS)).std(axis=0) > 0.01)  # varies
+  # The same weights (same seed): the symmetric output is tanh of the odd part of the raw one.
+  raw = lambda z: np.arctanh((np.asarray(plain(z)) - identity) / maxima("affine_color", CUSTOM_BOUNDS))
+  expected = np.tanh((raw(noise) - raw(-noise)) / 2) * maxima("affine_color", CUSTOM_BOUNDS)
+  np.testing.assert_allclose(plus, expected, rtol=1e-4, atol=1e-6)
+  # The plain augmenter is not odd (the check above can fail).
+  plain_plus = np.asarray(plain(noise)) - identity
+  assert np.abs(plain_plus + (np.asarray(plain(-noise)) - identity)).max() > 1e-3
+
+
 # affine_color covers the affine and color kinds.
 @pytest.mark.parametrize("kind", ["translation", "affine_color"])
 def test_gradient_reaches_every_weight_and_matches_finite_differences(kind):

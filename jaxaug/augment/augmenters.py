@@ -26,6 +26,13 @@ pre-activations keep the unit variance of the N(0, 1) noise; the output layer ha
 bias and He-normal weights scaled by init_scale, so at initialisation the raw (pre-tanh)
 outputs have a standard deviation of about init_scale (default 0.1) across noise draws:
 near the identity, but not at it, so gradients reach every layer.
+
+A `symmetric` augmenter uses the odd part of the MLP, `(mlp(z) - mlp(-z)) / 2`, as
+the raw output. The noise is symmetric, so each deviation from the identity is then
+as likely as its opposite. The learned distribution stays centred on the identity
+(its mean is the identity for translations, hue and brightness) and cannot become a
+constant shift, zoom or colour cast that training images would have and test images
+would not; it learns the spread and its correlations. This costs a second MLP pass.
 """
 
 from __future__ import annotations
@@ -156,10 +163,12 @@ class Augmenter(nnx.Module):
       maxima: tuple[float, ...],
       *,
       init_scale: float,
+      symmetric: bool = False,
       rngs: nnx.Rngs,
   ):
     """Builds the MLP; `maxima` [n_params] are the deviations allowed around the kind's identity."""
     self.kind = kind
+    self.symmetric = symmetric
     self.noise_dim = noise_dim
     self.n_params = AUGMENTERS.get(kind).n_params
     if len(maxima) != self.n_params:
@@ -178,14 +187,19 @@ class Augmenter(nnx.Module):
         kernel_init=nnx.initializers.variance_scaling(gain * init_scale**2, "fan_in", "normal"),
         bias_init=nnx.initializers.zeros_init())
 
+  def _mlp(self, noise: jax.Array) -> jax.Array:
+    hidden = noise
+    for layer in self.hidden:
+      hidden = jax.nn.leaky_relu(layer(hidden), LEAKY_RELU_SLOPE)
+    return self.output(hidden)
+
   def __call__(self, noise: jax.Array) -> jax.Array:
     """Transformation parameters float [B, n_params] for noise float [B, noise_dim]."""
     if noise.ndim != 2 or noise.shape[1] != self.noise_dim:
       raise ValueError(f"noise must have shape [B, {self.noise_dim}], got {noise.shape}")
-    hidden = noise
-    for layer in self.hidden:
-      hidden = jax.nn.leaky_relu(layer(hidden), LEAKY_RELU_SLOPE)
-    raw = self.output(hidden)
+    raw = self._mlp(noise)
+    if self.symmetric:
+      raw = (raw - self._mlp(-noise)) / 2
     identity = jnp.asarray(AUGMENTERS.get(self.kind).identity, raw.dtype)
     return identity + jnp.asarray(self.maxima, raw.dtype) * jnp.tanh(raw)
 
@@ -202,6 +216,7 @@ def create_augmenter(
     max_saturation: float = 0.3,
     max_hue: float = 0.05,
     init_scale: float = 0.1,
+    symmetric: bool = False,
 ) -> Augmenter:
   """Builds the augmenter of a kind and size; see the module docstring for both.
 
@@ -219,6 +234,8 @@ def create_augmenter(
     max_saturation: max |saturation factor - 1|, <= 1.
     max_hue: max |hue delta|, turns, <= 0.5.
     init_scale: standard deviation of the raw (pre-tanh) outputs at initialisation, > 0.
+    symmetric: use the odd part of the MLP, so the parameter distribution is symmetric
+      around the identity (see the module docstring).
 
   Returns:
     An `Augmenter`.
@@ -235,7 +252,8 @@ def create_augmenter(
   if not init_scale > 0:
     raise ValueError(f"init_scale must be > 0, got {init_scale}")
   maxima = tuple(float(bounds[name]) for name in spec.bound_names)
-  return Augmenter(kind, noise_dim, hidden_sizes, maxima, init_scale=init_scale, rngs=rngs)
+  return Augmenter(kind, noise_dim, hidden_sizes, maxima, init_scale=init_scale,
+                   symmetric=symmetric, rngs=rngs)
 
 
 def apply_augmenter_params(kind: str, images: jax.Array, params: jax.Array) -> jax.Array:

@@ -12,7 +12,7 @@ for Image Classification", WACV 2021. Each train step:
    held-out batch is differentiated back through the T updates into the
    augmenter's parameters, which take one optimiser step.
 
-config.bilevel: truncation (T), update_every (K), augmenter (kind, size, bounds),
+config.bilevel: truncation (T), update_every (K), augmenter (kind, size, bounds, symmetric),
 optim (the augmenter's optimiser), second_order ('forward' | 'reverse'), remat.
 The validation loss uses batch statistics (train-mode batch norm) without
 keeping them.
@@ -74,6 +74,7 @@ def init(config: ml_collections.ConfigDict, rng: jax.Array, sample_batch: dict,
   classifier_rng, augmenter_rng = jax.random.split(rng)
   module = augmenters.create_augmenter(cfg.augmenter.kind, cfg.augmenter.size,
                                        rngs=nnx.Rngs(params=augmenter_rng),
+                                       symmetric=cfg.augmenter.symmetric,
                                        **cfg.augmenter.bounds)
   steps_per_epoch = max(info.steps_per_epoch // train_batches_per_step(config), 1)
   tx = common.make_optimizer(cfg.optim, steps_per_epoch=steps_per_epoch,
