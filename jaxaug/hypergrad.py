@@ -49,7 +49,7 @@ def inner_grad_fn(loss_fn: LossFn, *, second_order: str = "forward",
   differ in cost. `aux`, the loss and metrics are treated as constants by the
   outer gradient. With `params_are_constant` (the first step of a truncated
   unroll, whose parameters do not depend on the hyper-parameters) the
-  parameter cotangent is zero and its part of the tangent is never computed.
+  parameter cotangent is zero and XLA drops the computation of its tangent.
   """
   if second_order not in SECOND_ORDER_MODES:
     raise ValueError(

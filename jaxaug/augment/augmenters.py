@@ -30,7 +30,7 @@ near the identity, but not at it, so gradients reach every layer.
 A `symmetric` augmenter uses the odd part of the MLP, `(mlp(z) - mlp(-z)) / 2`, as
 the raw output. The noise is symmetric, so each deviation from the identity is then
 as likely as its opposite. The learned distribution stays centred on the identity
-(its mean is the identity for translations, hue and brightness) and cannot become a
+(the mean of every parameter is its identity value) and cannot become a
 constant shift, zoom or colour cast that training images would have and test images
 would not; it learns the spread and its correlations. This costs a second MLP pass.
 """
