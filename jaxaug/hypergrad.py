@@ -108,13 +108,13 @@ def _with_linearized_second_order(plain_grad, loss_fn: LossFn, params_are_consta
 
   def fwd(params, aux, inputs):
     outputs, tangent_fn = linearized(params, aux, inputs)
-    return outputs, (tangent_fn, params, inputs)
+    return outputs, (tangent_fn, inputs)
 
   def bwd(residuals, cotangents):
-    tangent_fn, params, inputs = residuals
+    tangent_fn, inputs = residuals
     params_cotangent, float_cotangents = tangent_fn(cotangents[0])
-    if params_are_constant:
-      params_cotangent = jax.tree.map(jax.numpy.zeros_like, params)
+    if params_are_constant:  # shapes only: XLA drops the unused parameter tangent
+      params_cotangent = jax.tree.map(jax.numpy.zeros_like, params_cotangent)
     _, rebuild = split(inputs)
     zero = lambda leaf: np.zeros(leaf.shape, jax.dtypes.float0)
     return params_cotangent, None, rebuild(float_cotangents, fill=zero)
