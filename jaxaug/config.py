@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ml_collections
 
+from jaxaug.augment import augmenters
 from jaxaug.data.sources import default_data_config
 
 
@@ -25,6 +26,8 @@ def default_optimizer() -> ml_collections.ConfigDict:
 
 def default_bilevel() -> ml_collections.ConfigDict:
   """The `bilevel` method's settings (see jaxaug/methods/bilevel.py)."""
+  options = augmenters.default_options()
+  init_scale = options.pop("init_scale")
   return ml_collections.ConfigDict({
       "truncation": 1,          # T: classifier updates back-propagated through per augmenter update
       "update_every": 1,        # K: augmenter update every K train steps
@@ -33,7 +36,8 @@ def default_bilevel() -> ml_collections.ConfigDict:
       "augmenter": {
           "kind": "affine_color",  # translation | affine | color | affine_color
           "size": "small",         # small | medium | large
-          "bounds": {},            # overrides of create_augmenter's bounds, e.g. max_translation
+          "bounds": options,       # max deviation from the identity per parameter, e.g. max_translation
+          "init_scale": init_scale,  # std of the raw (pre-tanh) outputs at initialisation
           "symmetric": False,      # deviations as likely as their opposites (odd MLP part)
       },
       "optim": {                # the augmenter's optimiser

@@ -1,5 +1,7 @@
 """Method steps: 8 devices == 1 device; the bilevel look-ahead is the real update; hypergradient modes agree."""
 
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -141,3 +143,32 @@ def test_bilevel_update_every_skips_augmenter_updates():
     assert (moved > 0) == expect_moved
     assert (float(metrics["hypergrad_norm"]) > 0) == expect_moved
     state = new_state
+
+
+def test_bilevel_augmenter_bounds_and_init_scale_from_the_command_line():
+  """--config.bilevel.augmenter.bounds.max_* and .init_scale reach the augmenter bilevel builds."""
+  from absl import flags
+  from ml_collections import config_flags
+
+  def augmenter_params(*overrides):
+    smoke = os.path.join(os.path.dirname(__file__), "..", "configs", "smoke.py")
+    argv = ["prog", f"--config={smoke}", "--config.method=bilevel",
+            "--config.bilevel.augmenter.kind=translation", *overrides]
+    flag_values = flags.FlagValues()
+    config_flags.DEFINE_config_file("config", None, "", flag_values=flag_values,
+                                    lock_config=True, sys_argv=argv)
+    flag_values(argv)
+    state = _init(flag_values.config)
+    noise = jax.random.normal(jax.random.key(0), (4096, state.bilevel.noise_dim))
+    params = lambda scale: np.asarray(
+        state.augmenter.apply(state.augmenter.params, state.augmenter.rest, scale * noise)[0])
+    return params(1.0), params(1e6)
+
+  default, default_saturated = augmenter_params()
+  params, saturated = augmenter_params("--config.bilevel.augmenter.bounds.max_translation=0.5",
+                                       "--config.bilevel.augmenter.init_scale=3.0")
+  np.testing.assert_allclose(np.abs(default_saturated).max(axis=0), 0.25, rtol=1e-3)
+  np.testing.assert_allclose(np.abs(saturated).max(axis=0), 0.5, rtol=1e-3)
+  # The same weights scaled 30x: relative to its bound, the spread grows by far more than 2x.
+  relative_spread = (params.std(axis=0) / 0.5) / (default.std(axis=0) / 0.25)
+  assert np.all(relative_spread > 3), relative_spread

@@ -38,6 +38,7 @@ would not; it learns the spread and its correlations. This costs a second MLP pa
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
 from typing import Callable
 
@@ -254,6 +255,18 @@ def create_augmenter(
   maxima = tuple(float(bounds[name]) for name in spec.bound_names)
   return Augmenter(kind, noise_dim, hidden_sizes, maxima, init_scale=init_scale,
                    symmetric=symmetric, rngs=rngs)
+
+
+def default_options() -> dict[str, float]:
+  """`create_augmenter`'s bounds (`max_*`) and `init_scale` with their defaults, by keyword.
+
+  The single source of the defaults that `jaxaug.config` exposes as
+  `config.bilevel.augmenter.bounds` and `.init_scale`, so each can be overridden on the
+  command line.
+  """
+  parameters = inspect.signature(create_augmenter).parameters.values()
+  return {p.name: p.default for p in parameters
+          if p.name.startswith("max_") or p.name == "init_scale"}
 
 
 def apply_augmenter_params(kind: str, images: jax.Array, params: jax.Array) -> jax.Array:

@@ -12,8 +12,9 @@ for Image Classification", WACV 2021. Each train step:
    held-out batch is differentiated back through the T updates into the
    augmenter's parameters, which take one optimiser step.
 
-config.bilevel: truncation (T), update_every (K), augmenter (kind, size, bounds, symmetric),
-optim (the augmenter's optimiser), second_order ('forward' | 'reverse'), remat.
+config.bilevel: truncation (T), update_every (K), augmenter (kind, size, bounds,
+init_scale, symmetric), optim (the augmenter's optimiser), second_order ('forward' |
+'reverse'), remat.
 The validation loss uses batch statistics (train-mode batch norm) without
 keeping them.
 """
@@ -75,6 +76,7 @@ def init(config: ml_collections.ConfigDict, rng: jax.Array, sample_batch: dict,
   module = augmenters.create_augmenter(cfg.augmenter.kind, cfg.augmenter.size,
                                        rngs=nnx.Rngs(params=augmenter_rng),
                                        symmetric=cfg.augmenter.symmetric,
+                                       init_scale=cfg.augmenter.init_scale,
                                        **cfg.augmenter.bounds)
   steps_per_epoch = max(info.steps_per_epoch // train_batches_per_step(config), 1)
   tx = common.make_optimizer(cfg.optim, steps_per_epoch=steps_per_epoch,
