@@ -5,12 +5,14 @@ them from a key and call the deterministic ops (dm-pix style). All work on float
 [B, H, W, C] images in [0, 1] and are jit- and vmap-safe.
 
 Colour ops follow dm-pix / `tf.image` semantics (per-image, per-channel mean for
-contrast; HSV for saturation and hue) and clip the result to [0, 1] with
+contrast; HSV for saturation and hue, computed in closed form on the RGB channels
+without a round trip through HSV planes) and clip the result to [0, 1] with
 `clip_unit`, whose gradient is 1 for values in the closed interval [0, 1] and 0
 outside it. So at the identity amount every pixel of an image in [0, 1] passes
 its gradient through, including pixels at exactly 0 or 1. (`jnp.clip` would give
 1/2 at exactly 0 or 1; dm-pix's own clip of the saturation channel does, for fully
-saturated pixels at a saturation factor of exactly 1.)
+saturated pixels at a saturation factor of exactly 1; here the factor's scale keeps
+gradient 1 there.)
 """
 
 from __future__ import annotations
@@ -56,32 +58,27 @@ def _apply_per_image(
   return clip_unit(jax.vmap(op)(images, amount))
 
 
-def _rgb_to_hsv_planes(image: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-  """HSV planes (each [..., H, W], in [0, 1]) of an RGB image [..., H, W, 3] in [0, 1].
+def _hue_value_spread(image: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """HSV hue in [0, 1), value V = max and spread V - min, each [..., H, W, 1], of RGB [..., H, W, 3].
 
-  dm-pix's conversion, except that the hue's sector is chosen by comparing the channels
-  with each other rather than testing `max == green`: under jit, XLA:CPU may round the
-  same channel differently in two fusions, the equalities then all fail and dm-pix
-  applies the blue formula to a pixel whose maximum is red or green (a wrong colour,
-  seen here on about one pixel in 10^3 to 10^4 of a jitted colour augmenter).
+  dm-pix's hue, except that the sector is chosen by comparing the channels with each
+  other rather than testing `max == green`: under jit, XLA:CPU may round the same
+  channel differently in two fusions, the equalities then all fail and dm-pix applies
+  the blue formula to a pixel whose maximum is red or green (a wrong colour, seen here
+  on about one pixel in 10^3 to 10^4 of a jitted colour augmenter). The HSV saturation
+  is spread / V. Channels are sliced with their axis kept: measured faster under jit
+  than reductions over it.
   """
-  red, green, blue = image[..., 0], image[..., 1], image[..., 2]
+  red, green, blue = image[..., 0:1], image[..., 1:2], image[..., 2:3]
   value = jnp.maximum(jnp.maximum(red, green), blue)
   spread = value - jnp.minimum(jnp.minimum(red, green), blue)
-  saturation = jnp.where(value > 0, spread / jnp.where(value > 0, value, 1.0), 0.0)
   norm = 1.0 / (6.0 * jnp.where(spread > 0, spread, 1.0))
   red_is_max = (red >= green) & (red >= blue)
   green_is_max = ~red_is_max & (green >= blue)
   hue = jnp.where(red_is_max, norm * (green - blue),
                   jnp.where(green_is_max, norm * (blue - red) + 2.0 / 6.0,
                             norm * (red - green) + 4.0 / 6.0))
-  hue = jnp.where(spread > 0, hue % 1.0, 0.0)
-  return hue, saturation, value
-
-
-def _hsv_to_rgb(hue: jax.Array, saturation: jax.Array, value: jax.Array) -> jax.Array:
-  """RGB image [..., H, W, 3] of HSV planes [..., H, W] (dm-pix's conversion)."""
-  return pix.hsv_to_rgb(jnp.stack([hue, saturation, value], axis=-1))
+  return jnp.where(spread > 0, hue % 1.0, 0.0), value, spread
 
 
 def adjust_brightness(images: jax.Array, delta: jax.Array) -> jax.Array:
@@ -120,9 +117,14 @@ def adjust_saturation(images: jax.Array, factor: jax.Array) -> jax.Array:
   Returns:
     float [B, H, W, 3] in [0, 1].
   """
+  # In HSV every channel is c = V - V S k_c(H): scaling S to S' = clip(S * factor, 0, 1)
+  # at fixed H and V moves each channel away from V by S' / S, which needs no round trip:
+  # S' / S = factor, or V / (V - min) once S * factor passes 1, or 0 for factor < 0.
   def saturate(image, amount):
-    hue, saturation, value = _rgb_to_hsv_planes(image)
-    return _hsv_to_rgb(hue, jnp.clip(saturation * amount, 0.0, 1.0), value)
+    _, value, spread = _hue_value_spread(image)
+    scale = jnp.where(amount * spread > value, value / jnp.where(spread > 0, spread, 1.0),
+                      jnp.where(amount < 0, 0.0, amount))
+    return value - (value - image) * scale
 
   return _apply_per_image(saturate, images, factor, rgb=True)
 
@@ -137,9 +139,16 @@ def adjust_hue(images: jax.Array, delta: jax.Array) -> jax.Array:
   Returns:
     float [B, H, W, 3] in [0, 1].
   """
+  # dm-pix's HSV -> RGB with V S = spread: a channel whose own hue (red 0, green 2, blue
+  # 4 sextants) is at circular distance d sextants from the pixel's hue is
+  # V - spread * clip(d - 1, 0, 1).
+  channel_hues = jnp.array([0.0, 2.0, 4.0])
+
   def rotate_hue(image, amount):
-    hue, saturation, value = _rgb_to_hsv_planes(image)
-    return _hsv_to_rgb((hue + amount) % 1.0, saturation, value)
+    hue, value, spread = _hue_value_spread(image)
+    distance = jnp.abs(((hue + amount) % 1.0) * 6.0 - channel_hues.astype(image.dtype))
+    distance = jnp.minimum(distance, 6.0 - distance)
+    return value - spread * jnp.clip(distance - 1.0, 0.0, 1.0)
 
   return _apply_per_image(rotate_hue, images, delta, rgb=True)
 
