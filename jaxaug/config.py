@@ -26,8 +26,7 @@ def default_optimizer() -> ml_collections.ConfigDict:
 
 def default_bilevel() -> ml_collections.ConfigDict:
   """The `bilevel` method's settings (see jaxaug/methods/bilevel.py)."""
-  options = augmenters.default_options()
-  init_scale = options.pop("init_scale")
+  defaults = augmenters.create_augmenter_defaults()
   return ml_collections.ConfigDict({
       "truncation": 1,          # T: classifier updates back-propagated through per augmenter update
       "update_every": 1,        # K: augmenter update every K train steps
@@ -36,9 +35,10 @@ def default_bilevel() -> ml_collections.ConfigDict:
       "augmenter": {
           "kind": "affine_color",  # translation | affine | color | affine_color
           "size": "small",         # small | medium | large
-          "bounds": options,       # max deviation from the identity per parameter, e.g. max_translation
-          "init_scale": init_scale,  # std of the raw (pre-tanh) outputs at initialisation
-          "symmetric": False,      # deviations as likely as their opposites (odd MLP part)
+          # largest deviation from the identity per parameter, e.g. max_translation
+          "bounds": {name: value for name, value in defaults.items() if name.startswith("max_")},
+          "init_scale": defaults["init_scale"],  # std of the pre-tanh outputs at initialisation
+          "symmetric": defaults["symmetric"],    # deviations as likely as their opposites
       },
       "optim": {                # the augmenter's optimiser
           "name": "adam",

@@ -257,16 +257,14 @@ def create_augmenter(
                    symmetric=symmetric, rngs=rngs)
 
 
-def default_options() -> dict[str, float]:
-  """`create_augmenter`'s bounds (`max_*`) and `init_scale` with their defaults, by keyword.
+def create_augmenter_defaults() -> dict[str, float | bool]:
+  """`create_augmenter`'s keyword defaults (the `max_*` bounds, `init_scale`, `symmetric`).
 
-  The single source of the defaults that `jaxaug.config` exposes as
-  `config.bilevel.augmenter.bounds` and `.init_scale`, so each can be overridden on the
-  command line.
+  The single source of the defaults that `jaxaug.config` exposes under
+  `config.bilevel.augmenter`, so that each can be overridden on the command line.
   """
   parameters = inspect.signature(create_augmenter).parameters.values()
-  return {p.name: p.default for p in parameters
-          if p.name.startswith("max_") or p.name == "init_scale"}
+  return {p.name: p.default for p in parameters if p.default is not inspect.Parameter.empty}
 
 
 def apply_augmenter_params(kind: str, images: jax.Array, params: jax.Array) -> jax.Array:

@@ -11,8 +11,8 @@ without a round trip through HSV planes) and clip the result to [0, 1] with
 outside it. So at the identity amount every pixel of an image in [0, 1] passes
 its gradient through, including pixels at exactly 0 or 1. (`jnp.clip` would give
 1/2 at exactly 0 or 1; dm-pix's own clip of the saturation channel does, for fully
-saturated pixels at a saturation factor of exactly 1; here the factor's scale keeps
-gradient 1 there.)
+saturated pixels at a saturation factor of exactly 1; here S * factor = 1 takes the
+unclipped branch, so at factor 1 the image Jacobian is the identity.)
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from __future__ import annotations
 from typing import Callable
 
 import dm_pix as pix
+import numpy as np
 import jax
 import jax.numpy as jnp
 
@@ -58,20 +59,28 @@ def _apply_per_image(
   return clip_unit(jax.vmap(op)(images, amount))
 
 
+def _value_spread(image: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """HSV value V = max and spread V - min (V times the HSV saturation), each [..., H, W, 1].
+
+  Channels of the RGB image [..., H, W, 3] are sliced with their axis kept: measured
+  faster under jit than reductions over it.
+  """
+  red, green, blue = image[..., 0:1], image[..., 1:2], image[..., 2:3]
+  value = jnp.maximum(jnp.maximum(red, green), blue)
+  return value, value - jnp.minimum(jnp.minimum(red, green), blue)
+
+
 def _hue_value_spread(image: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-  """HSV hue in [0, 1), value V = max and spread V - min, each [..., H, W, 1], of RGB [..., H, W, 3].
+  """HSV hue in [0, 1] (circular: 1 may occur in float32 and means 0), and `_value_spread`.
 
   dm-pix's hue, except that the sector is chosen by comparing the channels with each
   other rather than testing `max == green`: under jit, XLA:CPU may round the same
   channel differently in two fusions, the equalities then all fail and dm-pix applies
   the blue formula to a pixel whose maximum is red or green (a wrong colour, seen here
-  on about one pixel in 10^3 to 10^4 of a jitted colour augmenter). The HSV saturation
-  is spread / V. Channels are sliced with their axis kept: measured faster under jit
-  than reductions over it.
+  on about one pixel in 10^3 to 10^4 of a jitted colour augmenter).
   """
   red, green, blue = image[..., 0:1], image[..., 1:2], image[..., 2:3]
-  value = jnp.maximum(jnp.maximum(red, green), blue)
-  spread = value - jnp.minimum(jnp.minimum(red, green), blue)
+  value, spread = _value_spread(image)
   norm = 1.0 / (6.0 * jnp.where(spread > 0, spread, 1.0))
   red_is_max = (red >= green) & (red >= blue)
   green_is_max = ~red_is_max & (green >= blue)
@@ -112,7 +121,7 @@ def adjust_saturation(images: jax.Array, factor: jax.Array) -> jax.Array:
 
   Args:
     images: float [B, H, W, 3] RGB in [0, 1].
-    factor: float [B], >= 0; 0 gives greys of the same HSV value.
+    factor: float [B]; 0 (or less) gives greys of the same HSV value.
 
   Returns:
     float [B, H, W, 3] in [0, 1].
@@ -121,7 +130,7 @@ def adjust_saturation(images: jax.Array, factor: jax.Array) -> jax.Array:
   # at fixed H and V moves each channel away from V by S' / S, which needs no round trip:
   # S' / S = factor, or V / (V - min) once S * factor passes 1, or 0 for factor < 0.
   def saturate(image, amount):
-    _, value, spread = _hue_value_spread(image)
+    value, spread = _value_spread(image)
     scale = jnp.where(amount * spread > value, value / jnp.where(spread > 0, spread, 1.0),
                       jnp.where(amount < 0, 0.0, amount))
     return value - (value - image) * scale
@@ -142,7 +151,7 @@ def adjust_hue(images: jax.Array, delta: jax.Array) -> jax.Array:
   # dm-pix's HSV -> RGB with V S = spread: a channel whose own hue (red 0, green 2, blue
   # 4 sextants) is at circular distance d sextants from the pixel's hue is
   # V - spread * clip(d - 1, 0, 1).
-  channel_hues = jnp.array([0.0, 2.0, 4.0])
+  channel_hues = np.array([0.0, 2.0, 4.0])
 
   def rotate_hue(image, amount):
     hue, value, spread = _hue_value_spread(image)
