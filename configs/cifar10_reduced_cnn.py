@@ -17,9 +17,11 @@ def get_config():
   config = cifar_resnet18_config("cifar10")
   config.model = "cnn6"
   config.data.train_examples = 4000   # 3,200 train + 800 validation
+  config.data.redraw_val_each_epoch = True  # the paper's protocol (section 4.2), for every method
   config.method = "bilevel"
   config.augment = "hflip"
   config.bilevel.augmenter.kind = "affine_color"
+  config.bilevel.augmenter.symmetric = True  # no learned constant zoom or colour cast
   config.num_epochs = 60
   config.optim.learning_rate = 0.05
   config.log_every_steps = 25
