@@ -20,9 +20,9 @@ from __future__ import annotations
 from typing import Callable
 
 import dm_pix as pix
-import numpy as np
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxaug.augment import geometry
 
