@@ -33,6 +33,7 @@ MetricValue = float | np.ndarray | jax.Array
 
 METRICS_FILENAME = "metrics.jsonl"
 RESULTS_FILENAME = "results.json"
+CONFIG_FILENAME = "config.json"
 _RESERVED_KEYS = ("step", "split")
 # Images are upscaled (nearest neighbour, integer factor) until their longer side reaches this.
 _MIN_DISPLAY_SIZE = 96
@@ -132,19 +133,69 @@ def _to_json_value(value: Any) -> Any:
   raise ValueError(f"cannot write {type(value).__name__} {value!r} as JSON")
 
 
+def _write_json(workdir: str, filename: str, value: Any) -> str:
+  """Writes `value` (see `_to_json_value`) as indented JSON to `<workdir>/<filename>`, atomically."""
+  os.makedirs(workdir, exist_ok=True)
+  path = os.path.join(workdir, filename)
+  text = json.dumps(_to_json_value(value), indent=2, allow_nan=False)
+  with open(path + ".tmp", "w") as f:
+    f.write(text + "\n")
+  os.replace(path + ".tmp", path)
+  return path
+
+
 def write_results(workdir: str, results: Mapping[str, Any]) -> str:
   """Writes `results` as indented JSON to `<workdir>/results.json`; returns the path.
 
   Nested mappings, lists, python/numpy/jax scalars and arrays are accepted (arrays become
   nested lists, non-finite floats null). The file is replaced atomically.
   """
-  os.makedirs(workdir, exist_ok=True)
-  path = os.path.join(workdir, RESULTS_FILENAME)
-  text = json.dumps(_to_json_value(results), indent=2, allow_nan=False)
-  with open(path + ".tmp", "w") as f:
-    f.write(text + "\n")
-  os.replace(path + ".tmp", path)
-  return path
+  return _write_json(workdir, RESULTS_FILENAME, results)
+
+
+def write_config(workdir: str, config: Mapping[str, Any]) -> str:
+  """Writes a run's configuration (e.g. `ConfigDict.to_dict()`) to `<workdir>/config.json`.
+
+  Tuples become lists. Returns the path; the file is replaced atomically.
+  """
+  return _write_json(workdir, CONFIG_FILENAME, config)
+
+
+def read_json(workdir: str, filename: str) -> dict[str, Any] | None:
+  """The JSON object in `<workdir>/<filename>`, or None if the file does not exist."""
+  path = os.path.join(workdir, filename)
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    try:
+      return json.load(f)
+    except json.JSONDecodeError as error:
+      raise ValueError(f"{path} is not valid JSON: {error}") from error
+
+
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+  """Nested mappings -> {"dotted.key": leaf}; lists and scalars are leaves."""
+  flat = {}
+  for key, value in tree.items():
+    name = f"{prefix}{key}"
+    if isinstance(value, Mapping):
+      flat.update(flatten(value, name + "."))
+    else:
+      flat[name] = value
+  return flat
+
+
+def config_changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+  """'key: old -> new' for every dotted key whose value differs between two nested configs.
+
+  Compared in their JSON form (tuples equal lists); a key missing on one side shows as
+  `<absent>`. Sorted by key.
+  """
+  old_flat, new_flat = flatten(_to_json_value(old)), flatten(_to_json_value(new))
+  absent = "<absent>"
+  return [f"{key}: {old_flat.get(key, absent)!r} -> {new_flat.get(key, absent)!r}"
+          for key in sorted(old_flat.keys() | new_flat.keys())
+          if old_flat.get(key, absent) != new_flat.get(key, absent)]
 
 
 def format_duration(seconds: float) -> str:

@@ -8,6 +8,7 @@ supplies `init`, `train_step`, `eval_step`, `augment` and
 from __future__ import annotations
 
 import math
+import os
 import time
 from typing import Any
 
@@ -61,12 +62,24 @@ def _check_finite(state, checkpointer: checkpoint.Checkpointer) -> None:
         f"checkpoint (step {checkpointer.latest_step()}) is kept in {checkpointer.directory}")
 
 
+def _save_config(config: ml_collections.ConfigDict, workdir: str, *, resuming: bool) -> None:
+  """Writes `<workdir>/config.json`; when resuming, first prints what changed since it was written."""
+  current = config.to_dict()
+  saved = reporting.read_json(workdir, reporting.CONFIG_FILENAME)
+  changes = reporting.config_changes(saved, current) if resuming and saved is not None else []
+  if changes:
+    print(f"warning: resuming with a configuration that differs from the saved "
+          f"{os.path.join(workdir, reporting.CONFIG_FILENAME)} (now replaced) in:\n  "
+          + "\n  ".join(changes))
+  reporting.write_config(workdir, current)
+
+
 def _interval(every_epochs: float, steps_per_epoch: int) -> int:
   return max(1, int(round(every_epochs * steps_per_epoch)))
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """Trains `config.method` and writes metrics, images, plots, checkpoints and results.json.
+  """Trains `config.method` and writes config.json, metrics, images, plots, checkpoints, results.json.
 
   Resumes from the newest checkpoint in `<workdir>/checkpoints` if there is one.
   Returns the results dict also written to `<workdir>/results.json`.
@@ -102,6 +115,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   reporter = reporting.Reporter(workdir, total_steps=total_steps, is_chief=is_chief,
                                 log_every=config.log_every_steps, start_step=start_step)
   if is_chief:
+    _save_config(config, workdir, resuming=start_step > 0)
     print(f"{config.method} on {config.data.dataset}: {len(dataset.train)} train examples "
           f"({pipeline.num_train_examples} train / {pipeline.num_val_examples} val), "
           f"{steps_per_epoch} steps/epoch x {batches_per_step} batch(es) of {config.batch_size}, "

@@ -270,3 +270,28 @@ def test_write_results_python_scalars(tmp_path):
                               "method": "bilevel"}
   with pytest.raises(ValueError, match="object"):
     reporting.write_results(str(tmp_path), {"x": object()})
+
+
+def test_write_config_and_read_it_back(tmp_path):
+  import ml_collections
+  config = ml_collections.ConfigDict({"method": "bilevel", "data": {"mean": (0.5, 0.25)},
+                                      "bilevel": {"truncation": 2}})
+  path = reporting.write_config(str(tmp_path), config.to_dict())
+  assert path == str(tmp_path / "config.json")
+  assert reporting.read_json(str(tmp_path), "config.json") == {
+      "method": "bilevel", "data": {"mean": [0.5, 0.25]}, "bilevel": {"truncation": 2}}
+  assert reporting.read_json(str(tmp_path), "missing.json") is None
+  (tmp_path / "broken.json").write_text("{")
+  with pytest.raises(ValueError, match="broken.json is not valid JSON"):
+    reporting.read_json(str(tmp_path), "broken.json")
+
+
+def test_flatten_and_config_changes():
+  assert reporting.flatten({"a": 1, "b": {"c": [1, 2], "d": {"e": None}}}) == {
+      "a": 1, "b.c": [1, 2], "b.d.e": None}
+  saved = {"seed": 0, "optim": {"learning_rate": 0.1, "step_epochs": [60, 120]}, "old": 1}
+  now = {"seed": 0, "optim": {"learning_rate": 0.05, "step_epochs": (60, 120)}, "new": "x"}
+  # A tuple equals the list it was saved as; removed and added keys show as <absent>.
+  assert reporting.config_changes(saved, now) == [
+      "new: '<absent>' -> 'x'", "old: 1 -> '<absent>'", "optim.learning_rate: 0.1 -> 0.05"]
+  assert reporting.config_changes(saved, saved) == []

@@ -87,6 +87,21 @@ def test_end_to_end_on_image_folder(tmp_path):
                                       "val_batch_size": 8, "eval_batch_size": 8})
   results = train.train_and_evaluate(config, str(tmp_path / "run"))
   _check_outputs(str(tmp_path / "run"), results, expect_aug_plot=True)
+  with open(tmp_path / "run" / "config.json") as f:
+    assert json.load(f) == json.loads(json.dumps(config.to_dict()))  # tuples saved as lists
+
+
+def test_resuming_with_a_changed_config_says_what_changed(tmp_path, capsys):
+  config = smoke_config("supervised")
+  train.train_and_evaluate(config, str(tmp_path))
+  capsys.readouterr()
+  config.log_every_steps += 1
+  train.train_and_evaluate(config, str(tmp_path))  # resumes at the last step: evaluation only
+  output = capsys.readouterr().out
+  assert "resuming with a configuration that differs" in output
+  assert f"log_every_steps: {config.log_every_steps - 1} -> {config.log_every_steps}" in output
+  with open(tmp_path / "config.json") as f:
+    assert json.load(f)["log_every_steps"] == config.log_every_steps
 
 
 def _final_state_leaves(workdir):
