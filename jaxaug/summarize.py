@@ -1,0 +1,131 @@
+"""Compare finished runs: python -m jaxaug.summarize RUN_DIR [RUN_DIR ...] [--ignore=...] [--metric=...].
+
+Reads each run's `config.json` and `results.json` (both written by `jaxaug.main`), groups
+the runs whose configurations are equal apart from the ignored keys (by default the seeds
+`seed` and `data.seed`, so that a group is one setting over several seeds), and prints a
+Markdown table: one row per group, best mean first, with the configuration keys whose
+values differ between groups, the number of runs, and the mean, sample standard deviation
+(n - 1; empty for a single run), minimum and maximum of the metric. Directories without
+`results.json` (runs still going) are skipped with a note on stderr.
+
+  python -m jaxaug.summarize runs/r_*
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import statistics
+import sys
+from typing import Any, Sequence
+
+from absl import app
+from absl import flags
+
+from jaxaug import reporting
+
+FLAGS = flags.FLAGS
+flags.DEFINE_list("ignore", ["seed", "data.seed"],
+                  "Dotted config keys that do not distinguish settings (runs differing only "
+                  "in these are grouped).")
+flags.DEFINE_string("metric", "test_accuracy", "Key of results.json to summarise.")
+
+STATISTICS = ("mean", "sd", "min", "max")
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+  """A finished run: its directory, flattened configuration and results.json."""
+  workdir: str
+  config: dict[str, Any]
+  results: dict[str, Any]
+
+
+def load_run(workdir: str) -> Run | None:
+  """The run in `workdir`, or None if it has no results.json yet.
+
+  Raises FileNotFoundError if it has results but no config.json (not written by jaxaug.main).
+  """
+  results = reporting.read_json(workdir, reporting.RESULTS_FILENAME)
+  if results is None:
+    return None
+  config = reporting.read_json(workdir, reporting.CONFIG_FILENAME)
+  if config is None:
+    raise FileNotFoundError(f"{workdir} has {reporting.RESULTS_FILENAME} but no "
+                            f"{reporting.CONFIG_FILENAME}: it was not written by jaxaug.main")
+  return Run(workdir, reporting.flatten(config), results)
+
+
+def _hashable(value: Any) -> Any:
+  """JSON values with lists turned into tuples, so they can be grouped on."""
+  return tuple(_hashable(item) for item in value) if isinstance(value, list) else value
+
+
+def summary_rows(runs: Sequence[Run], metric: str,
+                 ignore: Sequence[str] = ("seed", "data.seed")) -> list[dict[str, Any]]:
+  """One row per setting: the distinguishing config values, runs, mean, sd, min, max.
+
+  Args:
+    runs: finished runs.
+    metric: key of each run's results (a number).
+    ignore: dotted config keys left out when deciding which runs share a setting.
+
+  Returns:
+    Rows sorted by mean, highest first. Each holds every config key whose value is not
+    the same in all runs (minus `ignore`; `<absent>` where a run lacks it), then `runs`,
+    `mean`, `sd` (None for one run), `min`, `max`.
+  """
+  for run in runs:
+    if not isinstance(run.results.get(metric), (int, float)):
+      raise ValueError(f"{run.workdir}/{reporting.RESULTS_FILENAME} has no number "
+                       f"{metric!r}; it has {sorted(run.results)}")
+  keys = sorted({key for run in runs for key in run.config} - set(ignore))
+  absent = "<absent>"
+  setting = lambda run: tuple(_hashable(run.config.get(key, absent)) for key in keys)
+  varying = [index for index, _ in enumerate(keys)
+             if len({setting(run)[index] for run in runs}) > 1]
+  groups: dict[tuple, list[float]] = {}
+  for run in runs:
+    groups.setdefault(tuple(setting(run)[i] for i in varying), []).append(run.results[metric])
+  rows = []
+  for values_of_keys, values in groups.items():
+    row = {keys[i]: value for i, value in zip(varying, values_of_keys)}
+    row.update(runs=len(values), mean=statistics.fmean(values),
+               sd=statistics.stdev(values) if len(values) > 1 else None,
+               min=min(values), max=max(values))
+    rows.append(row)
+  return sorted(rows, key=lambda row: -row["mean"])
+
+
+def format_table(rows: Sequence[dict[str, Any]]) -> str:
+  """A Markdown table of `summary_rows`: statistics with 4 decimals, config values as given."""
+  if not rows:
+    return "(no finished runs)"
+  columns = list(rows[0])
+
+  def cell(column, value):
+    if value is None:
+      return ""
+    return f"{value:.4f}" if column in STATISTICS else str(value)
+
+  lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+  lines += ["| " + " | ".join(cell(column, row[column]) for column in columns) + " |"
+            for row in rows]
+  return "\n".join(lines)
+
+
+def main(argv):
+  workdirs = argv[1:]
+  if not workdirs:
+    raise app.UsageError("give one or more run directories, e.g. runs/r_*")
+  runs = []
+  for workdir in workdirs:
+    run = load_run(workdir)
+    if run is None:
+      print(f"skipped {workdir}: no {reporting.RESULTS_FILENAME} (not finished)", file=sys.stderr)
+    else:
+      runs.append(run)
+  print(format_table(summary_rows(runs, FLAGS.metric, FLAGS.ignore)))
+
+
+if __name__ == "__main__":
+  app.run(main)

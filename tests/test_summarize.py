@@ -1,0 +1,73 @@
+"""Tests for jaxaug.summarize: grouping finished runs by setting over seeds, and its CLI."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from jaxaug import reporting
+from jaxaug import summarize
+
+
+def _write_run(workdir, *, method, learning_rate, seed, accuracy, model="cnn6"):
+  config = {"method": method, "model": model, "seed": seed,
+            "data": {"seed": seed, "mean": (0.5,)}, "optim": {"learning_rate": learning_rate}}
+  reporting.write_config(str(workdir), config)
+  reporting.write_results(str(workdir), {"test_accuracy": accuracy, "steps": 10})
+  return str(workdir)
+
+
+@pytest.fixture
+def runs(tmp_path):
+  """Three settings: supervised lr 0.1 (3 seeds), bilevel lr 0.1 (2 seeds), supervised lr 0.05."""
+  specs = [("supervised", 0.1, 0, 0.50), ("supervised", 0.1, 1, 0.60),
+           ("supervised", 0.1, 2, 0.70), ("bilevel", 0.1, 0, 0.80), ("bilevel", 0.1, 1, 0.60),
+           ("supervised", 0.05, 0, 0.55)]
+  return [_write_run(tmp_path / f"{method}_{lr}_{seed}", method=method, learning_rate=lr,
+                     seed=seed, accuracy=accuracy)
+          for method, lr, seed, accuracy in specs]
+
+
+def test_summary_rows_group_seeds_and_show_only_the_keys_that_differ(runs):
+  rows = summarize.summary_rows([summarize.load_run(r) for r in runs], "test_accuracy")
+  # Seeds are grouped; model and data.mean are the same everywhere, so not shown.
+  assert [list(row)[:2] for row in rows] == [["method", "optim.learning_rate"]] * 3
+  assert [(row["method"], row["optim.learning_rate"], row["runs"]) for row in rows] == [
+      ("bilevel", 0.1, 2), ("supervised", 0.1, 3), ("supervised", 0.05, 1)]
+  for row, values in zip(rows, ([0.8, 0.6], [0.5, 0.6, 0.7], [0.55])):
+    assert row["mean"] == pytest.approx(np.mean(values))
+    assert row["min"] == min(values) and row["max"] == max(values)
+  assert rows[0]["sd"] == pytest.approx(np.std([0.8, 0.6], ddof=1))
+  assert rows[1]["sd"] == pytest.approx(np.std([0.5, 0.6, 0.7], ddof=1))
+  assert rows[2]["sd"] is None
+  # Not ignoring the seeds: every run is its own setting.
+  assert len(summarize.summary_rows([summarize.load_run(r) for r in runs], "test_accuracy",
+                                    ignore=())) == len(runs)
+
+
+def test_summary_rows_reject_a_missing_metric(runs):
+  with pytest.raises(ValueError, match="no number 'val_accuracy'.*test_accuracy"):
+    summarize.summary_rows([summarize.load_run(runs[0])], "val_accuracy")
+
+
+def test_load_run_skips_unfinished_and_rejects_runs_without_config(tmp_path):
+  assert summarize.load_run(str(tmp_path)) is None
+  reporting.write_results(str(tmp_path), {"test_accuracy": 0.5})
+  with pytest.raises(FileNotFoundError, match="no config.json"):
+    summarize.load_run(str(tmp_path))
+
+
+def test_command_line_prints_a_markdown_table(runs, tmp_path):
+  unfinished = tmp_path / "still_running"
+  unfinished.mkdir()
+  completed = subprocess.run(
+      [sys.executable, "-m", "jaxaug.summarize", *runs, str(unfinished)],
+      capture_output=True, text=True, check=True)
+  lines = completed.stdout.strip().splitlines()
+  assert lines[0] == "| method | optim.learning_rate | runs | mean | sd | min | max |"
+  assert lines[2] == "| bilevel | 0.1 | 2 | 0.7000 | 0.1414 | 0.6000 | 0.8000 |"
+  assert lines[4] == "| supervised | 0.05 | 1 | 0.5500 |  | 0.5500 | 0.5500 |"
+  assert "skipped" in completed.stderr and "still_running" in completed.stderr
