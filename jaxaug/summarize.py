@@ -79,13 +79,12 @@ def summary_rows(runs: Sequence[Run], metric: str,
       raise ValueError(f"{run.workdir}/{reporting.RESULTS_FILENAME} has no number "
                        f"{metric!r}; it has {sorted(run.results)}")
   keys = sorted({key for run in runs for key in run.config} - set(ignore))
-  absent = "<absent>"
-  setting = lambda run: tuple(_hashable(run.config.get(key, absent)) for key in keys)
-  varying = [index for index, _ in enumerate(keys)
-             if len({setting(run)[index] for run in runs}) > 1]
+  settings = [tuple(_hashable(run.config.get(key, "<absent>")) for key in keys) for run in runs]
+  varying = [index for index in range(len(keys))
+             if len({setting[index] for setting in settings}) > 1]
   groups: dict[tuple, list[float]] = {}
-  for run in runs:
-    groups.setdefault(tuple(setting(run)[i] for i in varying), []).append(run.results[metric])
+  for run, setting in zip(runs, settings):
+    groups.setdefault(tuple(setting[i] for i in varying), []).append(run.results[metric])
   rows = []
   for values_of_keys, values in groups.items():
     row = {keys[i]: value for i, value in zip(varying, values_of_keys)}
