@@ -65,8 +65,8 @@ def _check_finite(state, checkpointer: checkpoint.Checkpointer) -> None:
 def _save_config(config: ml_collections.ConfigDict, workdir: str, *, resuming: bool) -> None:
   """Writes `<workdir>/config.json`; when resuming, first prints what changed since it was written."""
   current = config.to_dict()
-  saved = reporting.read_json(workdir, reporting.CONFIG_FILENAME)
-  changes = reporting.config_changes(saved, current) if resuming and saved is not None else []
+  saved = reporting.read_json(workdir, reporting.CONFIG_FILENAME) if resuming else None
+  changes = reporting.config_changes(saved, current) if saved is not None else []
   if changes:
     print(f"warning: resuming with a configuration that differs from the saved "
           f"{os.path.join(workdir, reporting.CONFIG_FILENAME)} (now replaced) in:\n  "
