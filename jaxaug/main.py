@@ -1,13 +1,17 @@
 """Entry point: python -m jaxaug.main --config configs/X.py --workdir runs/X [--config.key=value].
 
-Resumes automatically when the workdir holds a checkpoint.
+Resumes automatically when the workdir holds a checkpoint. Ctrl-C or SIGTERM saves one at the
+current step first and exits with status 128 + the signal number.
 """
+
+import sys
 
 from absl import app
 from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from jaxaug import stopping
 from jaxaug import train
 
 FLAGS = flags.FLAGS
@@ -21,7 +25,11 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   if not FLAGS.is_parsed() or FLAGS["verbosity"].present == 0:
     logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO; --verbosity=0 shows it
-  train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  try:
+    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  except stopping.TrainingInterrupted as stopped:
+    print(stopped, file=sys.stderr)
+    sys.exit(128 + stopped.signum)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from jaxaug import checkpoint
 from jaxaug import data
 from jaxaug import parallel
 from jaxaug import reporting
+from jaxaug import stopping
 from jaxaug.methods import METHODS
 from jaxaug.methods import common
 
@@ -153,29 +154,33 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
              pipeline.val_batch(step, epoch=pipeline.epoch_of_batch(first_batch)))
 
   history = []
-  try:
-    for step, train_batch, val_batch in data.prefetch(host_batches()):
-      state, metrics = train_step(state, parallel.put_batch(train_batch, mesh, batch_axis=1),
-                                  parallel.put_batch(val_batch, mesh),
-                                  jax.random.fold_in(train_rng, step))
-      history.append(metrics)
-      done = step + 1
-      if done % config.log_every_steps == 0 or done == total_steps:
-        _check_finite(state, checkpointer)
-        means = _mean_metrics(history)
-        history = []
-        means["epoch"] = done / steps_per_epoch
-        reporter.write(done, "train", means)
-        reporter.progress(done, {"loss": means["loss"], "acc": means["accuracy"]})
-      if done % eval_every == 0 and done != total_steps:
-        eval_and_report(done)
-      if done % image_every == 0 or step == start_step:
-        save_images(done)
-      if done % config.checkpoint_every_steps == 0 or done == total_steps:
-        _check_finite(state, checkpointer)
-        checkpointer.save(done, state)
-  finally:
-    checkpointer.close()  # an interrupted run keeps every checkpoint it started writing
+  with stopping.StopSignals() as stop_signals:
+    try:
+      for step, train_batch, val_batch in data.prefetch(host_batches()):
+        state, metrics = train_step(state, parallel.put_batch(train_batch, mesh, batch_axis=1),
+                                    parallel.put_batch(val_batch, mesh),
+                                    jax.random.fold_in(train_rng, step))
+        history.append(metrics)
+        done = step + 1
+        if done % config.log_every_steps == 0 or done == total_steps:
+          _check_finite(state, checkpointer)
+          means = _mean_metrics(history)
+          history = []
+          means["epoch"] = done / steps_per_epoch
+          reporter.write(done, "train", means)
+          reporter.progress(done, {"loss": means["loss"], "acc": means["accuracy"]})
+        if done % eval_every == 0 and done != total_steps:
+          eval_and_report(done)
+        if done % image_every == 0 or step == start_step:
+          save_images(done)
+        stop = stop_signals.requested(done)
+        if stop or done % config.checkpoint_every_steps == 0 or done == total_steps:
+          _check_finite(state, checkpointer)
+          checkpointer.save(done, state)
+        if stop and done != total_steps:
+          raise stopping.TrainingInterrupted(done, stop_signals.signum, checkpointer.directory)
+    finally:
+      checkpointer.close()  # an interrupted run keeps every checkpoint it started writing
 
   final = eval_and_report(total_steps)
   save_images(total_steps)

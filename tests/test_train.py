@@ -3,6 +3,9 @@
 import json
 import os
 import re
+import signal
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -12,6 +15,7 @@ from PIL import Image
 
 from jaxaug import checkpoint
 from jaxaug import data
+from jaxaug import stopping
 from jaxaug import train
 from jaxaug.config import default_config
 
@@ -114,6 +118,15 @@ def _final_state_leaves(workdir):
                             else dict(restored))
 
 
+def _assert_same_final_state(workdir_a, workdir_b):
+  step_a, leaves_a = _final_state_leaves(workdir_a)
+  step_b, leaves_b = _final_state_leaves(workdir_b)
+  assert step_a == step_b
+  assert leaves_a.keys() == leaves_b.keys()
+  for key in leaves_a:
+    np.testing.assert_array_equal(leaves_a[key], leaves_b[key], err_msg=key)
+
+
 @pytest.mark.parametrize("method", ["supervised", "bilevel"])
 def test_resumed_run_equals_uninterrupted_run(tmp_path, monkeypatch, method):
   config = smoke_config(method, {"checkpoint_every_steps": 3})
@@ -134,15 +147,66 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path, monkeypatch, method):
   resumed = train.train_and_evaluate(config, str(tmp_path / "resumed"))
 
   assert resumed["test_accuracy"] == full["test_accuracy"]
-  step_full, leaves_full = _final_state_leaves(str(tmp_path / "full"))
-  step_resumed, leaves_resumed = _final_state_leaves(str(tmp_path / "resumed"))
-  assert step_full == step_resumed == full["steps"]
-  assert leaves_full.keys() == leaves_resumed.keys()
-  for key in leaves_full:
-    np.testing.assert_array_equal(leaves_full[key], leaves_resumed[key], err_msg=key)
+  assert checkpoint.Checkpointer(str(tmp_path / "resumed")).latest_step() == full["steps"]
+  _assert_same_final_state(str(tmp_path / "full"), str(tmp_path / "resumed"))
   records = [json.loads(line) for line in open(tmp_path / "resumed" / "metrics.jsonl")]
   steps = [(r["step"], r["split"]) for r in records]
   assert len(steps) == len(set(steps))  # no duplicated records after resuming
+
+
+def test_stop_signals_ask_once_then_act_as_usual_and_restore_handlers():
+  before = {signum: signal.getsignal(signum) for signum in stopping.SIGNALS}
+  with stopping.StopSignals() as stop:
+    assert not stop.requested(1)
+    os.kill(os.getpid(), signal.SIGINT)
+    assert stop.requested(1) and stop.signum == signal.SIGINT
+    with pytest.raises(KeyboardInterrupt):  # the second Ctrl-C is the usual one
+      os.kill(os.getpid(), signal.SIGINT)
+  assert {signum: signal.getsignal(signum) for signum in stopping.SIGNALS} == before
+
+
+def test_sigterm_saves_a_checkpoint_at_the_current_step_and_resuming_matches(tmp_path, monkeypatch):
+  config = smoke_config("bilevel", {"checkpoint_every_steps": 1000, "num_epochs": 3})
+  full = train.train_and_evaluate(config, str(tmp_path / "full"))
+
+  original = data.Pipeline.train_batches
+
+  def terminate_when_step_5_is_read(self, first_batch, count):
+    if first_batch == 5 * count:
+      os.kill(os.getpid(), signal.SIGTERM)
+    return original(self, first_batch, count)
+
+  monkeypatch.setattr(data.Pipeline, "train_batches", terminate_when_step_5_is_read)
+  with pytest.raises(stopping.TrainingInterrupted, match="stopped on SIGTERM after step") as stop:
+    train.train_and_evaluate(config, str(tmp_path / "resumed"))
+  assert 0 < stop.value.step < full["steps"]
+  assert checkpoint.Checkpointer(str(tmp_path / "resumed")).latest_step() == stop.value.step
+  monkeypatch.setattr(data.Pipeline, "train_batches", original)
+  resumed = train.train_and_evaluate(config, str(tmp_path / "resumed"))
+  assert resumed["test_accuracy"] == full["test_accuracy"]
+  _assert_same_final_state(str(tmp_path / "full"), str(tmp_path / "resumed"))
+
+
+def test_main_exits_with_128_plus_signal_after_saving_on_sigint(tmp_path):
+  workdir = tmp_path / "run"
+  command = [sys.executable, "-m", "jaxaug.main", "--config",
+             os.path.join(os.path.dirname(__file__), "..", "configs", "smoke.py"),
+             f"--workdir={workdir}", "--config.num_epochs=1000", "--config.log_every_steps=1",
+             "--config.checkpoint_every_steps=100000"]
+  env = {**os.environ, "XLA_FLAGS": "", "PYTHONUNBUFFERED": "1"}
+  process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env=env)
+  try:
+    for line in process.stdout:  # wait until it trains
+      if line.startswith("step "):
+        break
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+  finally:
+    process.kill()
+  assert process.returncode == 128 + signal.SIGINT, stderr
+  step = int(re.search(r"stopped on SIGINT after step (\d+); checkpoint saved", stderr).group(1))
+  assert checkpoint.Checkpointer(str(workdir)).latest_step() == step
 
 
 @pytest.mark.parametrize("key,value,message", [
