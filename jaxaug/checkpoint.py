@@ -12,7 +12,9 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from etils import epath
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 
@@ -48,6 +50,26 @@ class Checkpointer:
     restored = self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
     leaves = [restored[key] for key in _flat(template)]
     return jax.tree.unflatten(jax.tree.structure(template), leaves)
+
+  def restore_arrays(self, step: int | None = None) -> dict[str, Any]:
+    """The leaves saved at `step` (default: newest) as host numpy arrays keyed by pytree path.
+
+    Needs no template and works whatever device topology wrote the checkpoint (for
+    inspecting or comparing runs; resume with `restore`).
+    """
+    step = self.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f"no checkpoint in {self.directory}")
+    item = epath.Path(self.directory) / str(step) / "default"
+    reader = ocp.StandardCheckpointHandler()
+    on_host = jax.sharding.SingleDeviceSharding(jax.local_devices(backend="cpu")[0])
+    target = jax.tree.map(
+        lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=on_host),
+        reader.metadata(item))
+    try:
+      return jax.tree.map(np.asarray, reader.restore(item, args=ocp.args.StandardRestore(target)))
+    finally:
+      reader.close()
 
   def wait(self) -> None:
     """Blocks until pending saves are written."""

@@ -109,13 +109,12 @@ def test_resuming_with_a_changed_config_says_what_changed(tmp_path, capsys):
 
 
 def _final_state_leaves(workdir):
-  """The newest checkpoint of a run as {path: array} (no template needed)."""
+  """The newest checkpoint of a run as (step, {path: array})."""
   manager = checkpoint.Checkpointer(workdir)
   step = manager.latest_step()
-  restored = manager._manager.restore(step)
+  leaves = manager.restore_arrays(step)
   manager.close()
-  return step, jax.tree.map(np.asarray, dict(restored["default"]) if "default" in restored
-                            else dict(restored))
+  return step, leaves
 
 
 def _assert_same_final_state(workdir_a, workdir_b):
