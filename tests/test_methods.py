@@ -5,6 +5,7 @@ import os
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from jaxaug import parallel
@@ -144,6 +145,23 @@ def test_bilevel_update_every_skips_augmenter_updates():
     assert (moved > 0) == expect_moved
     assert (float(metrics["hypergrad_norm"]) > 0) == expect_moved
     state = new_state
+
+
+def test_bilevel_augmenter_schedule_spans_its_updates_not_the_train_steps():
+  """With update_every=K the augmenter moves on ceil(total/K) steps; its cosine ends with them."""
+  config = _config("bilevel", update_every=3)
+  config.bilevel.optim.update(name="sgd", learning_rate=1.0, schedule="cosine", momentum=0.0,
+                              weight_decay=0.0, grad_clip=0.0)
+  learner = _init(config).augmenter  # 1 epoch of 10 steps: updates at steps 0, 3, 6, 9
+  grads = jax.tree.map(jnp.ones_like, learner.params)
+  step_sizes = []
+  for _ in range(4):
+    moved = learner.apply_update(grads)
+    step_sizes.append(float(jax.tree.leaves(learner.params)[0].ravel()[0]
+                            - jax.tree.leaves(moved.params)[0].ravel()[0]))
+    learner = moved
+  expected = optax.cosine_decay_schedule(1.0, 4)
+  np.testing.assert_allclose(step_sizes, [expected(i) for i in range(4)], rtol=1e-5, atol=1e-6)
 
 
 def test_bilevel_augmenter_bounds_and_init_scale_from_the_command_line():

@@ -21,6 +21,8 @@ keeping them.
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -79,8 +81,10 @@ def init(config: ml_collections.ConfigDict, rng: jax.Array, sample_batch: dict,
                                        init_scale=cfg.augmenter.init_scale,
                                        **cfg.augmenter.bounds)
   steps_per_epoch = max(info.steps_per_epoch // train_batches_per_step(config), 1)
-  tx = common.make_optimizer(cfg.optim, steps_per_epoch=steps_per_epoch,
-                             total_steps=int(config.num_epochs * steps_per_epoch))
+  total_steps = math.ceil(config.num_epochs * steps_per_epoch)
+  # The augmenter's schedule counts its own updates: one every K train steps (0, K, 2K, ...).
+  tx = common.make_optimizer(cfg.optim, steps_per_epoch=steps_per_epoch / cfg.update_every,
+                             total_steps=math.ceil(total_steps / cfg.update_every))
   return State(
       step=jnp.zeros((), jnp.int32),
       classifier=common.create_classifier(config, classifier_rng, info),

@@ -50,7 +50,7 @@ class Learner:
                         rest=self.rest if rest is None else rest)
 
 
-def learning_rate_schedule(optim: ml_collections.ConfigDict, *, steps_per_epoch: int,
+def learning_rate_schedule(optim: ml_collections.ConfigDict, *, steps_per_epoch: float,
                            total_steps: int) -> optax.Schedule:
   """Learning rate per optimiser update from `optim.{learning_rate, schedule, ...}`.
 
@@ -76,7 +76,7 @@ def learning_rate_schedule(optim: ml_collections.ConfigDict, *, steps_per_epoch:
   return optax.join_schedules([warmup, main], [warmup_steps])
 
 
-def make_optimizer(optim: ml_collections.ConfigDict, *, steps_per_epoch: int,
+def make_optimizer(optim: ml_collections.ConfigDict, *, steps_per_epoch: float,
                    total_steps: int) -> optax.GradientTransformation:
   """SGD (momentum, Nesterov) or Adam with decoupled-from-loss L2 weight decay and a schedule.
 
