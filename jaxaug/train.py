@@ -44,10 +44,14 @@ def _mean_metrics(history: list[dict]) -> dict[str, float]:
 
 
 def evaluate(eval_step, state, pipeline: data.Pipeline, split: str, batch_size: int,
-             mesh) -> dict[str, float]:
-  """Loss and accuracy of the classifier over the whole `split` ('val' or 'test')."""
+             mesh, *, epoch: int = 0) -> dict[str, float]:
+  """Loss and accuracy of the classifier over the whole `split` ('val' or 'test').
+
+  'val' is the validation part of train epoch `epoch` (it matters only when the split is
+  re-drawn each epoch).
+  """
   totals = None
-  for batch in pipeline.eval_batches(split, batch_size):
+  for batch in pipeline.eval_batches(split, batch_size, epoch=epoch):
     sums = eval_step(state, parallel.put_batch(batch, mesh))
     totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
   totals = jax.device_get(totals)
@@ -142,8 +146,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   def eval_and_report(step):
     results = {}
+    epoch = pipeline.epoch_of_batch(max(0, step * batches_per_step - 1))  # of the last batch
     for split in ("val", "test"):
-      results[split] = evaluate(eval_step, state, pipeline, split, config.eval_batch_size, mesh)
+      results[split] = evaluate(eval_step, state, pipeline, split, config.eval_batch_size, mesh,
+                                epoch=epoch)
       reporter.write(step, split, results[split])
     return results
 
@@ -193,6 +199,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       "test_loss": final["test"]["loss"],
       "val_accuracy": final["val"]["accuracy"],
       "val_loss": final["val"]["loss"],
+      "val_held_out": not config.data.redraw_val_each_epoch,  # else earlier epochs trained on it
       "steps": total_steps,
       "epochs": config.num_epochs,
       "wall_seconds": time.time() - start_time,

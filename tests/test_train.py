@@ -95,6 +95,22 @@ def test_end_to_end_on_image_folder(tmp_path):
     assert json.load(f) == json.loads(json.dumps(config.to_dict()))  # tuples saved as lists
 
 
+def test_val_metrics_use_the_current_epochs_split_when_it_is_redrawn(tmp_path, monkeypatch):
+  config = smoke_config("supervised", {"data.redraw_val_each_epoch": True, "num_epochs": 3})
+  original = data.Pipeline.eval_batches
+  val_epochs = []
+
+  def record_epoch(self, split, batch_size, epoch=0):
+    if split == "val":
+      val_epochs.append(epoch)
+    return original(self, split, batch_size, epoch)
+
+  monkeypatch.setattr(data.Pipeline, "eval_batches", record_epoch)
+  results = train.train_and_evaluate(config, str(tmp_path))
+  assert val_epochs == [0, 1, 2]  # after epochs 1 and 2, and the final evaluation
+  assert results["val_held_out"] is False
+
+
 def test_resuming_with_a_changed_config_says_what_changed(tmp_path, capsys):
   config = smoke_config("supervised")
   train.train_and_evaluate(config, str(tmp_path))
