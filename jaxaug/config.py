@@ -40,16 +40,10 @@ def default_bilevel() -> ml_collections.ConfigDict:
           "init_scale": defaults["init_scale"],  # std of the pre-tanh outputs at initialisation
           "symmetric": defaults["symmetric"],    # deviations as likely as their opposites
       },
-      "optim": {                # the augmenter's optimiser
-          "name": "adam",
-          "learning_rate": 1e-3,
-          "momentum": 0.0,
-          "nesterov": False,
-          "weight_decay": 0.0,
-          "grad_clip": 1.0,
-          "schedule": "constant",
-          "warmup_epochs": 0.0,
-      },
+      # the augmenter's optimiser: the classifier's fields, Adam 1e-3, clipped, constant
+      "optim": default_optimizer().to_dict() | {
+          "name": "adam", "learning_rate": 1e-3, "momentum": 0.0, "nesterov": False,
+          "weight_decay": 0.0, "grad_clip": 1.0, "schedule": "constant"},
   })
 
 

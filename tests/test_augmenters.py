@@ -232,6 +232,10 @@ def test_rejects_bad_names_bounds_and_shapes():
     augmenters.create_augmenter("color", "small", rngs=rngs, max_hue=0.7)
   with pytest.raises(ValueError, match="max_contrast.*1.5"):
     augmenters.create_augmenter("color", "small", rngs=rngs, max_contrast=1.5)
+  with pytest.raises(ValueError, match=r"max_linear must be in \[0, 0.5\], got 0.6"):
+    augmenters.create_augmenter("affine", "small", rngs=rngs, max_linear=0.6)
+  with pytest.raises(ValueError, match="max_brightness.*1.2"):
+    augmenters.create_augmenter("color", "small", rngs=rngs, max_brightness=1.2)
   augmenter = nnx.eval_shape(
       lambda: augmenters.create_augmenter("affine", "small", rngs=nnx.Rngs(0)))
   with pytest.raises(ValueError, match=r"\[B, 6\]"):

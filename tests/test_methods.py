@@ -90,23 +90,34 @@ def test_eight_devices_match_one_device(method, truncation):
                        float32_rtol=1e-6)
 
 
-def test_bilevel_look_ahead_is_the_update_the_classifier_takes():
-  """After a bilevel step the classifier equals one plain optax update on the augmented batch."""
-  config = _config("bilevel")
+@pytest.mark.parametrize("truncation", [1, 2])
+def test_bilevel_look_ahead_is_the_update_the_classifier_takes(truncation):
+  """After a bilevel step the classifier equals T plain optax updates on the augmented batches.
+
+  Two steps come first, so the momentum buffer and the schedule's count are not at their
+  initial values (a look-ahead with its own fresh optimiser state would fail here).
+  """
+  config = _config("bilevel", truncation=truncation)
   config.augment = "none"
   state = _init(config)
-  train, val = _batches(1)
+  step = jax.jit(bilevel.train_step)
+  for i in range(2):
+    state, _ = step(state, *_batches(truncation, seed=10 + i), jax.random.PRNGKey(10 + i))
+  assert max(float(jnp.abs(leaf).max()) for leaf in jax.tree.leaves(state.classifier.opt_state)
+             if jnp.issubdtype(leaf.dtype, jnp.floating)) > 0
+  train, val = _batches(truncation)
   rng = jax.random.PRNGKey(3)
-  new_state, _ = jax.jit(bilevel.train_step)(state, train, val, rng)
+  new_state, _ = step(state, train, val, rng)
 
   _, noise_rng = jax.random.split(rng)
   images, _ = bilevel._learned_augment(state, state.augmenter.params, jnp.asarray(train["image"]),
                                        noise_rng)
-  classifier = state.classifier
-  (_, (rest, _)), grads = jax.value_and_grad(common.classifier_loss, argnums=1, has_aux=True)(
-      classifier, classifier.params, classifier.rest, images[0], train["label"][0],
-      mean=state.settings.mean, std=state.settings.std)
-  expected = classifier.apply_update(grads, rest)
+  expected = state.classifier
+  for t in range(truncation):
+    (_, (rest, _)), grads = jax.value_and_grad(common.classifier_loss, argnums=1, has_aux=True)(
+        expected, expected.params, expected.rest, images[t], train["label"][t],
+        mean=state.settings.mean, std=state.settings.std)
+    expected = expected.apply_update(grads, rest)
   _assert_leaves_close(new_state.classifier, expected, rtol=1e-5, atol=1e-6)
   # and the augmenter moved
   moved = jax.tree.map(lambda a, b: float(jnp.abs(a - b).max()), new_state.augmenter.params,
@@ -131,6 +142,20 @@ def test_bilevel_forward_and_reverse_second_order_agree(truncation):
   assert results["forward"][1] > 0
   np.testing.assert_allclose(results["forward"][1], results["reverse"][1], rtol=1e-4)
   _assert_leaves_close(results["forward"][0], results["reverse"][0], rtol=1e-3, atol=1e-7)
+
+
+@pytest.mark.parametrize("schedule", ["constant", "cosine", "step"])
+def test_bilevel_augmenter_takes_every_schedule(schedule):
+  config = _config("bilevel")
+  config.bilevel.optim.schedule = schedule
+  state = _init(config)
+  state, metrics = jax.jit(bilevel.train_step)(state, *_batches(1), jax.random.PRNGKey(0))
+  assert float(metrics["hypergrad_norm"]) > 0
+
+
+def test_bilevel_rejects_an_unknown_second_order_mode_at_init():
+  with pytest.raises(ValueError, match="second_order 'sideways'; valid: forward, reverse"):
+    _init(_config("bilevel", second_order="sideways"))
 
 
 def test_bilevel_update_every_skips_augmenter_updates():

@@ -83,9 +83,12 @@ AUGMENTER_SIZES.register("small")(lambda n: (n, (n, 10 * n)))
 AUGMENTER_SIZES.register("medium")(lambda n: (100, (64, 32)))
 AUGMENTER_SIZES.register("large")(lambda n: (100, (512, 1024, 124, 512)))
 
-# Upper limits that keep each transformation meaningful: hue is periodic with period 1,
-# and contrast / saturation factors must stay >= 0.
-_BOUND_LIMITS = {"max_hue": 0.5, "max_contrast": 1.0, "max_saturation": 1.0}
+# Upper limits that keep each transformation meaningful: hue is periodic with period 1;
+# contrast / saturation factors must stay >= 0; a brightness delta beyond 1 saturates every
+# pixel; with each entry of A - I below 0.5 in size, det A > (1 - m)^2 - m^2 >= 0, so the
+# warp can neither collapse nor mirror the image.
+_BOUND_LIMITS = {"max_hue": 0.5, "max_contrast": 1.0, "max_saturation": 1.0,
+                 "max_brightness": 1.0, "max_linear": 0.5}
 
 
 def _warp_normalized(images: jax.Array, theta: jax.Array) -> jax.Array:

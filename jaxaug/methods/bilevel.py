@@ -30,6 +30,7 @@ import optax
 from flax import nnx
 from flax import struct
 
+from jaxaug import hypergrad
 from jaxaug.augment import augmenters
 from jaxaug.methods import common
 from jaxaug.methods import supervised
@@ -70,6 +71,9 @@ def init(config: ml_collections.ConfigDict, rng: jax.Array, sample_batch: dict,
   cfg = config.bilevel
   if not isinstance(cfg.update_every, int) or cfg.update_every < 1:
     raise ValueError(f"config.bilevel.update_every={cfg.update_every!r} must be an integer >= 1")
+  if cfg.second_order not in hypergrad.SECOND_ORDER_MODES:
+    raise ValueError(f"unknown config.bilevel.second_order {cfg.second_order!r}; valid: "
+                     f"{', '.join(hypergrad.SECOND_ORDER_MODES)}")
   channels = info.image_shape[-1]
   if "color" in cfg.augmenter.kind and channels != 3:
     raise ValueError(f"config.bilevel.augmenter.kind={cfg.augmenter.kind!r} needs RGB images; "
