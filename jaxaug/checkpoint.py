@@ -37,9 +37,16 @@ class Checkpointer:
     """The newest saved step, or None."""
     return self._manager.latest_step()
 
-  def save(self, step: int, state: Any) -> None:
-    """Saves `state` as step `step` (asynchronously; `wait` or `close` to finish)."""
-    self._manager.save(step, args=ocp.args.StandardSave(_flat(state)))
+  def save(self, step: int, state: Any, *, metadata: dict[str, Any] | None = None) -> None:
+    """Saves `state` as step `step` (asynchronously; `wait` or `close` to finish).
+
+    `metadata`: JSON-able values stored with the step (read back with `saved_metadata`).
+    """
+    self._manager.save(step, args=ocp.args.StandardSave(_flat(state)), custom_metadata=metadata)
+
+  def saved_metadata(self, step: int) -> dict[str, Any]:
+    """The `metadata` saved with `step` ({} if none was)."""
+    return dict(self._manager.metadata(step).custom_metadata or {})
 
   def restore(self, template: Any, step: int | None = None) -> Any:
     """The state saved at `step` (default: newest), with the structure and shardings of `template`."""

@@ -103,11 +103,17 @@ def read_metrics(workdir: str) -> list[dict[str, Any]]:
   return records
 
 
-def _truncate_metrics(workdir: str, last_step: int) -> None:
-  """Rewrites metrics.jsonl keeping only records with step <= `last_step` (atomic replace)."""
+def _truncate_metrics(workdir: str, last_step: int, *, final: bool) -> None:
+  """Rewrites metrics.jsonl keeping only records with step <= `last_step` (atomic replace).
+
+  `final`: `last_step` is the last step, whose evaluation (records other than 'train')
+  is done again, so those records go too.
+  """
   if not os.path.exists(_metrics_path(workdir)):
     return
-  kept = [record for record in read_metrics(workdir) if record["step"] <= last_step]
+  kept = [record for record in read_metrics(workdir)
+          if record["step"] < last_step
+          or (record["step"] == last_step and not (final and record["split"] != "train"))]
   temporary_path = _metrics_path(workdir) + ".tmp"
   with open(temporary_path, "w") as f:
     f.writelines(_record_line(record) for record in kept)
@@ -337,6 +343,7 @@ class Reporter:
     is_chief: whether this process writes (typically `jax.process_index() == 0`).
     log_every: `progress` prints every `log_every` steps (and at the last step), > 0.
     start_step: step the run resumes from; when > 0, metrics.jsonl records with a larger step
+      (and, if it is `total_steps`, the final evaluation's records, which are done again)
       are dropped and TensorBoard hides events from step `start_step + 1` on, so a resumed
       run continues the files without duplicates.
     print_fn: where progress lines go.
@@ -369,7 +376,7 @@ class Reporter:
     if is_chief:
       os.makedirs(workdir, exist_ok=True)
       if start_step > 0:
-        _truncate_metrics(workdir, start_step)
+        _truncate_metrics(workdir, start_step, final=start_step >= total_steps)
       self._metrics_file = open(_metrics_path(workdir), "a")
       self._summary_writer = tensorboardX.SummaryWriter(
           os.path.join(workdir, "tensorboard"),

@@ -114,8 +114,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   checkpointer = checkpoint.Checkpointer(workdir, keep=config.keep_checkpoints)
   start_step = checkpointer.latest_step() or 0
+  earlier_seconds = 0.0  # wall time of the runs this one resumes
   if start_step:
     state = checkpointer.restore(state)
+    earlier_seconds = checkpointer.saved_metadata(start_step).get("wall_seconds", 0.0)
+
+  def wall_seconds() -> float:
+    return earlier_seconds + time.time() - start_time
+
   is_chief = jax.process_index() == 0
   reporter = reporting.Reporter(workdir, total_steps=total_steps, is_chief=is_chief,
                                 log_every=config.log_every_steps, start_step=start_step)
@@ -126,6 +132,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
           f"{steps_per_epoch} steps/epoch x {batches_per_step} batch(es) of {config.batch_size}, "
           f"{total_steps} steps on {mesh.devices.size} device(s)"
           + (f"; resuming at step {start_step}" if start_step else ""))
+    if start_step >= total_steps:
+      print("all steps are done: evaluating the final checkpoint again")
 
   def step_fn(state, train_batch, val_batch, rng):
     return method.train_step(state, to_float_images(train_batch), to_float_images(val_batch), rng)
@@ -179,11 +187,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
           eval_and_report(done)
         if done % image_every == 0 or step == start_step:
           save_images(done)
-        stop = stop_signals.requested(done)
+        stop = stop_signals.requested(done) and done != total_steps
+        if stop and history:  # the steps since the last train record
+          reporter.write(done, "train", {**_mean_metrics(history), "epoch": done / steps_per_epoch})
         if stop or done % config.checkpoint_every_steps == 0 or done == total_steps:
           _check_finite(state, checkpointer)
-          checkpointer.save(done, state)
-        if stop and done != total_steps:
+          checkpointer.save(done, state, metadata={"wall_seconds": wall_seconds()})
+        if stop:
           raise stopping.TrainingInterrupted(done, stop_signals.signum, checkpointer.directory)
     finally:
       checkpointer.close()  # an interrupted run keeps every checkpoint it started writing
@@ -202,7 +212,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       "val_held_out": not config.data.redraw_val_each_epoch,  # else earlier epochs trained on it
       "steps": total_steps,
       "epochs": config.num_epochs,
-      "wall_seconds": time.time() - start_time,
+      "wall_seconds": wall_seconds(),  # of every run that led here (resumed runs add up)
       "devices": int(mesh.devices.size),
   }
   if is_chief:

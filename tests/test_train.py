@@ -6,6 +6,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
@@ -159,14 +160,26 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path, monkeypatch, method):
     train.train_and_evaluate(config, str(tmp_path / "resumed"))
   assert checkpoint.Checkpointer(str(tmp_path / "resumed")).latest_step() == 3
   monkeypatch.setattr(data.Pipeline, "train_batches", original)
+  first_seconds = checkpoint.Checkpointer(str(tmp_path / "resumed")).saved_metadata(3)[
+      "wall_seconds"]
+  started = time.time()
   resumed = train.train_and_evaluate(config, str(tmp_path / "resumed"))
+  resumed_seconds = time.time() - started
 
   assert resumed["test_accuracy"] == full["test_accuracy"]
   assert checkpoint.Checkpointer(str(tmp_path / "resumed")).latest_step() == full["steps"]
   _assert_same_final_state(str(tmp_path / "full"), str(tmp_path / "resumed"))
+  # wall time adds up over the interrupted and the resumed run
+  assert 0 < first_seconds
+  assert first_seconds + resumed_seconds - 1 < resumed["wall_seconds"] <= (
+      first_seconds + resumed_seconds)
+  # running a finished run again evaluates it again, without duplicating records
+  again = train.train_and_evaluate(config, str(tmp_path / "resumed"))
+  assert again["test_accuracy"] == full["test_accuracy"]
   records = [json.loads(line) for line in open(tmp_path / "resumed" / "metrics.jsonl")]
   steps = [(r["step"], r["split"]) for r in records]
   assert len(steps) == len(set(steps))  # no duplicated records after resuming
+  assert (full["steps"], "test") in steps
 
 
 def test_stop_signals_ask_once_then_act_as_usual_and_restore_handlers():
@@ -196,6 +209,9 @@ def test_sigterm_saves_a_checkpoint_at_the_current_step_and_resuming_matches(tmp
     train.train_and_evaluate(config, str(tmp_path / "resumed"))
   assert 0 < stop.value.step < full["steps"]
   assert checkpoint.Checkpointer(str(tmp_path / "resumed")).latest_step() == stop.value.step
+  train_steps = [json.loads(line)["step"] for line in open(tmp_path / "resumed" / "metrics.jsonl")
+                 if '"train"' in line]
+  assert train_steps[-1] == stop.value.step  # the steps since the last record are reported
   monkeypatch.setattr(data.Pipeline, "train_batches", original)
   resumed = train.train_and_evaluate(config, str(tmp_path / "resumed"))
   assert resumed["test_accuracy"] == full["test_accuracy"]
