@@ -5,8 +5,10 @@ Two sections, both by default (`--sections=steps,augment`), printing one JSON ob
 steps: times, in one process on the same model and data, a plain supervised step (no
 augmentation), a predefined-augmentation step and bilevel steps for T = 1, 2, 4 (plus T = 1
 with plain reverse-over-reverse autodiff, for reference): name, ms_per_step, ms_per_update
-(per classifier update), ratio_to_plain (per step), compiled temporary memory and, where the
-backend reports it, peak device memory.
+(per classifier update), ratio_to_plain (per step), the compiled step's temporary and total
+memory (XLA's memory analysis: arguments + outputs - aliased + temporaries) and, where the
+backend reports it, the process's peak device memory so far (not per variant: JAX cannot
+reset it, so the largest variant run so far sets it).
 
 augment: augmentation throughput of the fixed policies RandAugment(2, 9) and AutoAugment
 CIFAR-10 on `--augment_batch_size` training images of `config.data`: jaxaug's jitted sampler
@@ -120,13 +122,18 @@ def time_variant(config: ml_collections.ConfigDict, dataset: data.Dataset, mesh,
     durations.append(time.perf_counter() - start)
   ms_per_step = 1000 * float(np.median(durations))
   stats = jax.devices()[0].memory_stats() or {}
+  mib = lambda size: round(size / 2**20, 2)
   return {
       "ms_per_step": round(ms_per_step, 3),
       "ms_per_update": round(ms_per_step / batches_per_step, 3),
-      "compiled_temp_mib": (round(memory.temp_size_in_bytes / 2**20, 2)
-                            if memory is not None else None),
-      "peak_device_mib": (round(stats["peak_bytes_in_use"] / 2**20, 2)
-                          if "peak_bytes_in_use" in stats else None),
+      # this step's own needs, from XLA's memory analysis of the compiled program
+      "compiled_temp_mib": mib(memory.temp_size_in_bytes) if memory is not None else None,
+      "compiled_total_mib": (mib(memory.argument_size_in_bytes + memory.output_size_in_bytes
+                                 - memory.alias_size_in_bytes + memory.temp_size_in_bytes)
+                             if memory is not None else None),
+      # the backend's peak since the process started: the largest variant so far sets it
+      "process_peak_device_mib": (mib(stats["peak_bytes_in_use"])
+                                  if "peak_bytes_in_use" in stats else None),
   }
 
 
@@ -134,6 +141,8 @@ def step_records(config: ml_collections.ConfigDict, dataset: data.Dataset, *, st
                  truncations: list[int]) -> Iterator[dict[str, Any]]:
   """One record per train-step variant (see `time_variant`), with ratio_to_plain."""
   mesh = parallel.make_mesh()
+  for name in ("batch_size", "val_batch_size"):
+    parallel.check_batch_divisible(name, config[name], mesh)
   plain_ms = None
   for name, variant_config in variants(config, truncations):
     record = {"name": name, **time_variant(variant_config, dataset, mesh, steps)}

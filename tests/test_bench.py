@@ -1,4 +1,5 @@
-"""Tests of jaxaug.bench's augmentation section: timing, batch choice, records, optional torchvision."""
+"""Tests of jaxaug.bench: the train-step section's records; the augmentation section's timing, batch
+choice, records, optional torchvision."""
 
 from __future__ import annotations
 
@@ -93,3 +94,38 @@ def test_augment_section_prints_one_parsable_record_per_policy_and_implementatio
 def test_run_rejects_unknown_sections():
   with pytest.raises(ValueError, match="'augmentation'"):
     bench.run(default_config(), steps=1, truncations=[1], sections=["augmentation"])
+
+
+def _smoke_config():
+  config = default_config()
+  config.update(model="small_cnn", batch_size=16, val_batch_size=16)
+  config.data.update(dataset="sklearn_digits", train_examples=160)
+  config.bilevel.augmenter.kind = "affine"  # grey digits
+  return config
+
+
+def test_step_section_times_each_variant_against_the_plain_step():
+  printed = []
+  records = bench.run(_smoke_config(), steps=2, truncations=[1, 2], sections=["steps"],
+                      print_fn=printed.append)
+  assert [json.loads(line) for line in printed] == records
+  by_name = {record["name"]: record for record in records}
+  assert list(by_name) == ["plain", "predefined", "bilevel_T1", "bilevel_T2",
+                           "bilevel_T1_reverse_over_reverse"]
+  assert by_name["plain"]["ratio_to_plain"] == 1.0
+  for record in records:
+    assert record["ms_per_step"] > 0
+    assert record["ratio_to_plain"] == pytest.approx(
+        record["ms_per_step"] / by_name["plain"]["ms_per_step"], abs=1e-3)
+    assert record["compiled_total_mib"] >= record["compiled_temp_mib"] >= 0
+  assert by_name["bilevel_T2"]["ms_per_update"] == pytest.approx(
+      by_name["bilevel_T2"]["ms_per_step"] / 2, abs=1e-3)
+  # the unroll over two steps needs more memory than over one
+  assert by_name["bilevel_T2"]["compiled_total_mib"] > by_name["bilevel_T1"]["compiled_total_mib"]
+
+
+def test_step_section_rejects_a_batch_the_devices_do_not_divide():
+  config = _smoke_config()
+  config.batch_size = 12
+  with pytest.raises(ValueError, match="batch_size=12 is not divisible by the number of devices"):
+    bench.run(config, steps=1, truncations=[1], sections=["steps"], print_fn=lambda line: None)
