@@ -104,7 +104,8 @@ def time_variant(config: ml_collections.ConfigDict, dataset: data.Dataset, mesh,
   state = parallel.put_replicated(
       method.init(config, jax.random.PRNGKey(0), None, info), mesh)
   train_batch = parallel.put_batch(pipeline.train_batches(0, batches_per_step), mesh, batch_axis=1)
-  val_batch = parallel.put_batch(pipeline.val_batch(0, epoch=0), mesh)
+  val_batch = (parallel.put_batch(pipeline.val_batch(0, epoch=0), mesh)
+               if method.USES_VAL_BATCH else None)
 
   def step_fn(state, train_batch, val_batch, rng):
     return method.train_step(state, to_float_images(train_batch), to_float_images(val_batch), rng)

@@ -32,8 +32,10 @@ class NonFiniteError(FloatingPointError):
   """A loss or hypergradient became NaN/inf; the message names the step."""
 
 
-def to_float_images(batch: dict) -> dict:
-  """uint8 images -> float32 in [0, 1]; other entries unchanged."""
+def to_float_images(batch: dict | None) -> dict | None:
+  """uint8 images -> float32 in [0, 1]; other entries unchanged (None stays None)."""
+  if batch is None:
+    return None
   return {**batch, "image": batch["image"].astype(jnp.float32) / 255.0}
 
 
@@ -164,16 +166,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   def host_batches():
     for step in range(start_step, total_steps):
       first_batch = step * batches_per_step
-      yield (step, pipeline.train_batches(first_batch, batches_per_step),
-             pipeline.val_batch(step, epoch=pipeline.epoch_of_batch(first_batch)))
+      val_batch = (pipeline.val_batch(step, epoch=pipeline.epoch_of_batch(first_batch))
+                   if method.USES_VAL_BATCH else None)
+      yield step, pipeline.train_batches(first_batch, batches_per_step), val_batch
 
   history = []
   with stopping.StopSignals() as stop_signals:
     try:
       for step, train_batch, val_batch in data.prefetch(host_batches()):
+        val_batch = None if val_batch is None else parallel.put_batch(val_batch, mesh)
         state, metrics = train_step(state, parallel.put_batch(train_batch, mesh, batch_axis=1),
-                                    parallel.put_batch(val_batch, mesh),
-                                    jax.random.fold_in(train_rng, step))
+                                    val_batch, jax.random.fold_in(train_rng, step))
         history.append(metrics)
         done = step + 1
         if done % config.log_every_steps == 0 or done == total_steps:

@@ -18,7 +18,6 @@ from jaxaug import checkpoint
 from jaxaug import data
 from jaxaug import stopping
 from jaxaug import train
-from jaxaug.config import default_config
 
 
 def smoke_config(method="supervised", overrides=None):
@@ -110,6 +109,15 @@ def test_val_metrics_use_the_current_epochs_split_when_it_is_redrawn(tmp_path, m
   results = train.train_and_evaluate(config, str(tmp_path))
   assert val_epochs == [0, 1, 2]  # after epochs 1 and 2, and the final evaluation
   assert results["val_held_out"] is False
+
+
+def test_supervised_training_reads_no_validation_batches(tmp_path, monkeypatch):
+  def fail(*args, **kwargs):
+    raise AssertionError("supervised steps do not use a validation batch")
+
+  monkeypatch.setattr(data.Pipeline, "val_batch", fail)
+  results = train.train_and_evaluate(smoke_config("supervised"), str(tmp_path))
+  assert results["steps"] > 0
 
 
 def test_resuming_with_a_changed_config_says_what_changed(tmp_path, capsys):
@@ -279,8 +287,3 @@ def test_nonfinite_loss_stops_with_step_and_keeps_last_good_checkpoint(tmp_path)
   for key, value in leaves.items():
     if np.issubdtype(value.dtype, np.floating):
       assert np.all(np.isfinite(value)), key
-
-
-def test_default_config_runs_quickstart_fields():
-  config = default_config()
-  assert config.method in ("supervised", "bilevel")

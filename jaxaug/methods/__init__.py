@@ -6,6 +6,7 @@ A method module provides:
   eval_step(state, batch) -> metric sums
   augment(state, images, rng) -> images           (for visualisation)
   train_batches_per_step(config) -> int           (leading axis of train_batch)
+  USES_VAL_BATCH: bool                             (False: train_step gets val_batch=None)
 `METHODS.get(config.method)` returns the module.
 """
 

@@ -56,6 +56,9 @@ class State:
   bilevel: Settings = struct.field(pytree_node=False)
 
 
+USES_VAL_BATCH = True  # the augmenter learns from the validation loss
+
+
 def train_batches_per_step(config: ml_collections.ConfigDict) -> int:
   """T: the truncation, i.e. classifier updates (and training batches) per step."""
   truncation = config.bilevel.truncation

@@ -23,6 +23,9 @@ class State:
   settings: common.Settings = struct.field(pytree_node=False)
 
 
+USES_VAL_BATCH = False  # the loop passes val_batch=None: no validation images read
+
+
 def train_batches_per_step(config: ml_collections.ConfigDict) -> int:
   """One training batch per step."""
   del config
