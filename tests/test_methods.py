@@ -60,15 +60,16 @@ def _float64(tree):
                       else leaf, tree)
 
 
-def _step_on_mesh(config, devices):
-  """One jitted float64 train step with the batch split over `devices`; returns host state, metrics."""
+def _steps_on_mesh(config, devices, steps):
+  """`steps` jitted float64 train steps with the batches split over `devices`; host state, metrics."""
   method = METHODS.get(config.method)
   mesh = parallel.make_mesh(devices)
   state = parallel.put_replicated(_float64(_init(config)), mesh)
-  train, val = _float64(_batches(method.train_batches_per_step(config)))
-  state, metrics = jax.jit(method.train_step)(
-      state, parallel.put_batch(train, mesh, batch_axis=1), parallel.put_batch(val, mesh),
-      jax.random.PRNGKey(1))
+  step = jax.jit(method.train_step)
+  for i in range(steps):
+    train, val = _float64(_batches(method.train_batches_per_step(config), seed=i))
+    state, metrics = step(state, parallel.put_batch(train, mesh, batch_axis=1),
+                          parallel.put_batch(val, mesh), jax.random.PRNGKey(i + 1))
   return jax.device_get(state), jax.device_get(metrics)
 
 
@@ -76,14 +77,14 @@ def _step_on_mesh(config, devices):
 def test_eight_devices_match_one_device(method, truncation):
   """Same math; only the order of cross-device reductions differs, so in float64 they agree.
 
-  (One step: a second bilevel step on these tiny 8x8 batches amplifies rounding differences
-  to ~1e-3 of the hypergradient for every second-order mode, in float64 too.)
+  Three steps, so that the optimiser states (momentum, Adam moments) carried between steps
+  on the mesh are compared too.
   """
   assert len(jax.devices()) == 8
   config = _config(method, truncation=truncation)
   with jax.enable_x64(True):
-    state_8, metrics_8 = _step_on_mesh(config, jax.devices())
-    state_1, metrics_1 = _step_on_mesh(config, jax.devices()[:1])
+    state_8, metrics_8 = _steps_on_mesh(config, jax.devices(), steps=3)
+    state_1, metrics_1 = _steps_on_mesh(config, jax.devices()[:1], steps=3)
   assert jax.tree.leaves(state_1.classifier.params)[0].dtype == np.float64
   # A few summaries (aug/* metrics) are float32 whatever the inputs.
   _assert_leaves_close((state_8, metrics_8), (state_1, metrics_1), rtol=1e-9, atol=1e-12,
