@@ -168,13 +168,17 @@ def unrolled_updates(
 
     return jax.checkpoint(step) if remat else step
 
+  lengths = {leaf.shape[0] if leaf.ndim else None for leaf in jax.tree.leaves(inputs)}
+  if len(lengths) != 1 or None in lengths:
+    raise ValueError(f"every leaf of `inputs` needs the same leading axis T; got lengths "
+                     f"{sorted(lengths, key=str)}")
   # Truncation: the outer gradient stops at the state the unroll starts from.
   carry = jax.lax.stop_gradient((params, opt_state, aux))
   carry, first_output = make_step(params_are_constant=True)(
       carry, jax.tree.map(lambda leaf: leaf[0], inputs))
   later_step = make_step(params_are_constant=False)
   later_inputs = jax.tree.map(lambda leaf: leaf[1:], inputs)
-  length = jax.tree.leaves(inputs)[0].shape[0]
+  length = lengths.pop()
   if length > max_inline_steps:
     carry, later_outputs = jax.lax.scan(later_step, carry, later_inputs)
     outputs = jax.tree.map(lambda first, later: jax.numpy.concatenate([first[None], later]),

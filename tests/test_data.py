@@ -13,7 +13,7 @@ import pytest
 from jaxaug import data
 from jaxaug.data import pipeline as pipeline_lib
 
-CIFAR_TAR = "/work/shared/data/cifar10-jpeg.tar.gz"
+from shared_data import CIFAR_TAR
 
 
 def data_config(**overrides):
@@ -120,6 +120,7 @@ def write_image_folder(root, sizes=None):
         image.save(path, format="PNG" if str(path).lower().endswith("png") else "JPEG")
         written[str(path)] = name
     (root / split / "cat" / "notes.txt").write_text("not an image")
+    os.makedirs(root / split / ".ipynb_checkpoints")  # hidden: not a class
   return written
 
 

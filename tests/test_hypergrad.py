@@ -126,6 +126,13 @@ def test_unknown_second_order_mode_is_rejected():
     hypergrad.inner_grad_fn(_loss, second_order="sideways")
 
 
+def test_inputs_of_different_lengths_are_rejected():
+  params, (x, y), _, _ = _problem()
+  with pytest.raises(ValueError, match=r"same leading axis T; got lengths \[2, 3\]"):
+    hypergrad.unrolled_updates(_loss, _tx(), params, _tx().init(params), jnp.zeros((4,)),
+                               (x[:3], y[:2]))
+
+
 def test_scan_and_inlined_unrolls_agree():
   with jax.enable_x64(True):
     params, (x, y), val, hyper = _problem()

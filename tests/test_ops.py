@@ -46,7 +46,7 @@ from PIL import Image, ImageEnhance, ImageOps
 
 from jaxaug.augment import ops
 
-CIFAR_TAR = "/work/shared/data/cifar10-jpeg.tar.gz"
+from shared_data import CIFAR_TAR
 CIFAR_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship")
 HEIGHT, WIDTH = 27, 32
 FILL_RGB = (10, 200, 77)  # uint8 levels, on the grid so that the fill is exact

@@ -292,9 +292,15 @@ def load_sklearn_digits(_: str, config: ml_collections.ConfigDict) -> Dataset:
                              digits.target[test], 10, config.image_size, "sklearn_digits")
 
 
+def class_folders(split_dir: str) -> list[str]:
+  """Sorted names of the sub-folders of split_dir, hidden ones (.ipynb_checkpoints, ...) left out."""
+  return sorted(entry.name for entry in os.scandir(split_dir)
+                if entry.is_dir() and not entry.name.startswith("."))
+
+
 def list_image_files(split_dir: str, classes: list[str]) -> tuple[list[str], np.ndarray]:
   """(sorted image paths, int32 labels) under split_dir/<class>/ for the given class order."""
-  folders = {entry.name for entry in os.scandir(split_dir) if entry.is_dir()}
+  folders = set(class_folders(split_dir))
   unknown = sorted(folders - set(classes))
   if unknown:
     raise ValueError(
@@ -336,7 +342,7 @@ def load_folder(root: str, config: ml_collections.ConfigDict) -> Dataset:
     if not os.path.isdir(split_dir):
       raise ValueError(f"folder dataset {root!r} needs sub-folders train/ and test/; "
                        f"{split_dir} is missing")
-  classes = sorted(entry.name for entry in os.scandir(train_dir) if entry.is_dir())
+  classes = class_folders(train_dir)
   if not classes:
     raise ValueError(f"folder {train_dir} holds no class sub-folders, so no images")
   train = folder_split(train_dir, classes, config.image_size, config.in_memory_max_bytes)
