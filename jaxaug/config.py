@@ -68,7 +68,14 @@ def default_config() -> ml_collections.ConfigDict:
   config.checkpoint_every_steps = 1000
   config.keep_checkpoints = 3
   config.image_every_epochs = 10.0
-  config.distributed = False        # jax.distributed.initialize() for multi-host runs
+  # Several processes (hosts, or one per GPU): jax.distributed.initialize with these
+  # arguments; None = detected from the cluster (Cloud TPU, SLURM, Open MPI, ...).
+  config.distributed = ml_collections.ConfigDict({
+      "enabled": False,
+      "coordinator_address": ml_collections.config_dict.placeholder(str),  # "host:port"
+      "num_processes": ml_collections.config_dict.placeholder(int),
+      "process_id": ml_collections.config_dict.placeholder(int),
+  })
   return config
 
 

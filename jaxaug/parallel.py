@@ -16,10 +16,16 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 DATA_AXIS = "data"
 
 
-def initialize_distributed(enabled: bool) -> None:
-  """`jax.distributed.initialize()` (cluster auto-detection: TPU pods, SLURM) when enabled."""
-  if enabled:
-    jax.distributed.initialize()
+def initialize_distributed(settings) -> None:
+  """`jax.distributed.initialize` when `settings.enabled` (config.distributed).
+
+  Its coordinator_address, num_processes and process_id are passed on; the unset ones
+  (None) JAX detects from the cluster (Cloud TPU, SLURM, Open MPI, ...).
+  """
+  if settings.enabled and not jax.distributed.is_initialized():
+    jax.distributed.initialize(coordinator_address=settings.coordinator_address,
+                               num_processes=settings.num_processes,
+                               process_id=settings.process_id)
 
 
 def make_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:

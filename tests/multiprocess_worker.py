@@ -1,10 +1,10 @@
 """One process of a multi-process test run: `python multiprocess_worker.py ID COUNT PORT WORKDIR SPEC`.
 
-Joins a JAX distributed run of COUNT processes on this machine (4 CPU devices each,
-gloo collectives), trains configs/smoke.py with the overrides of SPEC (JSON:
-{"method": ..., "overrides": {...}, "seconds_per_batch": optional delay in reading each
-training batch, so that a test can signal a run mid-way}) in the shared WORKDIR and prints
-one line `RESULT <json results>` or `STOPPED <step>`.
+Joins a JAX distributed run of COUNT processes on this machine through config.distributed
+(4 CPU devices each, gloo collectives), trains configs/smoke.py with the overrides of SPEC
+(JSON: {"method": ..., "overrides": {...}, "seconds_per_batch": optional delay in reading
+each training batch, so that a test can signal a run mid-way}) in the shared WORKDIR and
+prints one line `RESULT <json results>` or `STOPPED <step>`.
 """
 
 import json
@@ -27,10 +27,11 @@ from jaxaug import train  # pylint: disable=g-import-not-at-top
 
 def main(process_id: str, process_count: str, port: str, workdir: str, spec: str) -> None:
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
-  jax.distributed.initialize(f"localhost:{port}", num_processes=int(process_count),
-                             process_id=int(process_id))
   spec = json.loads(spec)
-  config = smoke_config(spec["method"], spec["overrides"])
+  config = smoke_config(spec["method"], {
+      **spec["overrides"], "distributed.enabled": True,
+      "distributed.coordinator_address": f"localhost:{port}",
+      "distributed.num_processes": int(process_count), "distributed.process_id": int(process_id)})
   if spec.get("seconds_per_batch"):
     read = data.Pipeline.train_batches
 
