@@ -1,7 +1,8 @@
 """Entry point: python -m jaxaug.main --config configs/X.py --workdir runs/X [--config.key=value].
 
-Resumes automatically when the workdir holds a checkpoint. Ctrl-C or SIGTERM saves one at the
-current step first and exits with status 128 + the signal number.
+Resumes automatically when the workdir holds a checkpoint. Ctrl-C or SIGTERM (only SIGTERM when
+several processes run) saves one at the current step and exits with status 128 + the signal
+number.
 """
 
 import sys

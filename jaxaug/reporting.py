@@ -103,14 +103,14 @@ def read_metrics(workdir: str) -> list[dict[str, Any]]:
   return records
 
 
-def _truncate_metrics(workdir: str, last_step: int, *, final: bool) -> None:
+def _truncate_metrics(workdir: str, last_step: int, *, final: bool) -> list[dict[str, Any]]:
   """Rewrites metrics.jsonl keeping only records with step <= `last_step` (atomic replace).
 
   `final`: `last_step` is the last step, whose evaluation (records other than 'train')
-  is done again, so those records go too.
+  is done again, so those records go too. Returns the records kept.
   """
   if not os.path.exists(_metrics_path(workdir)):
-    return
+    return []
   kept = [record for record in read_metrics(workdir)
           if record["step"] < last_step
           or (record["step"] == last_step and not (final and record["split"] != "train"))]
@@ -118,6 +118,7 @@ def _truncate_metrics(workdir: str, last_step: int, *, final: bool) -> None:
   with open(temporary_path, "w") as f:
     f.writelines(_record_line(record) for record in kept)
   os.replace(temporary_path, _metrics_path(workdir))
+  return kept
 
 
 def _to_json_value(value: Any) -> Any:
@@ -375,12 +376,17 @@ class Reporter:
     self._summary_writer = None
     if is_chief:
       os.makedirs(workdir, exist_ok=True)
-      if start_step > 0:
-        _truncate_metrics(workdir, start_step, final=start_step >= total_steps)
+      final = start_step >= total_steps  # a finished run, evaluated again
+      kept = _truncate_metrics(workdir, start_step, final=final) if start_step > 0 else []
       self._metrics_file = open(_metrics_path(workdir), "a")
       self._summary_writer = tensorboardX.SummaryWriter(
           os.path.join(workdir, "tensorboard"),
-          purge_step=start_step + 1 if start_step > 0 else None)
+          purge_step=(start_step if final else start_step + 1) if start_step > 0 else None)
+      for record in kept if final else []:  # the purge hid the last step's train record
+        if record["step"] == start_step:
+          self._add_scalars(record["step"], record["split"],
+                            {name: value for name, value in record.items()
+                             if name not in ("step", "split") and value is not None})
 
   def write(self, step: int, split: str, metrics: Mapping[str, MetricValue]) -> None:
     """Appends {"step", "split", **metrics} to metrics.jsonl and TensorBoard "<split>/<name>".
@@ -397,6 +403,10 @@ class Reporter:
     record.update({name: _json_float(value) for name, value in values.items()})
     self._metrics_file.write(_record_line(record))
     self._metrics_file.flush()
+    self._add_scalars(step, split, values)
+
+  def _add_scalars(self, step: int, split: str, values: Mapping[str, float]) -> None:
+    """TensorBoard scalars "<split>/<name>" at `step`, flushed."""
     for name, value in values.items():
       self._summary_writer.add_scalar(f"{split}/{name}", value, int(step))
     self._summary_writer.flush()

@@ -1,10 +1,11 @@
 """Stopping a run cleanly: Ctrl-C or SIGTERM saves a checkpoint at the current step, then exits.
 
 The training loop asks `StopSignals.requested(step)` after every step. In a single-process
-run the first SIGINT or SIGTERM sets a flag (a second one of the same kind acts as it
-normally would: KeyboardInterrupt, or termination). In a multi-process run every process
-has to save the same step, so the decision is JAX's preemption sync point, which the JAX
-distributed runtime raises on SIGTERM; signal handlers are then left alone.
+run the first SIGINT or SIGTERM sets a flag; a second Ctrl-C raises KeyboardInterrupt at
+once, while repeated SIGTERMs (schedulers and `timeout` may send several) are ignored. In a
+multi-process run every process has to save the same step, so the decision is JAX's
+preemption sync point, which the JAX distributed runtime raises on SIGTERM only; signal
+handlers are then left alone (Ctrl-C stops without a checkpoint).
 """
 
 from __future__ import annotations
@@ -43,7 +44,11 @@ class StopSignals:
 
   def __enter__(self) -> "StopSignals":
     if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
-      self._previous = {signum: signal.signal(signum, self._handle) for signum in SIGNALS}
+      # Signals ignored by the parent (SIGINT of a background job) stay ignored.
+      self._previous = {signum: signal.getsignal(signum) for signum in SIGNALS
+                        if signal.getsignal(signum) is not signal.SIG_IGN}
+      for signum in self._previous:
+        signal.signal(signum, self._handle)
     return self
 
   def __exit__(self, *exc_info) -> None:
@@ -53,10 +58,14 @@ class StopSignals:
 
   def _handle(self, signum: int, frame) -> None:
     del frame
+    if self.signum is not None:
+      if signum == signal.SIGINT:
+        raise KeyboardInterrupt  # Ctrl-C while stopping: stop at once
+      return  # a repeated SIGTERM
     self.signum = signum
-    signal.signal(signum, self._previous[signum])  # a second signal stops at once
-    os.write(2, f"\n{signal.Signals(signum).name}: stopping after this step with a checkpoint "
-                "(send it again to stop at once)\n".encode())
+    hint = " (press Ctrl-C again to stop at once)" if signum == signal.SIGINT else ""
+    os.write(2, f"\n{signal.Signals(signum).name}: stopping after this step with a "
+                f"checkpoint{hint}\n".encode())
 
   def requested(self, step: int) -> bool:
     """True when the run should save a checkpoint at `step` (steps done) and stop."""

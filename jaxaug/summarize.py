@@ -2,7 +2,8 @@
 
 Reads each run's `config.json` and `results.json` (both written by `jaxaug.main`), groups
 the runs whose configurations are equal apart from the ignored keys (by default the seeds
-`seed` and `data.seed`, so that a group is one setting over several seeds), and prints a
+`seed` and `data.seed`, so that a group is one setting over several seeds, and the
+`distributed.*` launch settings), and prints a
 Markdown table: one row per group, best mean first, with the configuration keys whose
 values differ between groups, the number of runs, and the mean, sample standard deviation
 (n - 1; empty for a single run), minimum and maximum of the metric. Directories without
@@ -24,9 +25,10 @@ from absl import flags
 from jaxaug import reporting
 
 FLAGS = flags.FLAGS
-flags.DEFINE_list("ignore", ["seed", "data.seed"],
-                  "Dotted config keys that do not distinguish settings (runs differing only "
-                  "in these are grouped).")
+DEFAULT_IGNORE = ("seed", "data.seed", "distributed")
+flags.DEFINE_list("ignore", list(DEFAULT_IGNORE),
+                  "Dotted config keys (with the keys under them) that do not distinguish "
+                  "settings: runs differing only in these are grouped.")
 flags.DEFINE_string("metric", "test_accuracy", "Key of results.json to summarise.")
 
 STATISTICS = ("mean", "sd", "min", "max")
@@ -61,13 +63,14 @@ def _hashable(value: Any) -> Any:
 
 
 def summary_rows(runs: Sequence[Run], metric: str,
-                 ignore: Sequence[str] = ("seed", "data.seed")) -> list[dict[str, Any]]:
+                 ignore: Sequence[str] = DEFAULT_IGNORE) -> list[dict[str, Any]]:
   """One row per setting: the distinguishing config values, runs, mean, sd, min, max.
 
   Args:
     runs: finished runs.
     metric: key of each run's results (a number).
-    ignore: dotted config keys left out when deciding which runs share a setting.
+    ignore: dotted config keys left out, with the keys under them, when deciding which
+      runs share a setting ("distributed" covers "distributed.process_id").
 
   Returns:
     Rows sorted by mean, highest first. Each holds every config key whose value is not
@@ -78,7 +81,8 @@ def summary_rows(runs: Sequence[Run], metric: str,
     if not isinstance(run.results.get(metric), (int, float)):
       raise ValueError(f"{run.workdir}/{reporting.RESULTS_FILENAME} has no number "
                        f"{metric!r}; it has {sorted(run.results)}")
-  keys = sorted({key for run in runs for key in run.config} - set(ignore))
+  ignored = lambda key: any(key == name or key.startswith(name + ".") for name in ignore)
+  keys = sorted(key for key in {key for run in runs for key in run.config} if not ignored(key))
   settings = [tuple(_hashable(run.config.get(key, "<absent>")) for key in keys) for run in runs]
   varying = [index for index in range(len(keys))
              if len({setting[index] for setting in settings}) > 1]

@@ -1,8 +1,8 @@
 """The training loop: data -> state -> jitted step -> eval -> checkpoint -> report.
 
 Nothing here is method-specific: the method module named by `config.method`
-supplies `init`, `train_step`, `eval_step`, `augment` and
-`train_batches_per_step` (see jaxaug/methods/__init__.py).
+supplies `init`, `train_step`, `eval_step`, `augment`, `train_batches_per_step`
+and `USES_VAL_BATCH` (see jaxaug/methods/__init__.py).
 """
 
 from __future__ import annotations
@@ -90,6 +90,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   Resumes from the newest checkpoint in `<workdir>/checkpoints` if there is one.
   Returns the results dict also written to `<workdir>/results.json`.
+
+  Raises:
+    stopping.TrainingInterrupted (a KeyboardInterrupt): SIGINT or SIGTERM arrived; the
+      step it arrived in was finished, reported and checkpointed.
+    NonFiniteError: a loss or hypergradient became NaN/inf.
   """
   start_time = time.time()
   parallel.initialize_distributed(config.distributed)
@@ -179,25 +184,26 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                                     val_batch, jax.random.fold_in(train_rng, step))
         history.append(metrics)
         done = step + 1
-        if done % config.log_every_steps == 0 or done == total_steps:
+        last = done == total_steps
+        stop = stop_signals.requested(done)  # then only report and save this step
+        if stop or last or done % config.log_every_steps == 0:
           _check_finite(state, checkpointer)
-          means = _mean_metrics(history)
+          means = {**_mean_metrics(history), "epoch": done / steps_per_epoch}
           history = []
-          means["epoch"] = done / steps_per_epoch
           reporter.write(done, "train", means)
           reporter.progress(done, {"loss": means["loss"], "acc": means["accuracy"]})
-        if done % eval_every == 0 and done != total_steps:
+        if not (stop or last) and done % eval_every == 0:
           eval_and_report(done)
-        if done % image_every == 0 or step == start_step:
+        if not stop and (done % image_every == 0 or step == start_step):
           save_images(done)
-        stop = stop_signals.requested(done) and done != total_steps
-        if stop and history:  # the steps since the last train record
-          reporter.write(done, "train", {**_mean_metrics(history), "epoch": done / steps_per_epoch})
-        if stop or done % config.checkpoint_every_steps == 0 or done == total_steps:
+        if stop or last or done % config.checkpoint_every_steps == 0:
           _check_finite(state, checkpointer)
           checkpointer.save(done, state, metadata={"wall_seconds": wall_seconds()})
         if stop:
           raise stopping.TrainingInterrupted(done, stop_signals.signum, checkpointer.directory)
+      if stop_signals.signum is not None:  # arrived while the last checkpoint was written
+        raise stopping.TrainingInterrupted(total_steps, stop_signals.signum,
+                                           checkpointer.directory)
     finally:
       checkpointer.close()  # an interrupted run keeps every checkpoint it started writing
 

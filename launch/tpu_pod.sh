@@ -8,4 +8,4 @@ set -euo pipefail
 tpu=$1 zone=$2 config=$3 workdir=$4
 shift 4
 gcloud compute tpus tpu-vm ssh "$tpu" --zone "$zone" --worker=all --command \
-  "cd ~/jaxaug && python -m jaxaug.main --config $config --workdir $workdir --config.distributed=True $*"
+  "cd ~/jaxaug && python -m jaxaug.main --config $config --workdir $workdir --config.distributed.enabled=True $*"

@@ -11,6 +11,8 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
+import threading
 
 import jax
 import numpy as np
@@ -31,14 +33,25 @@ def _free_port() -> int:
 
 
 def _start_workers(workdir, method, overrides, seconds_per_batch=0.0):
+  """The worker processes; each one's stderr goes to a temporary file (`worker.stderr_file`)."""
   spec = json.dumps({"method": method, "overrides": overrides,
                      "seconds_per_batch": seconds_per_batch})
   port = _free_port()
   env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-  return [subprocess.Popen([sys.executable, WORKER, str(index), str(PROCESSES), str(port),
-                            str(workdir), spec], stdout=subprocess.PIPE,
-                           stderr=subprocess.PIPE, text=True, env=env)
-          for index in range(PROCESSES)]
+  workers = []
+  for index in range(PROCESSES):
+    stderr_file = tempfile.TemporaryFile("w+")
+    worker = subprocess.Popen([sys.executable, WORKER, str(index), str(PROCESSES), str(port),
+                               str(workdir), spec], stdout=subprocess.PIPE,
+                              stderr=stderr_file, text=True, env=env)
+    worker.stderr_file = stderr_file
+    workers.append(worker)
+  return workers
+
+
+def _stderr(worker) -> str:
+  worker.stderr_file.seek(0)
+  return worker.stderr_file.read()[-3000:]
 
 
 def _finish(workers, timeout=300):
@@ -46,8 +59,8 @@ def _finish(workers, timeout=300):
   lines = []
   try:
     for worker in workers:
-      stdout, stderr = worker.communicate(timeout=timeout)
-      assert worker.returncode == 0, stderr[-3000:]
+      stdout, _ = worker.communicate(timeout=timeout)
+      assert worker.returncode == 0, _stderr(worker)
       lines.append([line for line in stdout.splitlines()
                     if line.startswith(("RESULT ", "STOPPED "))][-1])
   finally:
@@ -88,9 +101,14 @@ def test_two_processes_train_like_one_process_with_as_many_devices(tmp_path, met
 def test_sigterm_to_one_process_stops_all_at_one_step_and_they_resume(tmp_path):
   overrides = {"num_epochs": 5, "log_every_steps": 1, "checkpoint_every_steps": 100000}
   workers = _start_workers(tmp_path / "two", "supervised", overrides, seconds_per_batch=0.25)
-  for line in workers[0].stdout:  # wait until they train
-    if line.startswith("step "):
-      break
+  watchdog = threading.Timer(300, lambda: [worker.kill() for worker in workers])
+  watchdog.start()  # a worker that hangs before training ends the wait below
+  try:
+    for line in workers[0].stdout:  # wait until they train
+      if line.startswith("step "):
+        break
+  finally:
+    watchdog.cancel()
   workers[1].send_signal(signal.SIGTERM)
   stopped = _finish(workers)
   steps = {int(line.removeprefix("STOPPED ")) for line in stopped}

@@ -7,6 +7,7 @@ import io
 import json
 import math
 import os
+import time
 
 import jax.numpy as jnp
 import numpy as np
@@ -93,6 +94,34 @@ def test_resume_drops_records_after_start_step(tmp_path):
   resumed.close()
   assert _raw_lines(tmp_path)[-1] == {"step": 30, "split": "train", "loss": -1.0}
   assert len(_raw_lines(tmp_path)) == 4
+
+
+def _tensorboard_events_after_purges(logdir):
+  """(tag, step) of the events TensorBoard shows: a restart at step s hides earlier steps >= s."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  shown = []
+  for path in sorted(glob.glob(os.path.join(logdir, "events.out.tfevents.*"))):
+    for event in tf.compat.v1.train.summary_iterator(path):
+      if event.HasField("session_log") and event.session_log.status == event.session_log.START:
+        shown = [(tag, step) for tag, step in shown if step < event.step]
+      shown.extend((value.tag, event.step) for value in event.summary.value)
+  return shown
+
+
+def test_a_finished_run_evaluated_again_has_one_final_evaluation(tmp_path):
+  first_run = reporting.Reporter(str(tmp_path), total_steps=40)
+  for step in (20, 40):
+    first_run.write(step, "train", {"loss": float(step)})
+  first_run.write(40, "test", {"accuracy": 0.5})
+  first_run.close()
+  time.sleep(1.1)  # event file names carry the second they were opened
+
+  again = reporting.Reporter(str(tmp_path), total_steps=40, start_step=40)
+  assert [(r["step"], r["split"]) for r in _raw_lines(tmp_path)] == [(20, "train"), (40, "train")]
+  again.write(40, "test", {"accuracy": 0.5})
+  again.close()
+  assert sorted(_tensorboard_events_after_purges(tmp_path / "tensorboard")) == [
+      ("test/accuracy", 40), ("train/loss", 20), ("train/loss", 40)]
 
 
 def test_read_metrics_skips_a_torn_last_line_only(tmp_path):

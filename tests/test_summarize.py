@@ -14,7 +14,8 @@ from jaxaug import summarize
 
 def _write_run(workdir, *, method, learning_rate, seed, accuracy, model="cnn6"):
   config = {"method": method, "model": model, "seed": seed,
-            "data": {"seed": seed, "mean": (0.5,)}, "optim": {"learning_rate": learning_rate}}
+            "data": {"seed": seed, "mean": (0.5,)}, "optim": {"learning_rate": learning_rate},
+            "distributed": {"enabled": seed > 0, "process_id": seed}}  # launch details
   reporting.write_config(str(workdir), config)
   reporting.write_results(str(workdir), {"test_accuracy": accuracy, "steps": 10})
   return str(workdir)
@@ -43,6 +44,9 @@ def test_summary_rows_group_seeds_and_show_only_the_keys_that_differ(runs):
   assert rows[0]["sd"] == pytest.approx(np.std([0.8, 0.6], ddof=1))
   assert rows[1]["sd"] == pytest.approx(np.std([0.5, 0.6, 0.7], ddof=1))
   assert rows[2]["sd"] is None
+  # Ignoring a key ignores the keys under it: "distributed" covers "distributed.enabled".
+  assert len(summarize.summary_rows([summarize.load_run(r) for r in runs], "test_accuracy",
+                                    ignore=("seed", "data.seed"))) == len(runs)
   # Not ignoring the seeds: every run is its own setting.
   assert len(summarize.summary_rows([summarize.load_run(r) for r in runs], "test_accuracy",
                                     ignore=())) == len(runs)
