@@ -74,7 +74,8 @@ def summary_rows(runs: Sequence[Run], metric: str,
 
   Returns:
     Rows sorted by mean, highest first. Each holds every config key whose value is not
-    the same in all runs (minus `ignore`; `<absent>` where a run lacks it), then `runs`,
+    the same in all runs (minus `ignore`, and minus keys some runs lack: those were written
+    by a jaxaug version without the key, which then behaved as its default), then `runs`,
     `mean`, `sd` (None for one run), `min`, `max`.
   """
   for run in runs:
@@ -82,8 +83,9 @@ def summary_rows(runs: Sequence[Run], metric: str,
       raise ValueError(f"{run.workdir}/{reporting.RESULTS_FILENAME} has no number "
                        f"{metric!r}; it has {sorted(run.results)}")
   ignored = lambda key: any(key == name or key.startswith(name + ".") for name in ignore)
-  keys = sorted(key for key in {key for run in runs for key in run.config} if not ignored(key))
-  settings = [tuple(_hashable(run.config.get(key, "<absent>")) for key in keys) for run in runs]
+  shared = set.intersection(*(set(run.config) for run in runs)) if runs else set()
+  keys = sorted(key for key in shared if not ignored(key))
+  settings = [tuple(_hashable(run.config[key]) for key in keys) for run in runs]
   varying = [index for index in range(len(keys))
              if len({setting[index] for setting in settings}) > 1]
   groups: dict[tuple, list[float]] = {}

@@ -44,6 +44,12 @@ def test_summary_rows_group_seeds_and_show_only_the_keys_that_differ(runs):
   assert rows[0]["sd"] == pytest.approx(np.std([0.8, 0.6], ddof=1))
   assert rows[1]["sd"] == pytest.approx(np.std([0.5, 0.6, 0.7], ddof=1))
   assert rows[2]["sd"] is None
+  # A key that one run lacks (an older config.json) does not split its setting.
+  older = summarize.load_run(runs[2])
+  del older.config["optim.learning_rate"]
+  rows_with_older = summarize.summary_rows(
+      [summarize.load_run(r) for r in runs[:2]] + [older], "test_accuracy")
+  assert [row["runs"] for row in rows_with_older] == [3]
   # Ignoring a key ignores the keys under it: "distributed" covers "distributed.enabled".
   assert len(summarize.summary_rows([summarize.load_run(r) for r in runs], "test_accuracy",
                                     ignore=("seed", "data.seed"))) == len(runs)
