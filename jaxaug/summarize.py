@@ -15,6 +15,7 @@ values differ between groups, the number of runs, and the mean, sample standard 
 from __future__ import annotations
 
 import dataclasses
+import os
 import statistics
 import sys
 from typing import Any, Sequence
@@ -124,6 +125,9 @@ def main(argv):
     raise app.UsageError("give one or more run directories, e.g. runs/r_*")
   runs = []
   for workdir in workdirs:
+    if not os.path.isdir(workdir):  # e.g. a log file a glob such as runs/* also matches
+      print(f"skipped {workdir}: not a directory", file=sys.stderr)
+      continue
     run = load_run(workdir)
     if run is None:
       print(f"skipped {workdir}: no {reporting.RESULTS_FILENAME} (not finished)", file=sys.stderr)

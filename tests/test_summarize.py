@@ -73,11 +73,14 @@ def test_load_run_skips_unfinished_and_rejects_runs_without_config(tmp_path):
 def test_command_line_prints_a_markdown_table(runs, tmp_path):
   unfinished = tmp_path / "still_running"
   unfinished.mkdir()
+  log_file = tmp_path / "still_running.log"  # what a glob like runs/* also matches
+  log_file.write_text("step 1/10")
   completed = subprocess.run(
-      [sys.executable, "-m", "jaxaug.summarize", *runs, str(unfinished)],
+      [sys.executable, "-m", "jaxaug.summarize", *runs, str(unfinished), str(log_file)],
       capture_output=True, text=True, check=True)
   lines = completed.stdout.strip().splitlines()
   assert lines[0] == "| method | optim.learning_rate | runs | mean | sd | min | max |"
   assert lines[2] == "| bilevel | 0.1 | 2 | 0.7000 | 0.1414 | 0.6000 | 0.8000 |"
   assert lines[4] == "| supervised | 0.05 | 1 | 0.5500 |  | 0.5500 | 0.5500 |"
-  assert "skipped" in completed.stderr and "still_running" in completed.stderr
+  assert f"skipped {unfinished}: no results.json (not finished)" in completed.stderr
+  assert f"skipped {log_file}: not a directory" in completed.stderr
