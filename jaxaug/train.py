@@ -186,7 +186,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         done = step + 1
         last = done == total_steps
         stop = stop_signals.requested(done)  # then only report and save this step
-        if stop or last or done % config.log_every_steps == 0:
+        log = stop or last or done % config.log_every_steps == 0
+        if log:
           _check_finite(state, checkpointer)
           means = {**_mean_metrics(history), "epoch": done / steps_per_epoch}
           history = []
@@ -197,7 +198,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         if not stop and (done % image_every == 0 or step == start_step):
           save_images(done)
         if stop or last or done % config.checkpoint_every_steps == 0:
-          _check_finite(state, checkpointer)
+          if not log:  # else checked above
+            _check_finite(state, checkpointer)
           checkpointer.save(done, state, metadata={"wall_seconds": wall_seconds()})
         if stop:
           raise stopping.TrainingInterrupted(done, stop_signals.signum, checkpointer.directory)
