@@ -58,7 +58,7 @@ def inner_grad_fn(loss_fn: LossFn, *, second_order: str = "forward",
   def plain_grad(params, aux, inputs):
     (loss, (new_aux, metrics)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
         params, aux, inputs)
-    return grads, (loss, jax.lax.stop_gradient(new_aux), jax.lax.stop_gradient(metrics))
+    return grads, jax.lax.stop_gradient((loss, new_aux, metrics))
 
   if second_order == "reverse":
     return plain_grad
@@ -97,7 +97,7 @@ def _with_linearized_second_order(plain_grad, loss_fn: LossFn, params_are_consta
       (loss, (new_aux, metrics)), grads = jax.value_and_grad(
           lambda p, x: loss_fn(p, aux, rebuild(x)), argnums=(0, 1), has_aux=True)(
               params, float_leaves)
-      return grads, (loss, jax.lax.stop_gradient(new_aux), jax.lax.stop_gradient(metrics))
+      return grads, jax.lax.stop_gradient((loss, new_aux, metrics))
 
     (param_grads, _), tangent_fn, extras = jax.linearize(gradients, params, has_aux=True)
     return (param_grads, extras), tangent_fn
@@ -145,8 +145,9 @@ def unrolled_updates(
     inputs: a pytree whose leaves have a leading axis of length T; step t sees
       `inputs[t]`. The outer gradient flows into it.
     second_order: see `inner_grad_fn`.
-    remat: rematerialise each step in the backward pass (memory O(1) in T
-      instead of O(T) activations, about one extra forward per step).
+    remat: rematerialise each step in the backward pass: activation memory O(1)
+      in T instead of O(T), about one extra forward per step. Each step's
+      parameters and optimiser state are still kept, O(T) parameter-sized arrays.
     max_inline_steps: unrolls up to this many steps are written out step by step
       in the program; longer ones run under `lax.scan`. (XLA:CPU ran convolutions
       inside a `scan` body 15x slower than outside it, even for T = 1; measured on

@@ -121,6 +121,21 @@ def test_unrolled_updates_are_the_real_optimiser_updates():
     np.testing.assert_allclose(a_unroll, a, rtol=1e-6)
 
 
+@pytest.mark.parametrize("mode", hypergrad.SECOND_ORDER_MODES)
+def test_inner_losses_and_aux_are_constants_of_the_outer_gradient(mode):
+  """Both second-order modes stop the outer gradient at the inner losses, aux and metrics."""
+  with jax.enable_x64(True):
+    params, (x, y), _, hyper = _problem()
+    aux = jnp.full((4,), 0.1, jnp.float64)
+
+    def carried_outputs(hyper):
+      (_, _, aux_t), (losses, metrics) = hypergrad.unrolled_updates(
+          _loss, _tx(), params, _tx().init(params), aux, (x * hyper, y), second_order=mode)
+      return losses.sum() + metrics["loss"].sum() + aux_t.sum()
+
+    np.testing.assert_array_equal(jax.grad(carried_outputs)(hyper), 0.0)
+
+
 def test_unknown_second_order_mode_is_rejected():
   with pytest.raises(ValueError, match="'sideways'.*forward, reverse"):
     hypergrad.inner_grad_fn(_loss, second_order="sideways")
