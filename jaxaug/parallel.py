@@ -1,4 +1,4 @@
-"""Data parallelism with jit over a device mesh (DESIGN.md, "Parallelism").
+"""Data parallelism with jit over a device mesh.
 
 The batch is split over a 1-D mesh axis `data` spanning every device of every
 process; the train state is replicated. Each process feeds its own rows of the

@@ -22,7 +22,7 @@ output point (u, v) in [-1, 1]^2 samples the input at A (u, v) + t):
 Sizes (section 4.2; n = number of parameters): small, noise n -> n -> 10 n -> n;
 medium, noise 100 -> 64 -> 32 -> n; large, noise 100 -> 512 -> 1024 -> 124 -> 512 -> n.
 Hidden layers use leaky ReLU (slope 0.2) and He-normal weights (zero biases), so the
-pre-activations keep the unit variance of the N(0, 1) noise; the output layer has zero
+activations keep the unit second moment of the N(0, 1) noise; the output layer has zero
 bias and He-normal weights scaled by init_scale, so at initialisation the raw (pre-tanh)
 outputs have a standard deviation of about init_scale (default 0.1) across noise draws:
 near the identity, but not at it, so gradients reach every layer.
@@ -179,7 +179,7 @@ class Augmenter(nnx.Module):
       raise ValueError(f"{kind} needs {self.n_params} maxima, got {maxima}")
     self.maxima = tuple(float(m) for m in maxima)
     widths = (noise_dim, *hidden_sizes)
-    # He gain for leaky ReLU: keeps the second moment of the pre-activations at that of the noise.
+    # He gain for leaky ReLU: keeps the second moment of the activations at that of the noise.
     gain = 2 / (1 + LEAKY_RELU_SLOPE**2)
     self.hidden = nnx.List([
         nnx.Linear(fan_in, fan_out, rngs=rngs,

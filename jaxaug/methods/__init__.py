@@ -1,4 +1,4 @@
-"""Training methods, each a module with the same step-function contract (DESIGN.md).
+"""Training methods, each a module with the same step-function contract.
 
 A method module provides:
   init(config, rng, sample_batch, info: DataInfo) -> state
