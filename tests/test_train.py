@@ -191,7 +191,15 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path, monkeypatch, method):
   assert (full["steps"], "test") in steps
 
 
-def test_stop_signals_ask_once_then_act_as_usual_and_restore_handlers():
+@pytest.fixture
+def sigint_not_ignored():
+  """Ctrl-C handled as usual, also when pytest runs as a background job (which ignores SIGINT)."""
+  previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+  yield
+  signal.signal(signal.SIGINT, previous)
+
+
+def test_stop_signals_ask_once_then_act_as_usual_and_restore_handlers(sigint_not_ignored):
   before = {signum: signal.getsignal(signum) for signum in stopping.SIGNALS}
   with stopping.StopSignals() as stop:
     assert not stop.requested(1)
@@ -279,7 +287,8 @@ def test_a_signal_during_the_final_checkpoint_stops_before_the_final_evaluation(
   assert train.train_and_evaluate(config, str(tmp_path))["steps"] == 16  # evaluates it then
 
 
-def test_main_exits_with_128_plus_signal_after_saving_on_sigint(tmp_path):
+def test_main_exits_with_128_plus_signal_after_saving_on_sigint(tmp_path, sigint_not_ignored):
+  # The child inherits an ignored SIGINT but not a handler: it starts with Python's own.
   workdir = tmp_path / "run"
   command = [sys.executable, "-m", "jaxaug.main", "--config",
              os.path.join(os.path.dirname(__file__), "..", "configs", "smoke.py"),
