@@ -10,10 +10,7 @@ cosine decay over 160 epochs. Standardisation: SVHN training-set mean and std.
   python -m jaxaug.main --config configs/svhn_autoaugment.py --workdir runs/svhn_aa
 """
 
-from jaxaug.config import cifar_resnet18_config
-
-SVHN_MEAN = (0.4377, 0.4438, 0.4728)
-SVHN_STD = (0.1980, 0.2010, 0.1970)
+from jaxaug.config import SVHN_STATS, cifar_resnet18_config
 
 
 def get_config():
@@ -21,7 +18,7 @@ def get_config():
   config.method = "supervised"
   config.model = "wrn28_10"
   config.augment = "autoaugment_svhn+cutout(20)"
-  config.data.mean, config.data.std = SVHN_MEAN, SVHN_STD
+  config.data.mean, config.data.std = SVHN_STATS
   config.data.val_fraction = 0.02
   config.num_epochs = 160
   config.optim.learning_rate = 0.005

@@ -3,8 +3,9 @@
 Two sections, both by default (`--sections=steps,augment`), printing one JSON object per line:
 
 steps: times, in one process on the same model and data, a plain supervised step (no
-augmentation), a predefined-augmentation step and bilevel steps for T = 1, 2, 4 (plus T = 1
-with plain reverse-over-reverse autodiff, for reference): name, ms_per_step, ms_per_update
+augmentation), a predefined-augmentation step, bilevel steps for T = 1, 2, 4 (plus T = 1
+with plain reverse-over-reverse autodiff, for reference) and HBA's two kinds of step (with
+and without a policy update; at `hba.update_every` = 2 a step costs their mean): name, ms_per_step, ms_per_update
 (per classifier update), ratio_to_plain (per step), the compiled step's temporary and total
 memory (XLA's memory analysis: arguments + outputs - aliased + temporaries) and, where the
 backend reports it, the process's peak device memory so far (not per variant: JAX cannot
@@ -89,6 +90,11 @@ def variants(config: ml_collections.ConfigDict,
                                                "bilevel.second_order": "forward"})
   yield "bilevel_T1_reverse_over_reverse", variant(**{
       "method": "bilevel", "bilevel.truncation": 1, "bilevel.second_order": "reverse"})
+  # HBA's two kinds of step: with a lambda update (every `hba.update_every` steps after the
+  # warm-up) and without; the mean of the two is the cost per step at update_every = 2.
+  yield "hba_with_lambda_update", variant(**{"method": "hba", "hba.update_every": 1,
+                                             "hba.warmup_epochs": 0.0})
+  yield "hba_without_lambda_update", variant(**{"method": "hba", "hba.warmup_epochs": 1e9})
 
 
 def time_variant(config: ml_collections.ConfigDict, dataset: data.Dataset, mesh,
@@ -99,13 +105,13 @@ def time_variant(config: ml_collections.ConfigDict, dataset: data.Dataset, mesh,
   pipeline = data.pipeline_from_config(dataset, config.data, global_batch_size=config.batch_size,
                                        val_batch_size=config.val_batch_size,
                                        train_batches_per_step=batches_per_step)
-  info = common.DataInfo(num_classes=dataset.num_classes, image_shape=dataset.image_shape,
-                         steps_per_epoch=pipeline.steps_per_epoch)
-  state = parallel.put_replicated(
-      method.init(config, jax.random.PRNGKey(0), None, info), mesh)
+  info = common.DataInfo.create(num_classes=dataset.num_classes, image_shape=dataset.image_shape,
+                                batches_per_epoch=pipeline.batches_per_epoch,
+                                batches_per_step=batches_per_step, num_epochs=config.num_epochs)
+  state = parallel.put_replicated(method.init(config, jax.random.PRNGKey(0), info), mesh)
   train_batch = parallel.put_batch(pipeline.train_batches(0, batches_per_step), mesh, batch_axis=1)
   val_batch = (parallel.put_batch(pipeline.val_batch(0, epoch=0), mesh)
-               if method.USES_VAL_BATCH else None)
+               if method.uses_val_batch else None)
 
   def step_fn(state, train_batch, val_batch, rng):
     return method.train_step(state, to_float_images(train_batch), to_float_images(val_batch), rng)

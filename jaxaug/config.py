@@ -4,53 +4,20 @@ from __future__ import annotations
 
 import ml_collections
 
-from jaxaug.augment import augmenters
 from jaxaug.data.sources import default_data_config
-
-
-def default_optimizer() -> ml_collections.ConfigDict:
-  """The classifier's optimiser: SGD, Nesterov momentum 0.9, weight decay 5e-4, cosine."""
-  return ml_collections.ConfigDict({
-      "name": "sgd",            # sgd | adam
-      "learning_rate": 0.1,
-      "momentum": 0.9,
-      "nesterov": True,
-      "weight_decay": 5e-4,     # L2 added to the gradient (PyTorch SGD semantics)
-      "grad_clip": 0.0,         # global-norm clip; 0 disables
-      "schedule": "cosine",     # constant | cosine | step
-      "warmup_epochs": 0.0,
-      "step_epochs": (60, 120, 160),  # for schedule=step
-      "step_factor": 0.2,             # for schedule=step
-  })
-
-
-def default_bilevel() -> ml_collections.ConfigDict:
-  """The `bilevel` method's settings (see jaxaug/methods/bilevel.py)."""
-  defaults = augmenters.create_augmenter_defaults()
-  return ml_collections.ConfigDict({
-      "truncation": 1,          # T: classifier updates back-propagated through per augmenter update
-      "update_every": 1,        # K: augmenter update every K train steps
-      "second_order": "forward",  # forward (forward-over-reverse, fast) | reverse (plain autodiff)
-      "remat": False,           # rematerialise inner steps: memory O(1) in T
-      "augmenter": {
-          "kind": "affine_color",  # translation | affine | color | affine_color
-          "size": "small",         # small | medium | large
-          # largest deviation from the identity per parameter, e.g. max_translation
-          "bounds": {name: value for name, value in defaults.items() if name.startswith("max_")},
-          "init_scale": defaults["init_scale"],  # std of the pre-tanh outputs at initialisation
-          "symmetric": defaults["symmetric"],    # deviations as likely as their opposites
-      },
-      # the augmenter's optimiser: the classifier's fields, Adam 1e-3, clipped, constant
-      "optim": default_optimizer().to_dict() | {
-          "name": "adam", "learning_rate": 1e-3, "momentum": 0.0, "nesterov": False,
-          "weight_decay": 0.0, "grad_clip": 1.0, "schedule": "constant"},
-  })
+from jaxaug.methods import METHODS
+from jaxaug.methods.common import default_optimizer
 
 
 def default_config() -> ml_collections.ConfigDict:
-  """Every field the trainer reads, with defaults for a quick CPU run."""
+  """Every field the trainer reads, with defaults for a quick CPU run.
+
+  Each registered method's own settings are the section `config.<method name>` (its
+  `default_config()`), present whatever `config.method` is, so that both
+  `--config.method=...` and `--config.<method>.x=...` work from the command line.
+  """
   config = ml_collections.ConfigDict()
-  config.method = "supervised"      # supervised | bilevel
+  config.method = "supervised"      # one of METHODS.names(): supervised | bilevel | hba
   config.model = "small_cnn"
   config.augment = "none"           # augment.fixed spec, e.g. "randaugment(2, 9)+cutout(16)"
   config.data = default_data_config()
@@ -61,7 +28,8 @@ def default_config() -> ml_collections.ConfigDict:
   config.eval_batch_size = 256
   config.num_epochs = 10
   config.optim = default_optimizer()
-  config.bilevel = default_bilevel()
+  for name in METHODS.names():
+    config[name] = METHODS.get(name).default_config()
   config.seed = 0
   config.log_every_steps = 50
   config.eval_every_epochs = 1.0
@@ -83,6 +51,7 @@ CIFAR_STATS = {  # per-channel mean and std of the training images in [0, 1]
     "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
     "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
 }
+SVHN_STATS = ((0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970))  # svhn_cropped train
 
 
 def cifar_resnet18_config(dataset: str = "cifar10") -> ml_collections.ConfigDict:

@@ -6,11 +6,14 @@ Layout under a run's workdir (written by the chief process only):
                               {"step": int, "split": str, <name>: float | null, ...}
   tensorboard/                TensorBoard event files: scalars "<split>/<name>", image grids
   images/<name>_step<step:07d>.png
-  plots/<filename>            learned-parameter curves (`Reporter.plot_metrics`)
+  plots/<filename>            learned-parameter curves (`Reporter.plot_metrics`), and one
+                              figure per learned vector (`Reporter.plot_vectors`)
   results.json                final results (`write_results`)
 
 Non-finite metric values are stored as JSON `null` so that every line is valid JSON;
-`read_metrics` returns them as None.
+`read_metrics` returns them as None. What a method has learned is written by
+`Reporter.write_learned` as records of split "learned": scalars under their names, the
+components of a vector as "<name>[<label>]".
 """
 
 from __future__ import annotations
@@ -331,6 +334,29 @@ def _plot_metric_series(records: Sequence[Mapping[str, Any]], names: Sequence[st
   return figure
 
 
+def _plot_vector(records: Sequence[Mapping[str, Any]], name: str,
+                 labels: Sequence[str]) -> Figure:
+  """The components "<name>[<label>]" of a learned vector against step, one labelled line each."""
+  figure = Figure(figsize=(10, 5), layout="constrained")
+  FigureCanvasAgg(figure)
+  axis = figure.subplots()
+  colors = [f"C{i % 10}" for i in range(len(labels))]
+  for index, label in enumerate(labels):
+    key = f"{name}[{label}]"
+    points = [(record["step"], math.nan if record[key] is None else record[key])
+              for record in records if key in record]
+    if points:
+      steps, values = zip(*points)
+      axis.plot(steps, values, color=colors[index], linestyle=("-", "--", ":")[index // 10 % 3],
+                label=label)
+  axis.set_title(name)
+  axis.set_xlabel("step")
+  axis.grid(alpha=0.3)
+  axis.legend(fontsize="x-small", ncol=max(1, math.ceil(len(labels) / 16)),
+              loc="center left", bbox_to_anchor=(1.0, 0.5))
+  return figure
+
+
 class Reporter:
   """Writes a run's metrics, progress, image grids and plots under `workdir`.
 
@@ -432,6 +458,59 @@ class Reporter:
     self._print_fn(format_progress(step, self.total_steps, steps_per_second, metrics or {}))
     self._last_progress = (step, now)
 
+  def write_learned(
+      self,
+      step: int,
+      scalars: Mapping[str, MetricValue],
+      vectors: Mapping[str, tuple[Any, Sequence[str]]] | None = None,
+      histograms: Mapping[str, Any] | None = None,
+  ) -> None:
+    """Writes what a method has learned at `step`.
+
+    Args:
+      step: training step.
+      scalars: name -> one number; a "learned" record and TensorBoard "learned/<name>".
+      vectors: name -> (values [n], n labels); component i is written as the scalar
+        "<name>[<label i>]" (and plotted by `plot_vectors`, one figure per name).
+      histograms: name -> array of draws, TensorBoard histogram "learned/<name>".
+
+    Raises ValueError if a vector's values and labels differ in length.
+    """
+    record = dict(scalars)
+    for name, (values, labels) in (vectors or {}).items():
+      values = np.asarray(values).reshape(-1)
+      if len(values) != len(labels):
+        raise ValueError(f"vector {name!r} has {len(values)} values and {len(labels)} labels")
+      record.update({f"{name}[{label}]": value for label, value in zip(labels, values)})
+    if record:
+      self.write(step, "learned", record)
+    if not self.is_chief:
+      return
+    for name, values in (histograms or {}).items():
+      self._summary_writer.add_histogram(f"learned/{name}", np.asarray(values, np.float32),
+                                         int(step))
+    self._summary_writer.flush()
+
+  def plot_vectors(self) -> list[str]:
+    """One figure per learned vector, `plots/<name with / as _>.png`: each component against
+    step, labelled in a legend. Returns the paths (none on non-chief processes)."""
+    if not self.is_chief:
+      return []
+    self._metrics_file.flush()
+    records = [record for record in read_metrics(self.workdir) if record["split"] == "learned"]
+    components: dict[str, list[str]] = {}
+    for key in dict.fromkeys(key for record in records for key in record):
+      if key.endswith("]") and "[" in key:
+        name, label = key[:-1].split("[", 1)
+        components.setdefault(name, []).append(label)
+    paths = []
+    for name, labels in components.items():
+      path = os.path.join(self.workdir, "plots", name.replace("/", "_") + ".png")
+      os.makedirs(os.path.dirname(path), exist_ok=True)
+      _plot_vector(records, name, labels).savefig(path, dpi=100)
+      paths.append(path)
+    return paths
+
   def _image_path(self, step: int, name: str) -> str:
     return os.path.join(self.workdir, "images", f"{name}_step{step:07d}.png")
 
@@ -460,20 +539,24 @@ class Reporter:
     return path
 
   def plot_metrics(
-      self, prefix: str = "aug/", filename: str = "augmentation_params.png"
+      self, prefix: str = "", filename: str = "augmentation_params.png", *,
+      split: str | None = "learned"
   ) -> str | None:
-    """Plots every metric whose name starts with `prefix` against step.
+    """Plots every scalar metric whose name starts with `prefix` against step.
 
-    One subplot per metric (grid layout), one line per split; null values leave gaps.
-    Returns `<workdir>/plots/<filename>`, or None if no metric matches or this process is not
-    the chief.
+    Only records of `split` (None: all splits); vector components ("<name>[<label>]") are
+    left to `plot_vectors`. One subplot per metric (grid layout), one line per split; null
+    values leave gaps. Returns `<workdir>/plots/<filename>`, or None if no metric matches or
+    this process is not the chief.
     """
     if not self.is_chief:
       return None
     self._metrics_file.flush()
-    records = read_metrics(self.workdir)
+    records = [record for record in read_metrics(self.workdir)
+               if split is None or record["split"] == split]
     names = sorted({key for record in records for key in record
-                    if key.startswith(prefix) and key not in _RESERVED_KEYS})
+                    if key.startswith(prefix) and key not in _RESERVED_KEYS
+                    and not key.endswith("]")})
     if not names:
       return None
     path = os.path.join(self.workdir, "plots", filename)

@@ -4,7 +4,8 @@ Reads each run's `config.json` and `results.json` (both written by `jaxaug.main`
 the runs whose configurations are equal apart from the ignored keys (by default the seeds
 `seed` and `data.seed`, so that a group is one setting over several seeds, and the
 `distributed.*` launch settings), and prints a
-Markdown table: one row per group, best mean first, with the configuration keys whose
+Markdown table (the settings sections of the methods a run did not use, e.g. `hba.*` in a
+`bilevel` run, are left out): one row per group, best mean first, with the configuration keys whose
 values differ between groups, the number of runs, and the mean, sample standard deviation
 (n - 1; empty for a single run), minimum and maximum of the metric. Directories without
 `results.json` (runs still going) are skipped with a note on stderr.
@@ -24,6 +25,7 @@ from absl import app
 from absl import flags
 
 from jaxaug import reporting
+from jaxaug.methods import METHODS
 
 FLAGS = flags.FLAGS
 DEFAULT_IGNORE = ("seed", "data.seed", "distributed")
@@ -55,7 +57,10 @@ def load_run(workdir: str) -> Run | None:
   if config is None:
     raise FileNotFoundError(f"{workdir} has {reporting.RESULTS_FILENAME} but no "
                             f"{reporting.CONFIG_FILENAME}: it was not written by jaxaug.main")
-  return Run(workdir, reporting.flatten(config), results)
+  unused = {name for name in METHODS.names() if name != config.get("method")}
+  flat = {key: value for key, value in reporting.flatten(config).items()
+          if key.split(".")[0] not in unused}
+  return Run(workdir, flat, results)
 
 
 def _hashable(value: Any) -> Any:

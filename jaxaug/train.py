@@ -1,13 +1,11 @@
 """The training loop: data -> state -> jitted step -> eval -> checkpoint -> report.
 
-Nothing here is method-specific: the method module named by `config.method`
-supplies `init`, `train_step`, `eval_step`, `augment`, `train_batches_per_step`
-and `USES_VAL_BATCH` (see jaxaug/methods/__init__.py).
+Nothing here is method-specific: `METHODS.get(config.method)` is a `methods.Method`
+(see jaxaug/methods/__init__.py) and the loop uses only what it declares.
 """
 
 from __future__ import annotations
 
-import math
 import os
 import time
 from typing import Any
@@ -22,6 +20,7 @@ from jaxaug import data
 from jaxaug import parallel
 from jaxaug import reporting
 from jaxaug import stopping
+from jaxaug.augment import learned
 from jaxaug.methods import METHODS
 from jaxaug.methods import common
 
@@ -40,9 +39,21 @@ def to_float_images(batch: dict | None) -> dict | None:
 
 
 def _mean_metrics(history: list[dict]) -> dict[str, float]:
-  """Means over steps of per-step metric dicts (fetched to the host once)."""
-  stacked = jax.device_get(jax.tree.map(lambda *xs: jnp.stack(xs), *history))
-  return {name: float(np.mean(values)) for name, values in stacked.items()}
+  """Means over steps of per-step metric dicts (fetched to the host once).
+
+  A `common.Sparse` metric is averaged over the steps that have it, and left out if none has.
+  """
+  history = jax.device_get(history)
+  means = {}
+  for name, first in history[0].items():
+    if isinstance(first, common.Sparse):
+      present = np.array([bool(metrics[name].present) for metrics in history])
+      if present.any():
+        values = np.array([float(metrics[name].value) for metrics in history])
+        means[name] = float(values[present].mean())
+    else:
+      means[name] = float(np.mean([metrics[name] for metrics in history]))
+  return means
 
 
 def evaluate(eval_step, state, pipeline: data.Pipeline, split: str, batch_size: int,
@@ -109,15 +120,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       dataset, config.data, global_batch_size=config.batch_size,
       val_batch_size=config.val_batch_size, process_index=jax.process_index(),
       process_count=jax.process_count(), train_batches_per_step=batches_per_step)
-  steps_per_epoch = pipeline.steps_per_epoch // batches_per_step  # train steps per epoch
-  total_steps = int(math.ceil(config.num_epochs * steps_per_epoch))
-  info = common.DataInfo(num_classes=dataset.num_classes, image_shape=dataset.image_shape,
-                         steps_per_epoch=pipeline.steps_per_epoch)
+  info = common.DataInfo.create(num_classes=dataset.num_classes, image_shape=dataset.image_shape,
+                                batches_per_epoch=pipeline.batches_per_epoch,
+                                batches_per_step=batches_per_step, num_epochs=config.num_epochs)
+  steps_per_epoch, total_steps = info.steps_per_epoch, info.total_steps
 
   rng = jax.random.PRNGKey(config.seed)
   init_rng, train_rng, image_rng = jax.random.split(rng, 3)
-  sample_batch = pipeline.train_batches(0, batches_per_step)
-  state = parallel.put_replicated(method.init(config, init_rng, sample_batch, info), mesh)
+  state = parallel.put_replicated(method.init(config, init_rng, info), mesh)
 
   checkpointer = checkpoint.Checkpointer(workdir, keep=config.keep_checkpoints)
   start_step = checkpointer.latest_step() or 0
@@ -148,6 +158,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   train_step = jax.jit(step_fn, donate_argnums=0)
   eval_step = jax.jit(lambda state, batch: method.eval_step(state, to_float_images(batch)))
   augment = jax.jit(lambda state, images, rng: method.augment(state, images / 255.0, rng))
+  summaries = jax.jit(method.summaries)
   grid_images = pipeline.train_batches(0, 1)["image"][0, :GRID_IMAGES]
 
   eval_every = _interval(config.eval_every_epochs, steps_per_epoch)
@@ -168,11 +179,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       reporter.write(step, split, results[split])
     return results
 
+  def write_learned(step):
+    learned_now = jax.device_get(summaries(state))
+    labels = dict(learned_now.labels)
+    reporter.write_learned(
+        step, learned_now.scalars,
+        {name: (values, labels[name]) for name, values in learned_now.vectors.items()},
+        learned_now.histograms)
+
   def host_batches():
     for step in range(start_step, total_steps):
       first_batch = step * batches_per_step
       val_batch = (pipeline.val_batch(step, epoch=pipeline.epoch_of_batch(first_batch))
-                   if method.USES_VAL_BATCH else None)
+                   if method.uses_val_batch else None)
       yield step, pipeline.train_batches(first_batch, batches_per_step), val_batch
 
   history = []
@@ -192,6 +211,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
           means = {**_mean_metrics(history), "epoch": done / steps_per_epoch}
           history = []
           reporter.write(done, "train", means)
+          write_learned(done)
           reporter.progress(done, {"loss": means["loss"], "acc": means["accuracy"]})
         if not (stop or last) and done % eval_every == 0:
           eval_and_report(done)
@@ -211,7 +231,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   final = eval_and_report(total_steps)
   save_images(total_steps)
-  reporter.plot_metrics("aug/", "augmentation_params.png")
+  reporter.plot_metrics(filename="augmentation_params.png")
+  reporter.plot_vectors()
+  policy = method.export_policy(state)
+  if policy is not None and is_chief:
+    learned.write_policy(os.path.join(workdir, "policy"), policy)
   results = {
       "method": config.method,
       "dataset": config.data.dataset,

@@ -40,8 +40,8 @@ def make_pipeline(dataset=None, **overrides) -> data.Pipeline:
 
 
 def epoch_train_ids(pipe: data.Pipeline, epoch: int) -> np.ndarray:
-  """Example ids [steps_per_epoch, batch] of every train batch of `epoch`."""
-  return pipe.train_batches(epoch * pipe.steps_per_epoch, pipe.steps_per_epoch)["label"]
+  """Example ids [batches_per_epoch, batch] of every train batch of `epoch`."""
+  return pipe.train_batches(epoch * pipe.batches_per_epoch, pipe.batches_per_epoch)["label"]
 
 
 def val_set(pipe: data.Pipeline, epoch: int = 0) -> np.ndarray:
@@ -270,10 +270,10 @@ def test_sklearn_digits_is_the_bundled_set_split_80_20():
 # ----------------------------------------------------------------------------- pipeline
 
 
-def test_steps_per_epoch_drops_remainder():
-  assert make_pipeline(global_batch_size=16).steps_per_epoch == 5  # 80 train examples
-  assert make_pipeline(global_batch_size=12).steps_per_epoch == 6
-  assert make_pipeline(global_batch_size=12, train_batches_per_step=4).steps_per_epoch == 4
+def test_batches_per_epoch_drops_remainder():
+  assert make_pipeline(global_batch_size=16).batches_per_epoch == 5  # 80 train examples
+  assert make_pipeline(global_batch_size=12).batches_per_epoch == 6
+  assert make_pipeline(global_batch_size=12, train_batches_per_step=4).batches_per_epoch == 4
 
 
 def test_batch_shapes_and_dtypes():
@@ -294,7 +294,7 @@ def test_each_epoch_is_a_permutation_of_train_disjoint_from_val(batch_size):
   seen_orders = []
   for epoch in range(3):
     ids = epoch_train_ids(pipe, epoch).ravel()
-    assert len(np.unique(ids)) == len(ids) == pipe.steps_per_epoch * batch_size
+    assert len(np.unique(ids)) == len(ids) == pipe.batches_per_epoch * batch_size
     assert not np.intersect1d(ids, val).size
     seen_orders.append(ids)
   assert not np.array_equal(seen_orders[0], seen_orders[1])
@@ -318,10 +318,10 @@ def test_redraw_val_each_epoch_keeps_step_disjoint():
   steps_per_batch = 3
   pipe = make_pipeline(redraw_val_each_epoch=True, global_batch_size=12,
                        train_batches_per_step=steps_per_batch)
-  assert pipe.steps_per_epoch % steps_per_batch == 0
+  assert pipe.batches_per_epoch % steps_per_batch == 0
   val_sets = [set(val_set(pipe, epoch)) for epoch in range(3)]
   assert val_sets[0] != val_sets[1] and all(len(v) == 20 for v in val_sets)
-  for step in range(3 * pipe.steps_per_epoch // steps_per_batch):
+  for step in range(3 * pipe.batches_per_epoch // steps_per_batch):
     first = step * steps_per_batch
     epoch = pipe.epoch_of_batch(first)
     assert {pipe.epoch_of_batch(b) for b in range(first, first + steps_per_batch)} == {epoch}
@@ -356,7 +356,7 @@ def test_train_examples_cap_is_a_prefix_of_a_seeded_permutation():
     return pipe, set(ids.tolist())
 
   pipe, small = used(30)
-  assert pipe.num_val_examples == 6 and pipe.steps_per_epoch == 6 and len(small) == 30
+  assert pipe.num_val_examples == 6 and pipe.batches_per_epoch == 6 and len(small) == 30
   _, large = used(50)
   assert len(large) == 50 and small < large
   assert small != used(30, seed=4)[1]

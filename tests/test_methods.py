@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from flax import nnx
 
 from jaxaug import parallel
 from jaxaug.config import default_config
@@ -24,6 +25,8 @@ def _config(method, **bilevel_overrides):
   config.augment = "hflip"
   config.num_epochs = 1
   config.optim.learning_rate = 0.05
+  config.hba.warmup_epochs = 0.0  # lambda moves from the first step
+  config.hba.update_every = 1
   for key, value in bilevel_overrides.items():
     config.bilevel[key] = value
   return config
@@ -38,9 +41,17 @@ def _batches(truncation, batch=16, seed=0):
   return train, val
 
 
+def _info(config):
+  """10 batches per epoch of T batches each."""
+  return common.DataInfo.create(
+      num_classes=4, image_shape=IMAGE_SHAPE,
+      batches_per_epoch=10 * METHODS.get(config.method).train_batches_per_step(config),
+      batches_per_step=METHODS.get(config.method).train_batches_per_step(config),
+      num_epochs=config.num_epochs)
+
+
 def _init(config):
-  info = common.DataInfo(num_classes=4, image_shape=IMAGE_SHAPE, steps_per_epoch=10)
-  return METHODS.get(config.method).init(config, jax.random.PRNGKey(0), None, info)
+  return METHODS.get(config.method).init(config, jax.random.PRNGKey(0), _info(config))
 
 
 def _assert_leaves_close(actual, expected, *, rtol, atol, float32_rtol=None):
@@ -73,7 +84,8 @@ def _steps_on_mesh(config, devices, steps):
   return jax.device_get(state), jax.device_get(metrics)
 
 
-@pytest.mark.parametrize("method,truncation", [("supervised", 1), ("bilevel", 1), ("bilevel", 2)])
+@pytest.mark.parametrize("method,truncation", [("supervised", 1), ("bilevel", 1), ("bilevel", 2),
+                                               ("hba", 1)])
 def test_eight_devices_match_one_device(method, truncation):
   """Same math; only the order of cross-device reductions differs, so in float64 they agree.
 
@@ -139,7 +151,7 @@ def test_bilevel_forward_and_reverse_second_order_agree(truncation):
     state = _init(config)
     new_state, metrics = jax.jit(bilevel.train_step)(state, train, val, jax.random.PRNGKey(1))
     results[mode] = (jax.tree.map(jnp.subtract, new_state.augmenter.params,
-                                  state.augmenter.params), metrics["hypergrad_norm"])
+                                  state.augmenter.params), metrics["hypergrad_norm"].value)
   assert results["forward"][1] > 0
   np.testing.assert_allclose(results["forward"][1], results["reverse"][1], rtol=1e-4)
   _assert_leaves_close(results["forward"][0], results["reverse"][0], rtol=1e-3, atol=1e-7)
@@ -151,7 +163,7 @@ def test_bilevel_augmenter_takes_every_schedule(schedule):
   config.bilevel.optim.schedule = schedule
   state = _init(config)
   state, metrics = jax.jit(bilevel.train_step)(state, *_batches(1), jax.random.PRNGKey(0))
-  assert float(metrics["hypergrad_norm"]) > 0
+  assert float(metrics["hypergrad_norm"].value) > 0
 
 
 def test_bilevel_rejects_an_unknown_second_order_mode_at_init():
@@ -169,7 +181,7 @@ def test_bilevel_update_every_skips_augmenter_updates():
     moved = max(jax.tree.leaves(jax.tree.map(lambda a, b: float(jnp.abs(a - b).max()),
                                              new_state.augmenter.params, state.augmenter.params)))
     assert (moved > 0) == expect_moved
-    assert (float(metrics["hypergrad_norm"]) > 0) == expect_moved
+    assert (float(metrics["hypergrad_norm"].value) > 0) == expect_moved
     state = new_state
 
 
@@ -218,3 +230,72 @@ def test_bilevel_augmenter_bounds_and_init_scale_from_the_command_line():
   # tanh saturation if it is used.
   relative_spread = (params.std(axis=0) / 0.5) / (default.std(axis=0) / 0.25)
   assert np.all(relative_spread > 3), relative_spread
+
+
+def _is_scalar_metric(value):
+  if isinstance(value, common.Sparse):
+    return np.shape(value.value) == () and np.shape(value.present) == ()
+  return np.shape(value) == ()
+
+
+@pytest.mark.parametrize("name", METHODS.names())
+def test_every_method_keeps_the_contract(name, tmp_path):
+  """What train.py relies on, for every registered method (see jaxaug/methods/__init__.py)."""
+  from jaxaug.augment import learned
+  from jaxaug.methods import Method
+
+  method = METHODS.get(name)
+  assert isinstance(method, Method) and method.name == name
+  config = _config(name)
+  # config.py assembles the method's own section
+  assert default_config()[name].to_dict() == method.default_config().to_dict()
+  batches = method.train_batches_per_step(config)
+  assert isinstance(batches, int) and batches >= 1
+  state = _init(config)
+  assert int(state.step) == 0 and int(state.nonfinite_step) == -1
+  train, val = _batches(batches)
+  step = jax.jit(method.train_step)
+  new_state, metrics = step(state, train, val if method.uses_val_batch else None,
+                            jax.random.PRNGKey(1))
+  assert int(new_state.step) == 1 and int(new_state.nonfinite_step) == -1
+  assert jax.tree.structure(new_state) == jax.tree.structure(state)  # one compilation
+  assert {"loss", "accuracy"} <= set(metrics)
+  assert all(_is_scalar_metric(value) for value in metrics.values()), metrics
+  # eval sums over the masked examples only
+  mask = np.arange(16) < 11
+  sums = jax.jit(method.eval_step)(new_state, {**val, "mask": mask})
+  assert set(sums) == {"loss_sum", "correct", "count"} and float(sums["count"]) == 11
+  images = jax.jit(method.augment)(new_state, val["image"], jax.random.PRNGKey(2))
+  assert images.shape == val["image"].shape
+  assert float(images.min()) >= 0 and float(images.max()) <= 1
+  summaries = jax.jit(method.summaries)(new_state)
+  assert isinstance(summaries, common.Summaries)
+  labels = dict(summaries.labels)
+  assert set(labels) == set(summaries.vectors)
+  assert all(len(labels[key]) == np.size(value) for key, value in summaries.vectors.items())
+  policy = method.export_policy(new_state)
+  assert (policy is None) == (name == "supervised")  # the methods that learn augmentation export
+  if policy is not None:
+    learned.write_policy(str(tmp_path), policy)
+    replayed = jax.jit(learned.replay(str(tmp_path)))(jax.random.PRNGKey(3), val["image"], 0.5)
+    assert replayed.shape == val["image"].shape
+
+
+def test_hba_command_line_sets_its_strategy():
+  """--config.hba.* overrides reach the method (the section is config.py's, owned by hba)."""
+  from absl import flags
+  from ml_collections import config_flags
+  from jaxaug.models import hyper
+
+  smoke = os.path.join(os.path.dirname(__file__), "..", "configs", "smoke.py")
+  argv = ["prog", f"--config={smoke}", "--config.method=hba", "--config.hba.strategy=conv+bn"]
+  flag_values = flags.FlagValues()
+  config_flags.DEFINE_config_file("config", None, "", flag_values=flag_values,
+                                  lock_config=True, sys_argv=argv)
+  flag_values(argv)
+  info = common.DataInfo.create(num_classes=10, image_shape=(8, 8, 1), batches_per_epoch=8,
+                                num_epochs=2)
+  classifier = METHODS.get("hba").init(flag_values.config, jax.random.PRNGKey(0), info).classifier
+  module = nnx.merge(classifier.graphdef, classifier.params, classifier.rest)
+  counts = hyper.count_hyper_layers(module)
+  assert counts["HyperConv"] == 3 and counts["HyperBN"] == 3, counts  # small_cnn: 3 conv + BN

@@ -227,7 +227,8 @@ def test_plot_metrics(tmp_path):
   for step in range(0, 50, 10):
     reporter.write(step, "train", {"loss": 1.0, "aug/scale": step / 50, "aug/shift": -step / 50})
   reporter.write(50, "train", {"aug/scale": np.nan})
-  path = reporter.plot_metrics()
+  assert reporter.plot_metrics() is None  # by default the "learned" records only
+  path = reporter.plot_metrics(prefix="aug/", split=None)
   assert reporter.plot_metrics(prefix="policy/") is None
   reporter.close()
 
@@ -324,3 +325,37 @@ def test_flatten_and_config_changes():
   assert reporting.config_changes(saved, now) == [
       "new: '<absent>' -> 'x'", "old: 1 -> '<absent>'", "optim.learning_rate: 0.1 -> 0.05"]
   assert reporting.config_changes(saved, saved) == []
+
+
+def test_learned_vectors_get_labelled_components_a_figure_each_and_histograms(tmp_path):
+  reporter = reporting.Reporter(str(tmp_path), total_steps=100)
+  labels = ("Rotate#1", "Invert#1", "Rotate#2")
+  for step in (10, 20, 30):
+    reporter.write_learned(
+        step, {"hba/mean_probability": step / 100},
+        {"hba/probability": (np.array([0.1, 0.2, 0.3]) * step / 10, labels),
+         "hba/magnitude_position": (np.array([0.5]), ("Rotate#1",))},
+        {"aug/translation_x": np.linspace(-1, 1, 64) * step})
+  with pytest.raises(ValueError, match="2 values and 3 labels"):
+    reporter.write_learned(40, {}, {"hba/probability": (np.zeros(2), labels)})
+  scalars_plot = reporter.plot_metrics()
+  vector_plots = reporter.plot_vectors()
+  reporter.close()
+
+  records = reporting.read_metrics(str(tmp_path))
+  assert [r["split"] for r in records] == ["learned"] * 3
+  assert records[-1]["hba/probability[Invert#1]"] == pytest.approx(0.6)
+  assert records[-1]["hba/mean_probability"] == pytest.approx(0.3)
+  assert scalars_plot == str(tmp_path / "plots" / "augmentation_params.png")
+  assert sorted(vector_plots) == sorted(str(tmp_path / "plots" / name) for name in (
+      "hba_probability.png", "hba_magnitude_position.png"))
+  for path in vector_plots:
+    with Image.open(path) as picture:
+      assert np.asarray(picture.convert("L")).min() < 128
+  events = _tensorboard_events(str(tmp_path / "tensorboard"))
+  histograms = [(step, value.histo) for tag, step, value in events
+                if tag == "learned/aug/translation_x"]
+  assert [step for step, _ in histograms] == [10, 20, 30]
+  assert histograms[-1][1].min == pytest.approx(-30) and histograms[-1][1].num == 64
+  # TensorBoard replaces "[", "#" and "]" in tags by "_"
+  assert ("learned/hba/probability_Rotate_2_", 30) in {(tag, step) for tag, step, _ in events}

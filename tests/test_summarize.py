@@ -84,3 +84,19 @@ def test_command_line_prints_a_markdown_table(runs, tmp_path):
   assert lines[4] == "| supervised | 0.05 | 1 | 0.5500 |  | 0.5500 | 0.5500 |"
   assert f"skipped {unfinished}: no results.json (not finished)" in completed.stderr
   assert f"skipped {log_file}: not a directory" in completed.stderr
+
+
+def test_sections_of_methods_a_run_did_not_use_do_not_split_settings(tmp_path):
+  """A supervised run's config.bilevel / config.hba (present in every config) are left out."""
+  paths = []
+  for seed, sigma in ((0, 0.5), (1, 0.3)):
+    path = _write_run(tmp_path / f"run{seed}", method="supervised", learning_rate=0.1,
+                      seed=seed, accuracy=0.5 + seed / 10)
+    config = reporting.read_json(path, reporting.CONFIG_FILENAME)
+    config["hba"] = {"sigma": sigma}
+    reporting.write_config(path, config)
+    paths.append(path)
+  runs = [summarize.load_run(path) for path in paths]
+  assert "hba.sigma" not in runs[0].config
+  rows = summarize.summary_rows(runs, "test_accuracy")
+  assert len(rows) == 1 and rows[0]["runs"] == 2

@@ -60,18 +60,55 @@ def _check_outputs(workdir, results, *, expect_aug_plot):
 
 @pytest.mark.parametrize("method,augment", [("supervised", "none"),
                                             ("supervised", "predefined"),
-                                            ("bilevel", "hflip")])
+                                            ("bilevel", "hflip"),
+                                            ("hba", "hflip")])
 def test_end_to_end_on_tfds_mock_data(tmp_path, method, augment):
   config = smoke_config(method, {"augment": augment, "data.dataset": "cifar10",
-                                        "data.train_examples": None})
+                                 "data.train_examples": None, "hba.warmup_epochs": 0.5})
   with tfds.testing.mock_data(num_examples=96):
     results = train.train_and_evaluate(config, str(tmp_path))
-  records = _check_outputs(str(tmp_path), results, expect_aug_plot=method == "bilevel")
+  learns = method != "supervised"
+  records = _check_outputs(str(tmp_path), results, expect_aug_plot=learns)
   train_records = [r for r in records if r["split"] == "train"]
+  learned_records = [r for r in records if r["split"] == "learned"]
   assert all(np.isfinite(r["loss"]) for r in train_records)
+  assert [r["step"] for r in learned_records] == ([r["step"] for r in train_records]
+                                                  if learns else [])
+  assert os.path.isdir(tmp_path / "policy") == learns
   if method == "bilevel":
-    assert any(k.startswith("aug/") for k in train_records[-1])
+    assert any(k.startswith("aug/") for k in learned_records[-1])
     assert all(r["hypergrad_norm"] > 0 for r in train_records)
+  if method == "hba":
+    # lambda updates on even steps after half an epoch's warm-up: the first log window
+    # (4 steps) has one, and the metrics that exist only on update steps are logged.
+    assert "hypergrad_norm" in train_records[0] and "val_loss" in train_records[0]
+    assert len([k for k in learned_records[-1] if k.startswith("hba/probability[")]) == 30
+    for name in ("hba_probability.png", "hba_magnitude_position.png"):
+      assert os.path.exists(tmp_path / "plots" / name)
+
+
+@pytest.mark.parametrize("method", ["bilevel", "hba"])
+def test_a_learned_policy_replays_with_supervised(tmp_path, method):
+  """learned('<dir>') trains another model with what a run learned; bad folders are refused."""
+  search = smoke_config(method, {"augment": "none", "num_epochs": 1})
+  train.train_and_evaluate(search, str(tmp_path / "search"))
+  replay = smoke_config("supervised", {"augment": f"learned('{tmp_path / 'search'}')+crop",
+                                       "model": "cnn6", "num_epochs": 1})
+  results = train.train_and_evaluate(replay, str(tmp_path / "replay"))
+  assert 0 <= results["test_accuracy"] <= 1
+  for bad, message in ((tmp_path / "nowhere", "no learned policy"),
+                       (tmp_path / "replay", "no learned policy")):
+    config = smoke_config("supervised", {"augment": f"learned('{bad}')"})
+    with pytest.raises(ValueError, match=message):
+      train.train_and_evaluate(config, str(tmp_path / "bad"))
+
+
+def test_metrics_of_some_steps_are_averaged_over_the_steps_that_have_them():
+  from jaxaug.methods import common
+  sparse = lambda value, present: common.Sparse(np.float32(value), np.bool_(present))
+  history = [{"loss": np.float32(loss), "norm": sparse(norm, norm > 0), "never": sparse(9, False)}
+             for loss, norm in ((1.0, 4.0), (2.0, 0.0), (3.0, 2.0), (4.0, 0.0))]
+  assert train._mean_metrics(history) == {"loss": 2.5, "norm": 3.0}
 
 
 def _write_folder(root, classes=3, per_class=12, size=8, seed=0):
@@ -152,9 +189,9 @@ def _assert_same_final_state(workdir_a, workdir_b):
     np.testing.assert_array_equal(leaves_a[key], leaves_b[key], err_msg=key)
 
 
-@pytest.mark.parametrize("method", ["supervised", "bilevel"])
+@pytest.mark.parametrize("method", ["supervised", "bilevel", "hba"])
 def test_resumed_run_equals_uninterrupted_run(tmp_path, monkeypatch, method):
-  config = smoke_config(method, {"checkpoint_every_steps": 3})
+  config = smoke_config(method, {"checkpoint_every_steps": 3, "hba.warmup_epochs": 0.25})
   full = train.train_and_evaluate(config, str(tmp_path / "full"))
 
   original = data.Pipeline.train_batches
@@ -314,7 +351,7 @@ def test_main_exits_with_128_plus_signal_after_saving_on_sigint(tmp_path, sigint
 
 
 @pytest.mark.parametrize("key,value,message", [
-    ("method", "dabo", "unknown method 'dabo'.*bilevel.*supervised"),
+    ("method", "dabo", "unknown method 'dabo'.*bilevel, hba, supervised"),
     ("model", "vgg", "unknown model 'vgg'.*resnet18"),
     ("augment", "hflip+warp", "unknown augmentation 'warp'.*predefined"),
     ("data.dataset", "cifar11", "cifar11"),
@@ -322,9 +359,12 @@ def test_main_exits_with_128_plus_signal_after_saving_on_sigint(tmp_path, sigint
     ("batch_size", 12, "batch_size=12 is not divisible by the number of devices \\(8\\)"),
     ("bilevel.augmenter.kind", "warp", "warp"),
     ("bilevel.truncation", 0, "truncation=0"),
+    ("hba.strategy", "all_conv", "unknown config.hba.strategy 'all_conv'.*first_bn"),
+    ("hba.sigma", -1.0, "sigma=-1.0"),
+    ("augment", "learned(3)", "path of a policy folder"),
 ])
 def test_bad_input_is_rejected_at_start_up(tmp_path, key, value, message):
-  method = "bilevel" if key.startswith("bilevel") else "supervised"
+  method = key.split(".")[0] if key.startswith(("bilevel.", "hba.")) else "supervised"
   config = smoke_config(method, {key: value})
   with pytest.raises(ValueError, match=message):
     train.train_and_evaluate(config, str(tmp_path))

@@ -7,11 +7,15 @@ name, optionally called with Python-literal arguments:
   "autoaugment_cifar10+crop+hflip+cutout(16)"    the AutoAugment paper's CIFAR-10 recipe
   "randaugment(2, 9)"                            RandAugment N=2, M=9
   "cutout(20, fill=0.5)"
+  "learned('runs/hba/policy')+crop+hflip"         a policy a run learned, replayed
 
 `FIXED` maps each name to a factory: `factory(*args, **kwargs)` validates its
 arguments and returns a sampler `(rng, images) -> images` over a batch, float32 NHWC
 in [0, 1], with independent draws per image. Arguments are read with
 `ast.literal_eval` (numbers, strings, tuples, ...): nothing in a spec is executed.
+A scheduled sampler (`learned`, whose policy changes over training) is marked by a
+true `follows_progress` attribute and also takes `progress`, the fraction of training
+done; `compose` passes it on.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from typing import Any, Callable, NamedTuple
 
 import jax
 
+from jaxaug.augment import learned
 from jaxaug.augment import policies
 from jaxaug.augment import transforms
 from jaxaug.registry import Registry
@@ -78,6 +83,7 @@ FIXED.register("trivialaugment_wide")(policies.trivial_augment_wide)
 FIXED.register("cutout")(policies.cutout)
 FIXED.register("color_jitter")(policies.color_jitter)
 FIXED.register("pba")(policies.pba)
+FIXED.register("learned")(learned.replay)
 
 
 def _malformed(spec: str, why: str) -> ValueError:
@@ -139,13 +145,18 @@ def compose(spec: str) -> Sampler:
   arguments raise a ValueError naming the spec.
 
   Returns:
-    `sample(rng, images float32 [B, H, W, C] in [0, 1]) -> images`.
+    `sample(rng, images float32 [B, H, W, C] in [0, 1], progress=0.0) -> images`;
+    `progress` (fraction of training done, a scalar in [0, 1]) reaches scheduled stages.
   """
   samplers = [_build(stage, spec) for stage in parse(spec)]
 
-  def apply(rng: jax.Array, images: jax.Array) -> jax.Array:
+  def apply(rng: jax.Array, images: jax.Array, progress: jax.Array | float = 0.0) -> jax.Array:
     for index, sampler in enumerate(samplers):
-      images = sampler(jax.random.fold_in(rng, index), images)
+      key = jax.random.fold_in(rng, index)
+      if getattr(sampler, "follows_progress", False):
+        images = sampler(key, images, progress)
+      else:
+        images = sampler(key, images)
     return images
 
   return apply

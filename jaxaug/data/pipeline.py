@@ -7,7 +7,7 @@ compute the same global batch and a resumed run asks for the same batch numbers.
   cap     the first `train_examples` of a permutation of the train source (seed, CAP)
   split   a permutation of the capped set: val = first round(val_fraction * n), train =
           the rest; drawn once (epoch 0) or per train epoch with redraw_val_each_epoch
-  train   batch b is in epoch e = b // steps_per_epoch, at position b % steps_per_epoch
+  train   batch b is in epoch e = b // batches_per_epoch, at position b % batches_per_epoch
           of a permutation of that epoch's train part (seed, TRAIN, e); remainder dropped
   val     an endless stream over the val part of train epoch e: val epoch v is a
           permutation (seed, VAL, e, v); val batch i is stream entries
@@ -93,8 +93,8 @@ class Pipeline:
       raise ValueError(f"val_fraction {val_fraction} of {len(self.pool)} examples leaves "
                        "no validation example")
     full_batches = self.num_train_examples // global_batch_size
-    self.steps_per_epoch = full_batches // train_batches_per_step * train_batches_per_step
-    if self.steps_per_epoch < 1:
+    self.batches_per_epoch = full_batches // train_batches_per_step * train_batches_per_step
+    if self.batches_per_epoch < 1:
       raise ValueError(
           f"{self.num_train_examples} train examples (after val_fraction {val_fraction}) make "
           f"no {train_batches_per_step} full batches of global_batch_size {global_batch_size}")
@@ -117,7 +117,7 @@ class Pipeline:
 
   def epoch_of_batch(self, batch: int) -> int:
     """The train epoch that train batch number `batch` belongs to."""
-    return batch // self.steps_per_epoch
+    return batch // self.batches_per_epoch
 
   def _local(self, global_indices: np.ndarray) -> np.ndarray:
     """This process's columns [..., local] of global_indices [..., global batch]."""
@@ -139,7 +139,7 @@ class Pipeline:
                        f"got first_batch {first_batch}, count {count}")
     rows = []
     for batch in range(first_batch, first_batch + count):
-      start = batch % self.steps_per_epoch * self.global_batch_size
+      start = batch % self.batches_per_epoch * self.global_batch_size
       order = self._train_order(self.epoch_of_batch(batch))
       rows.append(order[start:start + self.global_batch_size])
     return np.stack(rows)

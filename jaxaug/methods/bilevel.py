@@ -21,17 +21,21 @@ keeping them.
 
 from __future__ import annotations
 
+import json
 import math
 
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 from flax import nnx
 from flax import struct
+from jax.flatten_util import ravel_pytree
 
 from jaxaug import hypergrad
 from jaxaug.augment import augmenters
+from jaxaug.augment import learned
 from jaxaug.methods import common
 from jaxaug.methods import supervised
 
@@ -44,6 +48,7 @@ class Settings:
   update_every: int = struct.field(pytree_node=False)
   second_order: str = struct.field(pytree_node=False)
   remat: bool = struct.field(pytree_node=False)
+  augmenter_json: str = struct.field(pytree_node=False)  # `_augmenter_settings`, for export
 
 
 @struct.dataclass
@@ -57,6 +62,28 @@ class State:
 
 
 USES_VAL_BATCH = True  # the augmenter learns from the validation loss
+SUMMARY_DRAWS = 512  # noise draws behind the summaries of the learned distribution
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """`config.bilevel`: truncation, update frequency, augmenter and its optimiser."""
+  defaults = augmenters.create_augmenter_defaults()
+  return ml_collections.ConfigDict({
+      "truncation": 1,          # T: classifier updates back-propagated through per augmenter update
+      "update_every": 1,        # K: augmenter update every K train steps
+      "second_order": "forward",  # forward (forward-over-reverse, fast) | reverse (plain autodiff)
+      "remat": False,           # rematerialise inner steps: memory O(1) in T
+      "augmenter": {
+          "kind": "affine_color",  # translation | affine | color | affine_color
+          "size": "small",         # small | medium | large
+          # largest deviation from the identity per parameter, e.g. max_translation
+          "bounds": {name: value for name, value in defaults.items() if name.startswith("max_")},
+          "init_scale": defaults["init_scale"],  # std of the pre-tanh outputs at initialisation
+          "symmetric": defaults["symmetric"],    # deviations as likely as their opposites
+      },
+      # the augmenter's optimiser: the classifier's fields, Adam 1e-3, clipped, constant
+      "optim": common.adam_optimizer(1e-3, grad_clip=1.0),
+  })
 
 
 def train_batches_per_step(config: ml_collections.ConfigDict) -> int:
@@ -67,10 +94,15 @@ def train_batches_per_step(config: ml_collections.ConfigDict) -> int:
   return truncation
 
 
-def init(config: ml_collections.ConfigDict, rng: jax.Array, sample_batch: dict,
-         info: common.DataInfo) -> State:
+def _augmenter_settings(cfg: ml_collections.ConfigDict) -> dict:
+  """What rebuilds the augmenter module (exported with its policy)."""
+  return {"kind": cfg.augmenter.kind, "size": cfg.augmenter.size,
+          "bounds": dict(cfg.augmenter.bounds), "init_scale": cfg.augmenter.init_scale,
+          "symmetric": cfg.augmenter.symmetric}
+
+
+def init(config: ml_collections.ConfigDict, rng: jax.Array, info: common.DataInfo) -> State:
   """Classifier, augmenter and their optimisers."""
-  del sample_batch
   cfg = config.bilevel
   if not isinstance(cfg.update_every, int) or cfg.update_every < 1:
     raise ValueError(f"config.bilevel.update_every={cfg.update_every!r} must be an integer >= 1")
@@ -87,20 +119,19 @@ def init(config: ml_collections.ConfigDict, rng: jax.Array, sample_batch: dict,
                                        symmetric=cfg.augmenter.symmetric,
                                        init_scale=cfg.augmenter.init_scale,
                                        **cfg.augmenter.bounds)
-  steps_per_epoch = max(info.steps_per_epoch // train_batches_per_step(config), 1)
-  total_steps = math.ceil(config.num_epochs * steps_per_epoch)
   # The augmenter's schedule counts its own updates: one every K train steps (0, K, 2K, ...).
-  tx = common.make_optimizer(cfg.optim, steps_per_epoch=steps_per_epoch / cfg.update_every,
-                             total_steps=math.ceil(total_steps / cfg.update_every))
+  tx = common.make_optimizer(cfg.optim, steps_per_epoch=info.steps_per_epoch / cfg.update_every,
+                             total_steps=math.ceil(info.total_steps / cfg.update_every))
   return State(
       step=jnp.zeros((), jnp.int32),
       classifier=common.create_classifier(config, classifier_rng, info),
       augmenter=common.Learner.create(module, tx),
       nonfinite_step=jnp.full((), -1, jnp.int32),
-      settings=common.Settings.from_config(config, info.image_shape[-1]),
+      settings=common.Settings.from_config(config, info),
       bilevel=Settings(kind=cfg.augmenter.kind, noise_dim=module.noise_dim,
                        update_every=cfg.update_every, second_order=cfg.second_order,
-                       remat=cfg.remat))
+                       remat=cfg.remat,
+                       augmenter_json=json.dumps(_augmenter_settings(cfg), sort_keys=True)))
 
 
 def _learned_augment(state: State, augmenter_params: nnx.State, images: jax.Array,
@@ -108,11 +139,11 @@ def _learned_augment(state: State, augmenter_params: nnx.State, images: jax.Arra
   """Augmenter applied to f32 [..., B, H, W, C]; returns (images, transformation params [N, P]).
 
   One noise vector (hence one transformation) per image; N is the number of images.
+  The same function (`augmenters.augment_with`) replays an exported policy.
   """
   flat_images = images.reshape((-1,) + images.shape[-3:])
-  noise = jax.random.normal(rng, (flat_images.shape[0], state.bilevel.noise_dim))
-  params, _ = state.augmenter.apply(augmenter_params, state.augmenter.rest, noise)
-  augmented = augmenters.apply_augmenter_params(state.bilevel.kind, flat_images, params)
+  augmented, params = augmenters.augment_with(
+      (state.augmenter.graphdef, augmenter_params, state.augmenter.rest), flat_images, rng)
   return augmented.reshape(images.shape), params
 
 
@@ -123,18 +154,19 @@ def train_step(state: State, train_batch: dict, val_batch: dict, rng: jax.Array)
   val_batch: image f32 [B', H, W, C], label [B'], disjoint from train_batch.
   """
   fixed_rng, noise_rng = jax.random.split(rng)
-  flipped = common.fixed_augment_stack(state.settings, fixed_rng, train_batch["image"])
+  flipped = common.fixed_augment_stack(state.settings, fixed_rng, train_batch["image"],
+                                       state.step)
   settings = state.settings
 
   def val_loss_after_updates(augmenter_params):
-    images, transform_params = _learned_augment(state, augmenter_params, flipped, noise_rng)
-    classifier, metrics = supervised.classifier_updates(
+    images, _ = _learned_augment(state, augmenter_params, flipped, noise_rng)
+    classifier, aux = supervised.classifier_updates(
         state.classifier, settings, images, train_batch["label"],
         second_order=state.bilevel.second_order, remat=state.bilevel.remat)
-    val_loss, (_, val_metrics) = common.classifier_loss(
+    val_loss, (_, val_aux) = common.classifier_loss(
         classifier, classifier.params, classifier.rest, val_batch["image"], val_batch["label"],
         mean=settings.mean, std=settings.std)
-    return val_loss, (classifier, metrics, val_metrics["accuracy"], transform_params)
+    return val_loss, (classifier, aux.metrics, val_aux.metrics["accuracy"])
 
   def with_augmenter_update(augmenter):
     (val_loss, aux), hypergrads = jax.value_and_grad(val_loss_after_updates, has_aux=True)(
@@ -145,18 +177,17 @@ def train_step(state: State, train_batch: dict, val_batch: dict, rng: jax.Array)
     val_loss, aux = val_loss_after_updates(augmenter.params)
     return augmenter, val_loss, aux, jnp.zeros((), jnp.float32)
 
+  updates = state.step % state.bilevel.update_every == 0
   if state.bilevel.update_every == 1:
     augmenter, val_loss, aux, hypergrad_norm = with_augmenter_update(state.augmenter)
   else:
     augmenter, val_loss, aux, hypergrad_norm = jax.lax.cond(
-        state.step % state.bilevel.update_every == 0, with_augmenter_update,
-        without_augmenter_update, state.augmenter)
-  classifier, metrics, val_accuracy, transform_params = aux
+        updates, with_augmenter_update, without_augmenter_update, state.augmenter)
+  classifier, metrics, val_accuracy = aux
 
   metrics = jax.tree.map(jnp.mean, metrics)
-  metrics.update(val_loss=val_loss, val_accuracy=val_accuracy, hypergrad_norm=hypergrad_norm)
-  described = augmenters.describe_params(state.bilevel.kind, transform_params)
-  metrics.update({f"aug/{name}": value for name, value in described.items()})
+  metrics.update(val_loss=val_loss, val_accuracy=val_accuracy,
+                 hypergrad_norm=common.Sparse(hypergrad_norm, updates))
   nonfinite = common.first_nonfinite(state.step, state.nonfinite_step, metrics["loss"],
                                      val_loss, hypergrad_norm)
   return state.replace(step=state.step + 1, classifier=classifier, augmenter=augmenter,
@@ -172,5 +203,39 @@ def eval_step(state: State, batch: dict) -> dict:
 def augment(state: State, images: jax.Array, rng: jax.Array) -> jax.Array:
   """Fixed then learned augmentation of f32 [B, H, W, C] images, as training sees them."""
   fixed_rng, noise_rng = jax.random.split(rng)
-  flipped = common.fixed_augment_stack(state.settings, fixed_rng, images[None])[0]
+  flipped = common.fixed_augment_stack(state.settings, fixed_rng, images[None], state.step)[0]
   return _learned_augment(state, state.augmenter.params, flipped, noise_rng)[0]
+
+
+def _transformation_draws(state: State) -> jax.Array:
+  """The augmenter's transformation parameters for `SUMMARY_DRAWS` fixed noise draws, [N, P]."""
+  noise = jax.random.normal(jax.random.PRNGKey(0), (SUMMARY_DRAWS, state.bilevel.noise_dim))
+  params, _ = state.augmenter.apply(state.augmenter.params, state.augmenter.rest, noise)
+  return params
+
+
+def summaries(state: State) -> common.Summaries:
+  """Mean/std of each learned transformation parameter (`aug/...`) and their histograms,
+  over `SUMMARY_DRAWS` noise draws (the same draws at every log step)."""
+  params = _transformation_draws(state)
+  names = augmenters.AUGMENTERS.get(state.bilevel.kind).param_names
+  described = augmenters.describe_params(state.bilevel.kind, params)
+  return common.Summaries(
+      scalars={f"aug/{name}": value for name, value in described.items()},
+      histograms={f"aug/{name}": params[:, index] for index, name in enumerate(names)})
+
+
+def export_policy(state: State) -> learned.Policy:
+  """The final augmenter (flat parameters, one schedule row), its kind, size and bounds."""
+  flat, _ = ravel_pytree((state.augmenter.params, state.augmenter.rest))
+  described = jax.device_get(augmenters.describe_params(state.bilevel.kind,
+                                                        _transformation_draws(state)))
+  settings = json.loads(state.bilevel.augmenter_json)
+  return learned.Policy(
+      family="bilevel", settings=settings,
+      summary={"what": f"a {settings['kind']} augmenter network (noise -> transformation "
+                       f"parameters per image), learned by online bilevel optimisation",
+               "final_parameter_statistics": {name: float(value)
+                                              for name, value in described.items()}},
+      arrays={"augmenter": np.asarray(jax.device_get(flat))[None]})
+

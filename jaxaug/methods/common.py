@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
+import math
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -20,14 +21,17 @@ SCHEDULES = ("constant", "cosine", "step")
 
 @struct.dataclass
 class Learner:
-  """An NNX module as pytrees (`params`, `rest` = batch stats etc.) plus its optax state.
+  """Trained parameters (any pytree) with their optax state, and optionally the NNX module.
 
-  `graphdef` and `tx` are static: they are part of the jit cache key, not traced.
+  `Learner.create(module, tx)` splits an NNX module into `params` (nnx.Param) and `rest`
+  (batch statistics etc.); `Learner.of_params(params, tx)` holds a plain pytree (e.g. a
+  vector of hyper-parameters) with no module. `graphdef` and `tx` are static: they are part
+  of the jit cache key, not traced.
   """
-  graphdef: nnx.GraphDef = struct.field(pytree_node=False)
+  graphdef: nnx.GraphDef | None = struct.field(pytree_node=False)
   tx: optax.GradientTransformation = struct.field(pytree_node=False)
-  params: nnx.State
-  rest: nnx.State
+  params: PyTree
+  rest: PyTree
   opt_state: optax.OptState
 
   @classmethod
@@ -36,18 +40,51 @@ class Learner:
     graphdef, params, rest = nnx.split(module, nnx.Param, ...)
     return cls(graphdef=graphdef, tx=tx, params=params, rest=rest, opt_state=tx.init(params))
 
-  def apply(self, params: nnx.State, rest: nnx.State, *args, **kwargs) -> tuple[Any, nnx.State]:
-    """Calls the module with `params` and `rest`; returns (output, updated rest)."""
+  @classmethod
+  def of_params(cls, params: PyTree, tx: optax.GradientTransformation) -> "Learner":
+    """A Learner of a plain pytree of parameters (no module; `apply` is not available)."""
+    return cls(graphdef=None, tx=tx, params=params, rest=None, opt_state=tx.init(params))
+
+  def apply(self, params: PyTree, rest: PyTree, *args, **kwargs) -> tuple[Any, PyTree]:
+    """Calls the module with `params` and `rest`; returns (output, updated rest).
+
+    Keyword arguments reach the module (e.g. `train=`, or HBA's `hyper=`).
+    """
+    if self.graphdef is None:
+      raise TypeError("this Learner holds plain parameters, not a module: nothing to apply")
     module = nnx.merge(self.graphdef, params, rest, copy=True)
     output = module(*args, **kwargs)
     _, _, new_rest = nnx.split(module, nnx.Param, ...)
     return output, new_rest
 
-  def apply_update(self, grads: nnx.State, rest: nnx.State | None = None) -> "Learner":
+  def apply_update(self, grads: PyTree, rest: PyTree | None = None) -> "Learner":
     """One optimiser step along `grads` (the same transform the unrolled look-ahead uses)."""
     updates, opt_state = self.tx.update(grads, self.opt_state, self.params)
     return self.replace(params=optax.apply_updates(self.params, updates), opt_state=opt_state,
                         rest=self.rest if rest is None else rest)
+
+
+def default_optimizer() -> ml_collections.ConfigDict:
+  """The classifier's optimiser: SGD, Nesterov momentum 0.9, weight decay 5e-4, cosine."""
+  return ml_collections.ConfigDict({
+      "name": "sgd",            # sgd | adam
+      "learning_rate": 0.1,
+      "momentum": 0.9,
+      "nesterov": True,
+      "weight_decay": 5e-4,     # L2 added to the gradient (PyTorch SGD semantics)
+      "grad_clip": 0.0,         # global-norm clip; 0 disables
+      "schedule": "cosine",     # constant | cosine | step
+      "warmup_epochs": 0.0,
+      "step_epochs": (60, 120, 160),  # for schedule=step
+      "step_factor": 0.2,             # for schedule=step
+  })
+
+
+def adam_optimizer(learning_rate: float, *, grad_clip: float = 0.0) -> ml_collections.ConfigDict:
+  """An optimiser section with every field of `default_optimizer`: Adam, constant rate."""
+  return ml_collections.ConfigDict(default_optimizer().to_dict() | {
+      "name": "adam", "learning_rate": learning_rate, "momentum": 0.0, "nesterov": False,
+      "weight_decay": 0.0, "grad_clip": grad_clip, "schedule": "constant"})
 
 
 def learning_rate_schedule(optim: ml_collections.ConfigDict, *, steps_per_epoch: float,
@@ -102,35 +139,43 @@ def standardize(images: jax.Array, mean: tuple[float, ...], std: tuple[float, ..
   return (images - jnp.asarray(mean, images.dtype)) / jnp.asarray(std, images.dtype)
 
 
-def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
-  """Mean softmax cross-entropy; logits f32 [B, K], labels int [B]."""
-  return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-
-
 def accuracy(logits: jax.Array, labels: jax.Array) -> jax.Array:
   """Fraction of argmax predictions equal to `labels`."""
   return (logits.argmax(-1) == labels).mean()
 
 
+@struct.dataclass
+class LossAux:
+  """What `classifier_loss` returns beside the mean loss (per update; stacked [T] by unrolls)."""
+  metrics: dict[str, jax.Array]  # batch means: "loss", "accuracy"
+  per_example_loss: jax.Array    # f32 [B]
+
+
 def classifier_loss(classifier: Learner, params, rest, images, labels, *, mean, std,
-                    train: bool = True):
-  """Cross-entropy of the classifier on float images in [0, 1].
+                    train: bool = True, **model_kwargs):
+  """Cross-entropy of the classifier on float images [B, H, W, C] in [0, 1], labels int [B].
 
-  Returns `(loss, (new_rest, {"loss", "accuracy"}))`, the shape `hypergrad` expects.
+  `model_kwargs` reach the model (e.g. HBA's per-example `hyper=` [B, D]).
+  Returns `(mean loss, (new_rest, LossAux))`, the shape `hypergrad` expects.
   """
-  logits, new_rest = classifier.apply(params, rest, standardize(images, mean, std), train=train)
-  loss = cross_entropy(logits, labels)
-  return loss, (new_rest, {"loss": loss, "accuracy": accuracy(logits, labels)})
+  logits, new_rest = classifier.apply(params, rest, standardize(images, mean, std), train=train,
+                                      **model_kwargs)
+  losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+  loss = losses.mean()
+  return loss, (new_rest, LossAux(metrics={"loss": loss, "accuracy": accuracy(logits, labels)},
+                                  per_example_loss=losses))
 
 
-def eval_metrics(classifier: Learner, batch: dict, *, mean, std) -> dict[str, jax.Array]:
+def eval_metrics(classifier: Learner, batch: dict, *, mean, std,
+                 **model_kwargs) -> dict[str, jax.Array]:
   """Sums over the real (mask=True) examples: `loss_sum`, `correct`, `count`.
 
-  batch: image f32 [B, H, W, C] in [0, 1], label int [B], mask bool [B].
-  Sums (not means) so that padded batches and shards add up exactly.
+  batch: image f32 [B, H, W, C] in [0, 1], label int [B], mask bool [B]. `model_kwargs`
+  reach the model. Sums (not means) so that padded batches and shards add up exactly.
   """
   logits, _ = classifier.apply(classifier.params, classifier.rest,
-                               standardize(batch["image"], mean, std), train=False)
+                               standardize(batch["image"], mean, std), train=False,
+                               **model_kwargs)
   mask = batch["mask"].astype(jnp.float32)
   losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
   return {
@@ -148,25 +193,90 @@ def first_nonfinite(step: jax.Array, previous: jax.Array, *values: jax.Array) ->
 
 @struct.dataclass
 class DataInfo:
-  """What a method needs to know about the data to build its state (all static)."""
+  """Every count a method needs, computed once by the trainer (`DataInfo.create`); static.
+
+  A train step takes `batches_per_step` training batches (T for `bilevel`), so an epoch
+  has `steps_per_epoch = batches_per_epoch // batches_per_step` train steps (the pipeline
+  makes `batches_per_epoch` a multiple of `batches_per_step`) and the run
+  `total_steps = ceil(num_epochs * steps_per_epoch)`; the classifier takes
+  `updates_per_epoch = steps_per_epoch * batches_per_step` optimiser updates per epoch.
+  """
   num_classes: int = struct.field(pytree_node=False)
   image_shape: tuple[int, int, int] = struct.field(pytree_node=False)
-  steps_per_epoch: int = struct.field(pytree_node=False)  # classifier updates per epoch
+  batches_per_epoch: int = struct.field(pytree_node=False)
+  batches_per_step: int = struct.field(pytree_node=False)
+  steps_per_epoch: int = struct.field(pytree_node=False)
+  total_steps: int = struct.field(pytree_node=False)
+  num_epochs: float = struct.field(pytree_node=False)
+
+  @classmethod
+  def create(cls, *, num_classes: int, image_shape: tuple[int, int, int], batches_per_epoch: int,
+             batches_per_step: int = 1, num_epochs: float) -> "DataInfo":
+    """The counts of a run; ValueError unless an epoch holds at least one train step."""
+    if batches_per_step < 1 or batches_per_epoch < batches_per_step:
+      raise ValueError(f"an epoch of {batches_per_epoch} batches holds no train step of "
+                       f"{batches_per_step} batches")
+    if not num_epochs > 0:
+      raise ValueError(f"num_epochs must be > 0, got {num_epochs}")
+    steps_per_epoch = batches_per_epoch // batches_per_step
+    return cls(num_classes=num_classes, image_shape=tuple(image_shape),
+               batches_per_epoch=batches_per_epoch, batches_per_step=batches_per_step,
+               steps_per_epoch=steps_per_epoch,
+               total_steps=int(math.ceil(num_epochs * steps_per_epoch)), num_epochs=num_epochs)
+
+  @property
+  def updates_per_epoch(self) -> int:
+    """Classifier optimiser updates per epoch (one per training batch)."""
+    return self.steps_per_epoch * self.batches_per_step
+
+  @property
+  def num_epoch_slots(self) -> int:
+    """Epochs that hold at least one step (for per-epoch records): ceil(num_epochs)."""
+    return int(math.ceil(self.total_steps / self.steps_per_epoch))
 
 
-def create_classifier(config: ml_collections.ConfigDict, rng: jax.Array,
-                      info: DataInfo) -> Learner:
+@struct.dataclass
+class Sparse:
+  """A metric that exists on some steps only: `value` counts where `present` is true.
+
+  The trainer averages it over the steps of a logging window that have it (e.g. the
+  hypergradient norm with an augmenter update every K steps), and leaves it out of a
+  window with none.
+  """
+  value: jax.Array
+  present: jax.Array  # bool scalar
+
+
+@struct.dataclass
+class Summaries:
+  """What a method has learned, read from its state at log steps (`summaries(state)`).
+
+  scalars: name -> f32 scalar (metrics.jsonl and TensorBoard, plotted together).
+  vectors: name -> f32 [n] (each plotted in a figure of its own, one labelled line per
+    component); `labels` holds the n component names of each.
+  histograms: name -> f32 array of draws (TensorBoard histograms).
+  """
+  scalars: dict[str, jax.Array] = struct.field(default_factory=dict)
+  vectors: dict[str, jax.Array] = struct.field(default_factory=dict)
+  histograms: dict[str, jax.Array] = struct.field(default_factory=dict)
+  labels: tuple[tuple[str, tuple[str, ...]], ...] = struct.field(pytree_node=False, default=())
+
+
+def create_classifier(config: ml_collections.ConfigDict, rng: jax.Array, info: DataInfo, *,
+                      wrap: Callable[[nnx.Module], nnx.Module] | None = None) -> Learner:
   """The classifier `config.model` with its optimiser `config.optim`.
 
-  The schedule counts optimiser updates: `config.num_epochs * info.steps_per_epoch`
-  in all, whatever the number of updates a method makes per train step.
+  The schedule counts optimiser updates: `info.updates_per_epoch` per epoch,
+  `info.total_steps * info.batches_per_step` in all. `wrap` may turn the model into
+  another module before it is split (HBA's hyper-layers).
   """
   module = models.create_model(config.model, num_classes=info.num_classes,
                                in_channels=info.image_shape[-1],
                                rngs=nnx.Rngs(params=rng))
-  total_updates = int(config.num_epochs * info.steps_per_epoch)
-  tx = make_optimizer(config.optim, steps_per_epoch=info.steps_per_epoch,
-                      total_steps=total_updates)
+  if wrap is not None:
+    module = wrap(module)
+  tx = make_optimizer(config.optim, steps_per_epoch=info.updates_per_epoch,
+                      total_steps=info.total_steps * info.batches_per_step)
   return Learner.create(module, tx)
 
 
@@ -176,24 +286,37 @@ class Settings:
   augment: str = struct.field(pytree_node=False)  # fixed augmentation spec (augment.fixed)
   mean: tuple[float, ...] = struct.field(pytree_node=False)
   std: tuple[float, ...] = struct.field(pytree_node=False)
+  total_steps: int = struct.field(pytree_node=False, default=1)  # for training progress
 
   @classmethod
-  def from_config(cls, config: ml_collections.ConfigDict, channels: int) -> "Settings":
-    """Validates and broadcasts the per-channel mean/std to `channels`."""
+  def from_config(cls, config: ml_collections.ConfigDict, info: DataInfo) -> "Settings":
+    """Validates and broadcasts the per-channel mean/std to the images' channels."""
+    channels = info.image_shape[-1]
     mean, std = tuple(config.data.mean), tuple(config.data.std)
     for name, values in (("mean", mean), ("std", std)):
       if len(values) not in (1, channels):
         raise ValueError(f"config.data.{name}={values} must have 1 or {channels} entries")
     if min(std) <= 0:
       raise ValueError(f"config.data.std={std} must be positive")
-    fixed.compose(config.augment)  # rejects unknown names now, not inside jit
+    fixed.compose(config.augment)  # rejects unknown names and bad policy folders now
     return cls(augment=config.augment, mean=mean * (channels // len(mean)),
-               std=std * (channels // len(std)))
+               std=std * (channels // len(std)), total_steps=info.total_steps)
+
+  def progress(self, step: jax.Array) -> jax.Array:
+    """Fraction of training done before `step`, f32 in [0, 1] (for scheduled augmentations)."""
+    return jnp.clip(step / self.total_steps, 0.0, 1.0).astype(jnp.float32)
 
 
-def fixed_augment_stack(settings: Settings, rng: jax.Array, images: jax.Array) -> jax.Array:
-  """Applies the fixed augmentation to each of T stacked batches, f32 [T, B, H, W, C]."""
+def fixed_augment_stack(settings: Settings, rng: jax.Array, images: jax.Array,
+                        step: jax.Array | int = 0) -> jax.Array:
+  """Applies the fixed augmentation to each of T stacked batches, f32 [T, B, H, W, C].
+
+  `step` (the train step) sets the training progress that scheduled stages
+  (`learned(...)`) follow.
+  """
   sampler = fixed.compose(settings.augment)
   rngs = jax.random.split(rng, images.shape[0])
+  progress = settings.progress(jnp.asarray(step))
   # lax.map, not vmap: a vmapped lax.switch (space.apply on the CPU) would run every branch.
-  return jax.lax.map(lambda args: sampler(*args), (rngs, images))
+  return jax.lax.map(lambda args: sampler(*args, progress=progress), (rngs, images))
+

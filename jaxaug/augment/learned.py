@@ -1,0 +1,202 @@
+"""Exported learned policies: the `<workdir>/policy/` folder and its replay as a fixed stage.
+
+A method that learns augmentation returns a `Policy` from `export_policy(state)`; the
+trainer writes it at the end of the run:
+
+  policy/policy.json   {"family", "settings", "summary", "schedule_rows", "arrays"}
+  policy/arrays.npz    the arrays, each with a leading axis of schedule rows
+
+Row r holds what was learned at the start of the r-th of R equal parts of training
+(R = 1 for a policy that does not change). `learned('<dir>')` in `config.augment`
+replays the policy with any method (usually `supervised`, on another model or data
+set): at training progress p in [0, 1] it uses row min(floor(p R), R - 1), so a
+schedule learned over E epochs is stretched linearly over a run of any length (HBA's
+policy evaluation). `REPLAYS` maps each family to the function that replays it; the
+methods that learn use the same functions for what training sees, so a replay applies
+the same operations for the same random keys.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.flatten_util import ravel_pytree
+
+from jaxaug.augment import augmenters
+from jaxaug.augment import policies
+from jaxaug.registry import Registry
+
+POLICY_FILENAME = "policy.json"
+ARRAYS_FILENAME = "arrays.npz"
+ProgressSampler = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
+
+
+@dataclasses.dataclass(frozen=True)
+class Policy:
+  """What a method learned about augmentation.
+
+  Attributes:
+    family: the name its replay is registered under in `REPLAYS` ('hba', 'bilevel', ...).
+    settings: JSON-able values the replay needs besides the arrays (op names, kinds, bounds).
+    summary: JSON-able readable summary for people (final values in real units, ...).
+    arrays: name -> numpy array with a leading axis of R schedule rows (the same R for all).
+  """
+  family: str
+  settings: dict[str, Any]
+  summary: dict[str, Any]
+  arrays: dict[str, np.ndarray]
+
+  @property
+  def schedule_rows(self) -> int:
+    """R, the number of rows of the schedule."""
+    rows = {np.shape(value)[0] if np.ndim(value) else None for value in self.arrays.values()}
+    if len(rows) != 1 or None in rows or 0 in rows:
+      raise ValueError(f"policy arrays need one common leading axis of rows >= 1, got shapes "
+                       f"{ {name: np.shape(value) for name, value in self.arrays.items()} }")
+    return rows.pop()
+
+
+def write_policy(directory: str, policy: Policy) -> str:
+  """Writes `policy` to `directory` (created) as policy.json and arrays.npz; returns the path."""
+  arrays = {name: np.asarray(value) for name, value in policy.arrays.items()}
+  os.makedirs(directory, exist_ok=True)
+  with open(os.path.join(directory, ARRAYS_FILENAME), "wb") as f:
+    np.savez(f, **arrays)
+  description = {"family": policy.family, "settings": policy.settings, "summary": policy.summary,
+                 "schedule_rows": policy.schedule_rows,
+                 "arrays": {name: list(value.shape) for name, value in arrays.items()}}
+  path = os.path.join(directory, POLICY_FILENAME)
+  with open(path + ".tmp", "w") as f:
+    json.dump(description, f, indent=2)
+    f.write("\n")
+  os.replace(path + ".tmp", path)
+  return path
+
+
+def read_policy(directory: str) -> Policy:
+  """The policy in `directory` (a run's `policy/` folder, or the run's workdir holding one).
+
+  Raises ValueError saying what is missing or malformed.
+  """
+  if os.path.isfile(os.path.join(directory, "policy", POLICY_FILENAME)):
+    directory = os.path.join(directory, "policy")
+  path = os.path.join(directory, POLICY_FILENAME)
+  if not os.path.isfile(path):
+    raise ValueError(f"no learned policy in {directory!r}: {POLICY_FILENAME} not found (a run of a "
+                     f"method that learns augmentation writes <workdir>/policy/ when it finishes)")
+  try:
+    with open(path) as f:
+      description = json.load(f)
+    with np.load(os.path.join(directory, ARRAYS_FILENAME)) as npz:
+      arrays = {name: npz[name] for name in npz.files}
+    policy = Policy(description["family"], description["settings"], description["summary"], arrays)
+  except (OSError, ValueError, KeyError, TypeError) as error:
+    raise ValueError(f"malformed learned policy in {directory!r}: {error!r}") from None
+  REPLAYS.get(policy.family)
+  if policy.schedule_rows != description.get("schedule_rows"):
+    raise ValueError(f"malformed learned policy in {directory!r}: {policy.schedule_rows} rows in "
+                     f"{ARRAYS_FILENAME}, {description.get('schedule_rows')} in {POLICY_FILENAME}")
+  return policy
+
+
+def schedule_row(rows: int, progress: jax.Array | float) -> jax.Array:
+  """The row in force at training progress `progress` in [0, 1]: min(floor(p R), R - 1), int32."""
+  return jnp.clip(jnp.floor(jnp.asarray(progress) * rows), 0, rows - 1).astype(jnp.int32)
+
+
+REPLAYS: Registry[Callable[[Policy], ProgressSampler]] = Registry("learned-policy family")
+
+
+def pba_sample(rng: jax.Array, images: jax.Array, probability: jax.Array, magnitude: jax.Array, *,
+               names: tuple[str, ...]) -> jax.Array:
+  """PBA's augmentation function with per-entry (or per-image [B, K]) values: HBA's sampler.
+
+  probability, magnitude: f32 [K] or [B, K] in real units (magnitudes in each op's unit).
+  """
+  return policies.pba_augment(rng, images, probability, magnitude, names=names)
+
+
+@REPLAYS.register("hba")
+def replay_hba(policy: Policy) -> ProgressSampler:
+  """Replays an HBA schedule: arrays probability, magnitude [R, K]; settings names [K]."""
+  names = tuple(policy.settings["names"])
+  probability = np.asarray(policy.arrays["probability"], np.float32)
+  magnitude = np.asarray(policy.arrays["magnitude"], np.float32)
+  if probability.shape != magnitude.shape or probability.shape[1:] != (len(names),):
+    raise ValueError(f"hba policy: probability {probability.shape} and magnitude "
+                     f"{magnitude.shape} must both be [rows, {len(names)}]")
+
+  def sample(rng: jax.Array, images: jax.Array, progress: jax.Array) -> jax.Array:
+    row = schedule_row(probability.shape[0], progress)
+    return pba_sample(rng, images, jnp.asarray(probability)[row], jnp.asarray(magnitude)[row],
+                      names=names)
+
+  return sample
+
+
+def bilevel_template(settings: dict[str, Any]) -> tuple[nnx.GraphDef, Callable]:
+  """The augmenter module of `settings` (kind, size, bounds, init_scale, symmetric) as
+  (graphdef, unravel), where `unravel(flat f32 [P]) -> (params, rest)`."""
+  module = augmenters.create_augmenter(
+      settings["kind"], settings["size"], rngs=nnx.Rngs(params=0),
+      init_scale=settings["init_scale"], symmetric=settings["symmetric"], **settings["bounds"])
+  graphdef, params, rest = nnx.split(module, nnx.Param, ...)
+  return graphdef, ravel_pytree((params, rest))[1]
+
+
+@REPLAYS.register("bilevel")
+def replay_bilevel(policy: Policy) -> ProgressSampler:
+  """Replays a learned augmenter: array augmenter [R, P] (flat parameters), settings as
+  `bilevel_template`; each image gets its own noise draw, as in training."""
+  graphdef, unravel = bilevel_template(policy.settings)
+  flat = np.asarray(policy.arrays["augmenter"], np.float32)
+
+  def sample(rng: jax.Array, images: jax.Array, progress: jax.Array) -> jax.Array:
+    params, rest = unravel(jnp.asarray(flat)[schedule_row(flat.shape[0], progress)])
+    return augmenters.augment_with((graphdef, params, rest), images, rng)[0]
+
+  return sample
+
+
+@functools.lru_cache(maxsize=16)
+def _replay_of(directory: str, modified: float) -> ProgressSampler:
+  """The replay of the policy in `directory`, read once per modification time."""
+  del modified  # part of the cache key only
+  policy = read_policy(directory)
+  return REPLAYS.get(policy.family)(policy)
+
+
+def _modified(directory: str) -> float:
+  """Modification time of the policy file under `directory` (0 if there is none)."""
+  for path in (os.path.join(directory, POLICY_FILENAME),
+               os.path.join(directory, "policy", POLICY_FILENAME)):
+    if os.path.isfile(path):
+      return os.path.getmtime(path)
+  return 0.0
+
+
+def replay(directory: str) -> ProgressSampler:
+  """The `learned('<dir>')` stage: replays the policy a run exported to `<dir>`.
+
+  `<dir>` is a run's `policy/` folder or its workdir. Returns
+  `sample(rng, images f32 [B, H, W, C] in [0, 1], progress) -> images`, marked
+  `follows_progress`. Raises ValueError if the folder holds no valid policy.
+  """
+  if not isinstance(directory, str) or not directory:
+    raise ValueError(f"learned(...) needs the path of a policy folder, got {directory!r}")
+  directory = os.path.abspath(directory)
+  inner = _replay_of(directory, _modified(directory))
+
+  def sample(rng: jax.Array, images: jax.Array, progress: jax.Array | float = 0.0) -> jax.Array:
+    return inner(rng, images, progress)
+
+  sample.follows_progress = True
+  return sample
