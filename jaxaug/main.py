@@ -2,7 +2,8 @@
 
 Resumes automatically when the workdir holds a checkpoint. Ctrl-C or SIGTERM (only SIGTERM when
 several processes run) saves one at the current step and exits with status 128 + the signal
-number.
+number. A configuration or data set it rejects ends it with the message alone (no traceback)
+and status 2, as absl does for bad flags.
 """
 
 import sys
@@ -28,6 +29,9 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO; --verbosity=0 shows it
   try:
     train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  except train.SetupError as rejected:
+    print(f"error: {rejected}", file=sys.stderr)
+    sys.exit(2)
   except stopping.TrainingInterrupted as stopped:
     print(stopped, file=sys.stderr)
     sys.exit(128 + stopped.signum)

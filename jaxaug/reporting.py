@@ -38,6 +38,7 @@ METRICS_FILENAME = "metrics.jsonl"
 RESULTS_FILENAME = "results.json"
 CONFIG_FILENAME = "config.json"
 _RESERVED_KEYS = ("step", "split")
+EVALUATION_SPLITS = ("val", "test")  # the records a finished run evaluated again writes anew
 # Images are upscaled (nearest neighbour, integer factor) until their longer side reaches this.
 _MIN_DISPLAY_SIZE = 96
 _GRID_GAP = 2  # pixels between images and between rows
@@ -109,14 +110,15 @@ def read_metrics(workdir: str) -> list[dict[str, Any]]:
 def _truncate_metrics(workdir: str, last_step: int, *, final: bool) -> list[dict[str, Any]]:
   """Rewrites metrics.jsonl keeping only records with step <= `last_step` (atomic replace).
 
-  `final`: `last_step` is the last step, whose evaluation (records other than 'train')
+  `final`: `last_step` is the last step, whose evaluation (the 'val' and 'test' records)
   is done again, so those records go too. Returns the records kept.
   """
   if not os.path.exists(_metrics_path(workdir)):
     return []
   kept = [record for record in read_metrics(workdir)
           if record["step"] < last_step
-          or (record["step"] == last_step and not (final and record["split"] != "train"))]
+          or (record["step"] == last_step
+              and not (final and record["split"] in EVALUATION_SPLITS))]
   temporary_path = _metrics_path(workdir) + ".tmp"
   with open(temporary_path, "w") as f:
     f.writelines(_record_line(record) for record in kept)

@@ -6,9 +6,10 @@ Nothing here is method-specific: `METHODS.get(config.method)` is a `methods.Meth
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
-from typing import Any
+from typing import Any, Iterator
 
 import jax
 import jax.numpy as jnp
@@ -29,6 +30,11 @@ GRID_IMAGES = 8
 
 class NonFiniteError(FloatingPointError):
   """A loss or hypergradient became NaN/inf; the message names the step."""
+
+
+class SetupError(ValueError):
+  """The configuration or the data was rejected before training started (a user's mistake:
+  `jaxaug.main` prints the message alone and exits with status 2)."""
 
 
 def to_float_images(batch: dict | None) -> dict | None:
@@ -92,6 +98,18 @@ def _save_config(config: ml_collections.ConfigDict, workdir: str, *, resuming: b
   reporting.write_config(workdir, current)
 
 
+@contextlib.contextmanager
+def _rejections_are_setup_errors() -> Iterator[None]:
+  """Turns a ValueError raised inside (a bad config value, data, policy folder) into a
+  SetupError with the same message."""
+  try:
+    yield
+  except SetupError:
+    raise
+  except ValueError as error:
+    raise SetupError(str(error)) from error
+
+
 def _interval(every_epochs: float, steps_per_epoch: int) -> int:
   return max(1, int(round(every_epochs * steps_per_epoch)))
 
@@ -103,38 +121,41 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   Returns the results dict also written to `<workdir>/results.json`.
 
   Raises:
+    SetupError (a ValueError): the configuration or the data was rejected before training
+      started; the message says what and how to fix it.
     stopping.TrainingInterrupted (a KeyboardInterrupt): SIGINT or SIGTERM arrived; the
       step it arrived in was finished, reported and checkpointed.
     NonFiniteError: a loss or hypergradient became NaN/inf.
   """
   start_time = time.time()
   parallel.initialize_distributed(config.distributed)
-  method = METHODS.get(config.method)
-  batches_per_step = method.train_batches_per_step(config)
-  mesh = parallel.make_mesh()
-  for name in ("batch_size", "val_batch_size", "eval_batch_size"):
-    parallel.check_batch_divisible(name, config[name], mesh)
+  with _rejections_are_setup_errors():
+    method = METHODS.get(config.method)
+    batches_per_step = method.train_batches_per_step(config)
+    mesh = parallel.make_mesh()
+    for name in ("batch_size", "val_batch_size", "eval_batch_size"):
+      parallel.check_batch_divisible(name, config[name], mesh)
 
-  dataset = data.load_dataset(config.data)
-  pipeline = data.pipeline_from_config(
-      dataset, config.data, global_batch_size=config.batch_size,
-      val_batch_size=config.val_batch_size, process_index=jax.process_index(),
-      process_count=jax.process_count(), train_batches_per_step=batches_per_step)
-  info = common.DataInfo.create(num_classes=dataset.num_classes, image_shape=dataset.image_shape,
-                                batches_per_epoch=pipeline.batches_per_epoch,
-                                batches_per_step=batches_per_step, num_epochs=config.num_epochs)
-  steps_per_epoch, total_steps = info.steps_per_epoch, info.total_steps
+    dataset = data.load_dataset(config.data)
+    pipeline = data.pipeline_from_config(
+        dataset, config.data, global_batch_size=config.batch_size,
+        val_batch_size=config.val_batch_size, process_index=jax.process_index(),
+        process_count=jax.process_count(), train_batches_per_step=batches_per_step)
+    info = common.DataInfo.create(num_classes=dataset.num_classes, image_shape=dataset.image_shape,
+                                  batches_per_epoch=pipeline.batches_per_epoch,
+                                  batches_per_step=batches_per_step, num_epochs=config.num_epochs)
+    steps_per_epoch, total_steps = info.steps_per_epoch, info.total_steps
 
-  rng = jax.random.PRNGKey(config.seed)
-  init_rng, train_rng, image_rng = jax.random.split(rng, 3)
-  state = parallel.put_replicated(method.init(config, init_rng, info), mesh)
+    rng = jax.random.PRNGKey(config.seed)
+    init_rng, train_rng, image_rng = jax.random.split(rng, 3)
+    state = parallel.put_replicated(method.init(config, init_rng, info), mesh)
 
-  checkpointer = checkpoint.Checkpointer(workdir, keep=config.keep_checkpoints)
-  start_step = checkpointer.latest_step() or 0
-  earlier_seconds = 0.0  # wall time of the runs this one resumes
-  if start_step:
-    state = checkpointer.restore(state)
-    earlier_seconds = checkpointer.saved_metadata(start_step).get("wall_seconds", 0.0)
+    checkpointer = checkpoint.Checkpointer(workdir, keep=config.keep_checkpoints)
+    start_step = checkpointer.latest_step() or 0
+    earlier_seconds = 0.0  # wall time of the runs this one resumes
+    if start_step:
+      state = checkpointer.restore(state)
+      earlier_seconds = checkpointer.saved_metadata(start_step).get("wall_seconds", 0.0)
 
   def wall_seconds() -> float:
     return earlier_seconds + time.time() - start_time

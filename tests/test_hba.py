@@ -137,12 +137,33 @@ def test_lambda_is_held_during_warm_up_then_updated_every_k_steps():
   assert moved == [False, False, True, False, True, False, True]
 
 
-def test_schedule_holds_lambda_at_each_epoch_start(searched):
-  state, lambdas = searched
+def test_schedule_holds_lambda_at_the_end_of_each_epoch(searched):
+  state, lambdas = searched  # lambdas[s]: lambda before step s
   assert state.schedule.shape == (3, 54)
-  for epoch in range(3):
-    np.testing.assert_array_equal(state.schedule[epoch], lambdas[epoch * STEPS_PER_EPOCH])
-  assert not np.array_equal(state.schedule[0], state.schedule[2])
+  for epoch in range(2):
+    np.testing.assert_array_equal(state.schedule[epoch], lambdas[(epoch + 1) * STEPS_PER_EPOCH])
+  np.testing.assert_array_equal(state.schedule[2], state.hyper.params)  # the epoch under way
+  assert not np.array_equal(state.schedule[0], state.schedule[1])
+
+
+def test_each_training_image_gets_its_own_perturbed_hyper_parameters(monkeypatch):
+  """h = lambda + sigma * eps per example, redrawn every step, reaches the augmentation."""
+  config = _config(**SHARED)
+  state = hba.init(config, jax.random.PRNGKey(0), _info(config))
+  seen = []
+
+  def record(state, rng, images, hyper_values):
+    seen.append(np.asarray(hyper_values))
+    return images
+
+  monkeypatch.setattr(hba, "_policy_augment", record)
+  for i in range(2):
+    state, _ = hba.train_step(state, *_batches(i, batch=64), jax.random.PRNGKey(i))
+  first, second = seen
+  assert first.shape == (64, 54)
+  deviations = (first - np.asarray(state.hyper.params)) / config.hba.sigma
+  assert abs(deviations.mean()) < 0.1 and abs(deviations.std() - 1) < 0.1
+  assert len(np.unique(first[:, 0])) == 64 and not np.allclose(first, second)
 
 
 def test_training_images_get_their_own_hyper_parameters():
@@ -179,13 +200,13 @@ def test_hba_replay_applies_the_operations_of_the_search_for_the_same_keys(tmp_p
 
 def test_bilevel_replay_applies_the_learned_augmenter_for_the_same_keys(tmp_path):
   config = _config("bilevel")
-  state, _ = _run(config, steps=3)
+  state, _ = _run(config, steps=3)  # in epoch 0 of 3: schedule row 0 is the augmenter now
   learned.write_policy(str(tmp_path / "policy"), bilevel.export_policy(state))
   replay = jax.jit(learned.replay(str(tmp_path)))  # the run's workdir is accepted too
   images = jnp.asarray(_batches(3)[1]["image"])
   key = jax.random.PRNGKey(4)
   expected, _ = bilevel._learned_augment(state, state.augmenter.params, images, key)
-  np.testing.assert_allclose(replay(key, images, 0.7), expected, atol=1e-5)  # jit vs eager
+  np.testing.assert_allclose(replay(key, images, 0.2), expected, atol=1e-5)  # jit vs eager
   assert not np.allclose(expected, images)
 
 

@@ -299,3 +299,21 @@ def test_hba_command_line_sets_its_strategy():
   module = nnx.merge(classifier.graphdef, classifier.params, classifier.rest)
   counts = hyper.count_hyper_layers(module)
   assert counts["HyperConv"] == 3 and counts["HyperBN"] == 3, counts  # small_cnn: 3 conv + BN
+
+
+def test_classifier_loss_returns_per_example_losses_and_passes_model_arguments():
+  config = _config("supervised")
+  classifier = _init(config).classifier
+  train, _ = _batches(1)
+  images, labels = train["image"][0], train["label"][0]
+  loss, (_, aux) = common.classifier_loss(classifier, classifier.params, classifier.rest, images,
+                                          labels, mean=(0.5,), std=(0.25,), train=False)
+  logits, _ = classifier.apply(classifier.params, classifier.rest, (images - 0.5) / 0.25,
+                               train=False)
+  np.testing.assert_allclose(
+      aux.per_example_loss, optax.softmax_cross_entropy_with_integer_labels(logits, labels),
+      rtol=1e-6)
+  np.testing.assert_allclose(loss, aux.per_example_loss.mean(), rtol=1e-6)
+  with pytest.raises(TypeError, match="hyper"):  # keyword arguments reach the model
+    common.classifier_loss(classifier, classifier.params, classifier.rest, images, labels,
+                           mean=(0.5,), std=(0.25,), hyper=jnp.zeros((16, 3)))

@@ -354,3 +354,40 @@ def test_pba_spec_with_probability_zero_is_the_identity():
   np.testing.assert_array_equal(out, images)
   with pytest.raises(ValueError, match="level"):
     fixed.compose("pba(0.5, 11)")
+
+
+def test_apply_sub_policies_equals_each_op_image_by_image():
+  """Per-image ops and levels (probability 1) give what the op of `ops` gives that image."""
+  from jaxaug.augment import ops
+  names = tuple(name for name in space.NAMES if name not in ("Cutout", "SamplePairing"))
+  count = len(names)
+  rng = np.random.default_rng(0)
+  images = rng.integers(0, 256, (2 * count, 12, 12, 3)).astype(np.float32) / 255
+  op_index = np.stack([np.arange(2 * count) % count,
+                       np.full(2 * count, names.index("Identity"))], axis=1)
+  level = rng.integers(0, space.PARAMETER_MAX + 1, op_index.shape)
+  probability = np.stack([np.ones(2 * count), np.zeros(2 * count)], axis=1)
+  out = np.asarray(jax.jit(policies.apply_sub_policies, static_argnames="names")(
+      jax.random.key(0), jnp.asarray(images), op_index, level, probability, names=names))
+  for b in range(2 * count):
+    entry = space.SPACE.get(names[op_index[b, 0]])
+    magnitude = float(entry.level_to_magnitude(jnp.float32(level[b, 0])))
+    candidates = [magnitude, -magnitude] if entry.signed else [magnitude]
+    expected = [np.asarray(ops.OPS.get(entry.op).fn(images[b:b + 1], jnp.array([m])))[0]
+                for m in candidates]
+    assert any(np.allclose(out[b], e, atol=1e-6) for e in expected), (b, names[op_index[b, 0]])
+
+
+def test_apply_sub_policies_draws_each_op_with_its_probability(recorder):
+  batch = 4000
+  op_index = np.tile([[1, 2]], (batch, 1))
+  probability = np.tile([[0.3, 0.8]], (batch, 1))
+  names = ("Rotate", "Solarize", "Color")
+  policies.apply_sub_policies(jax.random.key(1), jnp.zeros((batch, 4, 4, 1)), op_index,
+                              np.full((batch, 2), 5), probability, names=names)
+  for layer, (name, p) in enumerate((("Solarize", 0.3), ("Color", 0.8))):
+    assert_frequency(np.mean(recorder.names(layer) == name), p, batch, name)
+    assert set(recorder.names(layer)) == {name, "Identity"}
+  with pytest.raises(ValueError, match="share one shape"):
+    policies.apply_sub_policies(jax.random.key(1), jnp.zeros((3, 4, 4, 1)), op_index[:3],
+                                np.zeros((3, 1)), probability[:3], names=names)

@@ -90,8 +90,13 @@ def test_end_to_end_on_tfds_mock_data(tmp_path, method, augment):
 @pytest.mark.parametrize("method", ["bilevel", "hba"])
 def test_a_learned_policy_replays_with_supervised(tmp_path, method):
   """learned('<dir>') trains another model with what a run learned; bad folders are refused."""
-  search = smoke_config(method, {"augment": "none", "num_epochs": 1})
+  from jaxaug.augment import learned
+  search = smoke_config(method, {"augment": "none", "hba.warmup_epochs": 0.5})
   train.train_and_evaluate(search, str(tmp_path / "search"))
+  policy = learned.read_policy(str(tmp_path / "search" / "policy"))
+  name = "augmenter" if method == "bilevel" else "probability"
+  rows = policy.arrays[name]
+  assert len(rows) == 2 and not np.array_equal(rows[0], rows[1])  # a schedule, learned
   replay = smoke_config("supervised", {"augment": f"learned('{tmp_path / 'search'}')+crop",
                                        "model": "cnn6", "num_epochs": 1})
   results = train.train_and_evaluate(replay, str(tmp_path / "replay"))
@@ -368,6 +373,20 @@ def test_bad_input_is_rejected_at_start_up(tmp_path, key, value, message):
   config = smoke_config(method, {key: value})
   with pytest.raises(ValueError, match=message):
     train.train_and_evaluate(config, str(tmp_path))
+
+
+@pytest.mark.parametrize("override,message", [
+    ("--config.method=foo", "unknown method 'foo'"),
+    ("--config.augment=nope+hflip", "unknown augmentation 'nope'"),
+])
+def test_main_reports_a_rejected_config_in_one_line_with_status_2(tmp_path, override, message):
+  smoke = os.path.join(os.path.dirname(__file__), "..", "configs", "smoke.py")
+  process = subprocess.run(
+      [sys.executable, "-m", "jaxaug.main", f"--config={smoke}", f"--workdir={tmp_path}",
+       override], capture_output=True, text=True, timeout=300)
+  assert process.returncode == 2, process.stderr
+  assert message in process.stderr and "Traceback" not in process.stderr
+  assert process.stderr.strip().splitlines()[-1].startswith("error: ")
 
 
 def test_labels_out_of_range_are_rejected(tmp_path):

@@ -105,8 +105,8 @@ def _parse_stage(node: ast.expr, spec: str) -> Stage:
     args = tuple(ast.literal_eval(arg) for arg in node.args)
     kwargs = {keyword.arg: ast.literal_eval(keyword.value) for keyword in node.keywords}
   except ValueError:
-    raise _malformed(spec, f"the arguments of {ast.unparse(node)!r} must be Python literals"
-                     ) from None
+    raise _malformed(spec, f"the arguments of {ast.unparse(node)!r} must be Python literals "
+                           "(quote strings, e.g. learned('runs/x'))") from None
   return Stage(node.func.id, args, kwargs)
 
 

@@ -19,7 +19,6 @@ the same operations for the same random keys.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import os
 from typing import Any, Callable
@@ -32,6 +31,7 @@ from jax.flatten_util import ravel_pytree
 
 from jaxaug.augment import augmenters
 from jaxaug.augment import policies
+from jaxaug.augment import space
 from jaxaug.registry import Registry
 
 POLICY_FILENAME = "policy.json"
@@ -115,19 +115,12 @@ def schedule_row(rows: int, progress: jax.Array | float) -> jax.Array:
 REPLAYS: Registry[Callable[[Policy], ProgressSampler]] = Registry("learned-policy family")
 
 
-def pba_sample(rng: jax.Array, images: jax.Array, probability: jax.Array, magnitude: jax.Array, *,
-               names: tuple[str, ...]) -> jax.Array:
-  """PBA's augmentation function with per-entry (or per-image [B, K]) values: HBA's sampler.
-
-  probability, magnitude: f32 [K] or [B, K] in real units (magnitudes in each op's unit).
-  """
-  return policies.pba_augment(rng, images, probability, magnitude, names=names)
-
-
 @REPLAYS.register("hba")
 def replay_hba(policy: Policy) -> ProgressSampler:
   """Replays an HBA schedule: arrays probability, magnitude [R, K]; settings names [K]."""
   names = tuple(policy.settings["names"])
+  for name in names:
+    space.SPACE.get(name)  # unknown names: ValueError listing the valid ones
   probability = np.asarray(policy.arrays["probability"], np.float32)
   magnitude = np.asarray(policy.arrays["magnitude"], np.float32)
   if probability.shape != magnitude.shape or probability.shape[1:] != (len(names),):
@@ -136,28 +129,34 @@ def replay_hba(policy: Policy) -> ProgressSampler:
 
   def sample(rng: jax.Array, images: jax.Array, progress: jax.Array) -> jax.Array:
     row = schedule_row(probability.shape[0], progress)
-    return pba_sample(rng, images, jnp.asarray(probability)[row], jnp.asarray(magnitude)[row],
-                      names=names)
+    return policies.pba_augment(rng, images, jnp.asarray(probability)[row],
+                                jnp.asarray(magnitude)[row], names=names)
 
   return sample
 
 
-def bilevel_template(settings: dict[str, Any]) -> tuple[nnx.GraphDef, Callable]:
+def bilevel_template(settings: dict[str, Any]) -> tuple[nnx.GraphDef, int, Callable]:
   """The augmenter module of `settings` (kind, size, bounds, init_scale, symmetric) as
-  (graphdef, unravel), where `unravel(flat f32 [P]) -> (params, rest)`."""
+  (graphdef, P, unravel), where `unravel(flat f32 [P]) -> (params, rest)`."""
   module = augmenters.create_augmenter(
       settings["kind"], settings["size"], rngs=nnx.Rngs(params=0),
       init_scale=settings["init_scale"], symmetric=settings["symmetric"], **settings["bounds"])
   graphdef, params, rest = nnx.split(module, nnx.Param, ...)
-  return graphdef, ravel_pytree((params, rest))[1]
+  flat, unravel = ravel_pytree((params, rest))
+  return graphdef, flat.shape[0], unravel
 
 
 @REPLAYS.register("bilevel")
 def replay_bilevel(policy: Policy) -> ProgressSampler:
-  """Replays a learned augmenter: array augmenter [R, P] (flat parameters), settings as
-  `bilevel_template`; each image gets its own noise draw, as in training."""
-  graphdef, unravel = bilevel_template(policy.settings)
+  """Replays a learned augmenter: array augmenter [R, P] (flat parameters at the end of
+  each epoch), settings as `bilevel_template`; each image gets its own noise draw, as in
+  training."""
+  graphdef, size, unravel = bilevel_template(policy.settings)
   flat = np.asarray(policy.arrays["augmenter"], np.float32)
+  if flat.ndim != 2 or flat.shape[1] != size:
+    raise ValueError(f"bilevel policy: augmenter parameters {flat.shape} do not fit a "
+                     f"{policy.settings['kind']} augmenter of size {policy.settings['size']} "
+                     f"([rows, {size}])")
 
   def sample(rng: jax.Array, images: jax.Array, progress: jax.Array) -> jax.Array:
     params, rest = unravel(jnp.asarray(flat)[schedule_row(flat.shape[0], progress)])
@@ -166,34 +165,21 @@ def replay_bilevel(policy: Policy) -> ProgressSampler:
   return sample
 
 
-@functools.lru_cache(maxsize=16)
-def _replay_of(directory: str, modified: float) -> ProgressSampler:
-  """The replay of the policy in `directory`, read once per modification time."""
-  del modified  # part of the cache key only
-  policy = read_policy(directory)
-  return REPLAYS.get(policy.family)(policy)
-
-
-def _modified(directory: str) -> float:
-  """Modification time of the policy file under `directory` (0 if there is none)."""
-  for path in (os.path.join(directory, POLICY_FILENAME),
-               os.path.join(directory, "policy", POLICY_FILENAME)):
-    if os.path.isfile(path):
-      return os.path.getmtime(path)
-  return 0.0
-
-
 def replay(directory: str) -> ProgressSampler:
   """The `learned('<dir>')` stage: replays the policy a run exported to `<dir>`.
 
-  `<dir>` is a run's `policy/` folder or its workdir. Returns
+  `<dir>` is a run's `policy/` folder or its workdir; it is read when the stage is built
+  (when a step is traced), so a policy written later by another run is picked up. Returns
   `sample(rng, images f32 [B, H, W, C] in [0, 1], progress) -> images`, marked
   `follows_progress`. Raises ValueError if the folder holds no valid policy.
   """
   if not isinstance(directory, str) or not directory:
     raise ValueError(f"learned(...) needs the path of a policy folder, got {directory!r}")
-  directory = os.path.abspath(directory)
-  inner = _replay_of(directory, _modified(directory))
+  policy = read_policy(directory)
+  try:
+    inner = REPLAYS.get(policy.family)(policy)
+  except (ValueError, KeyError, TypeError) as error:
+    raise ValueError(f"cannot replay the learned policy in {directory!r}: {error!r}") from None
 
   def sample(rng: jax.Array, images: jax.Array, progress: jax.Array | float = 0.0) -> jax.Array:
     return inner(rng, images, progress)

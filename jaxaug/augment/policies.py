@@ -182,13 +182,62 @@ def _check_number(name: str, value, low: float, high: float, *, integer: bool = 
     raise ValueError(f"{name} must be {kind} in [{low}, {high}], got {value!r}")
 
 
+def apply_sub_policies(rng: jax.Array, images: jax.Array, op_index: jax.Array, level: jax.Array,
+                       probability: jax.Array, *, names: Sequence[str],
+                       interpolation: str = "nearest", fill: float | Sequence[float] = 0.0,
+                       quantize: bool = True) -> jax.Array:
+  """AutoAugment-style sub-policies with per-image ops, levels and probabilities, traced.
+
+  Image b gets its L ops in order: op `names[op_index[b, l]]` is applied with probability
+  `probability[b, l]` at the magnitude of the discrete `level[b, l]` under the AutoAugment
+  reference mapping (`space.SpaceEntry.level_to_magnitude`, read from a table of every op
+  at every level), with a random sign for the geometric ops. One XLA program for the
+  whole batch: the arrays may be traced, so a controller can emit them (REINFORCE) and the
+  fixed policies use the same code.
+
+  Args:
+    rng: PRNG key.
+    images: float32 [B, H, W, C] in [0, 1].
+    op_index: int [B, L], indices into `names`.
+    level: int [B, L], levels in 0..PARAMETER_MAX (ignored by ops without a magnitude).
+    probability: float [B, L] in [0, 1].
+    names: the op names (`space.SPACE`), distinct; 'Identity' is added if absent.
+    interpolation, fill, quantize: see the module docstring.
+
+  Returns:
+    float32 [B, H, W, C] in [0, 1].
+  """
+  names = tuple(names)
+  if "Identity" not in names:
+    names += ("Identity",)
+  entries = space.entries(names)
+  batch = images.shape[0]
+  shapes = {jnp.shape(op_index), jnp.shape(level), jnp.shape(probability)}
+  if len(shapes) != 1 or len(next(iter(shapes))) != 2 or next(iter(shapes))[0] != batch:
+    raise ValueError(f"op_index, level and probability must share one shape [B={batch}, L], got "
+                     f"{jnp.shape(op_index)}, {jnp.shape(level)}, {jnp.shape(probability)}")
+  options = _layer_options(interpolation, fill, quantize)
+  # [len(names), PARAMETER_MAX + 1]: every op's magnitude at every level, constants
+  table = jnp.stack([entry.level_to_magnitude(np.arange(space.PARAMETER_MAX + 1))
+                     for entry in entries])
+  level = jnp.clip(jnp.asarray(level, jnp.int32), 0, space.PARAMETER_MAX)
+  for layer in range(op_index.shape[1]):
+    coin_rng, layer_rng = jax.random.split(jax.random.fold_in(rng, layer))
+    applied = jax.random.uniform(coin_rng, (batch,)) < probability[:, layer]
+    index = jnp.where(applied, op_index[:, layer], names.index("Identity"))
+    magnitude = table[op_index[:, layer], level[:, layer]]
+    images = _apply_layer(layer_rng, images, index, magnitude, names=names, **options)
+  return images
+
+
 def autoaugment(policy: str = "cifar10", *, interpolation: str = "nearest",
                 fill: float | Sequence[float] = 0.0, quantize: bool = True) -> Sampler:
   """A sampler of the published AutoAugment policy `policy` ('cifar10', 'svhn', 'imagenet').
 
   Each image gets one of the 25 sub-policies uniformly; each of its two ops is applied
   with its probability, at the magnitude of its level under the reference mapping
-  (`space.SpaceEntry.level_to_magnitude`), with a random sign for the geometric ops.
+  (`space.SpaceEntry.level_to_magnitude`), with a random sign for the geometric ops
+  (`apply_sub_policies`).
 
   Returns:
     `sample(rng, images float32 [B, H, W, C] in [0, 1]) -> images`.
@@ -201,22 +250,16 @@ def autoaugment(policy: str = "cifar10", *, interpolation: str = "nearest",
   names = tuple(name for name in space.NAMES if name in used)
   op_index = np.array([[names.index(name) for name, _, _ in sub] for sub in sub_policies])
   probability = np.array([[p for _, p, _ in sub] for sub in sub_policies], np.float32)
-  options = _layer_options(interpolation, fill, quantize)
+  level = np.array([[level or 0 for _, _, level in sub] for sub in sub_policies], np.int32)
+  _layer_options(interpolation, fill, quantize)
 
   def sample(rng: jax.Array, images: jax.Array) -> jax.Array:
-    magnitude = jnp.stack([
-        jnp.stack([space.SPACE.get(name).level_to_magnitude(level or 0) for name, _, level in sub])
-        for sub in sub_policies])
-    batch = images.shape[0]
     choice_rng, layers_rng = jax.random.split(rng)
-    chosen = jax.random.randint(choice_rng, (batch,), 0, len(sub_policies))
-    for layer in range(op_index.shape[1]):
-      coin_rng, layer_rng = jax.random.split(jax.random.fold_in(layers_rng, layer))
-      applied = jax.random.uniform(coin_rng, (batch,)) < jnp.asarray(probability)[chosen, layer]
-      index = jnp.where(applied, jnp.asarray(op_index)[chosen, layer], names.index("Identity"))
-      images = _apply_layer(layer_rng, images, index, magnitude[chosen, layer], names=names,
-                            **options)
-    return images
+    chosen = jax.random.randint(choice_rng, images.shape[:1], 0, len(sub_policies))
+    return apply_sub_policies(layers_rng, images, jnp.asarray(op_index)[chosen],
+                              jnp.asarray(level)[chosen], jnp.asarray(probability)[chosen],
+                              names=names, interpolation=interpolation, fill=fill,
+                              quantize=quantize)
 
   return sample
 

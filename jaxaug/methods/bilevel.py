@@ -22,7 +22,6 @@ keeping them.
 from __future__ import annotations
 
 import json
-import math
 
 import jax
 import jax.numpy as jnp
@@ -48,6 +47,7 @@ class Settings:
   update_every: int = struct.field(pytree_node=False)
   second_order: str = struct.field(pytree_node=False)
   remat: bool = struct.field(pytree_node=False)
+  steps_per_epoch: int = struct.field(pytree_node=False)
   augmenter_json: str = struct.field(pytree_node=False)  # `_augmenter_settings`, for export
 
 
@@ -56,6 +56,7 @@ class State:
   step: jax.Array
   classifier: common.Learner
   augmenter: common.Learner
+  trajectory: jax.Array      # f32 [epochs, P]: the augmenter (flat) at the end of each epoch
   nonfinite_step: jax.Array  # first step with a non-finite loss or hypergradient, -1 if none
   settings: common.Settings = struct.field(pytree_node=False)
   bilevel: Settings = struct.field(pytree_node=False)
@@ -120,18 +121,26 @@ def init(config: ml_collections.ConfigDict, rng: jax.Array, info: common.DataInf
                                        init_scale=cfg.augmenter.init_scale,
                                        **cfg.augmenter.bounds)
   # The augmenter's schedule counts its own updates: one every K train steps (0, K, 2K, ...).
-  tx = common.make_optimizer(cfg.optim, steps_per_epoch=info.steps_per_epoch / cfg.update_every,
-                             total_steps=math.ceil(info.total_steps / cfg.update_every))
+  updates_per_epoch, updates = info.updates_every(cfg.update_every)
+  tx = common.make_optimizer(cfg.optim, steps_per_epoch=updates_per_epoch, total_steps=updates)
+  augmenter = common.Learner.create(module, tx)
   return State(
       step=jnp.zeros((), jnp.int32),
       classifier=common.create_classifier(config, classifier_rng, info),
-      augmenter=common.Learner.create(module, tx),
+      augmenter=augmenter,
+      trajectory=jnp.tile(_flat(augmenter), (info.num_epoch_slots, 1)),
       nonfinite_step=jnp.full((), -1, jnp.int32),
       settings=common.Settings.from_config(config, info),
       bilevel=Settings(kind=cfg.augmenter.kind, noise_dim=module.noise_dim,
                        update_every=cfg.update_every, second_order=cfg.second_order,
-                       remat=cfg.remat,
+                       remat=cfg.remat, steps_per_epoch=info.steps_per_epoch,
                        augmenter_json=json.dumps(_augmenter_settings(cfg), sort_keys=True)))
+
+
+def _flat(augmenter: common.Learner) -> jax.Array:
+  """The augmenter's parameters and other state as one vector [P] (`learned.bilevel_template`
+  unravels it)."""
+  return ravel_pytree((augmenter.params, augmenter.rest))[0]
 
 
 def _learned_augment(state: State, augmenter_params: nnx.State, images: jax.Array,
@@ -190,8 +199,10 @@ def train_step(state: State, train_batch: dict, val_batch: dict, rng: jax.Array)
                  hypergrad_norm=common.Sparse(hypergrad_norm, updates))
   nonfinite = common.first_nonfinite(state.step, state.nonfinite_step, metrics["loss"],
                                      val_loss, hypergrad_norm)
+  trajectory = common.record_epoch(state.trajectory, state.step, state.bilevel.steps_per_epoch,
+                                   _flat(augmenter))
   return state.replace(step=state.step + 1, classifier=classifier, augmenter=augmenter,
-                       nonfinite_step=nonfinite), metrics
+                       trajectory=trajectory, nonfinite_step=nonfinite), metrics
 
 
 def eval_step(state: State, batch: dict) -> dict:
@@ -226,8 +237,8 @@ def summaries(state: State) -> common.Summaries:
 
 
 def export_policy(state: State) -> learned.Policy:
-  """The final augmenter (flat parameters, one schedule row), its kind, size and bounds."""
-  flat, _ = ravel_pytree((state.augmenter.params, state.augmenter.rest))
+  """The augmenter at the end of each epoch (flat parameters, one schedule row per epoch),
+  its kind, size and bounds."""
   described = jax.device_get(augmenters.describe_params(state.bilevel.kind,
                                                         _transformation_draws(state)))
   settings = json.loads(state.bilevel.augmenter_json)
@@ -237,5 +248,5 @@ def export_policy(state: State) -> learned.Policy:
                        f"parameters per image), learned by online bilevel optimisation",
                "final_parameter_statistics": {name: float(value)
                                               for name, value in described.items()}},
-      arrays={"augmenter": np.asarray(jax.device_get(flat))[None]})
+      arrays={"augmenter": np.asarray(jax.device_get(state.trajectory), np.float32)})
 

@@ -231,8 +231,23 @@ class DataInfo:
 
   @property
   def num_epoch_slots(self) -> int:
-    """Epochs that hold at least one step (for per-epoch records): ceil(num_epochs)."""
+    """Epochs that hold at least one step (rows of per-epoch records): ceil(num_epochs)."""
     return int(math.ceil(self.total_steps / self.steps_per_epoch))
+
+  def updates_every(self, every: int, *, from_step: int = 0) -> tuple[float, int]:
+    """(updates per epoch, updates in all) of something updated on the steps s >= from_step
+    with s % every == 0 (an augmenter, HBA's lambda): what its optimiser schedule counts."""
+    first = -(-from_step // every) * every
+    total = -(-(self.total_steps - first) // every)
+    return self.steps_per_epoch / every, max(total, 1)
+
+
+def record_epoch(rows: jax.Array, step: jax.Array, steps_per_epoch: int,
+                 value: jax.Array) -> jax.Array:
+  """`rows` [R, ...] with the row of `step`'s epoch set to `value` (the last row for steps
+  past R epochs). Called after every step, a row ends up holding the epoch's last value."""
+  epoch = jnp.minimum(step // steps_per_epoch, rows.shape[0] - 1)
+  return rows.at[epoch].set(value.astype(rows.dtype))
 
 
 @struct.dataclass
@@ -286,7 +301,7 @@ class Settings:
   augment: str = struct.field(pytree_node=False)  # fixed augmentation spec (augment.fixed)
   mean: tuple[float, ...] = struct.field(pytree_node=False)
   std: tuple[float, ...] = struct.field(pytree_node=False)
-  total_steps: int = struct.field(pytree_node=False, default=1)  # for training progress
+  total_steps: int = struct.field(pytree_node=False)  # for the training progress
 
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict, info: DataInfo) -> "Settings":

@@ -19,8 +19,13 @@ per entry and a magnitude per entry whose op has one (AutoContrast, Equalize and
 have none, so 30 + 24 = 54 hyper-parameters; the paper counts PBA's 60, whose 6 extra
 values no op reads). Each is stored unbounded, the logit of its position in its range
 (`space.to_unbounded`; probabilities in [0, 1], magnitudes in HBA's table-7 ranges).
-lambda at the start of each epoch is kept in the state and exported as the learned
-schedule (`export_policy`), replayable with `learned('<workdir>/policy')`.
+lambda at the end of each epoch is kept in the state and exported as the learned
+schedule (`export_policy`), replayable with `learned('<workdir>/policy')`: a replay uses
+in its r-th part of training what the search had learned by the end of its epoch r.
+
+The validation loss that lambda descends is taken in training mode (batch norm normalises
+with the validation batch's own statistics, which are not kept), as `bilevel` does; the
+reported validation metrics use the running statistics.
 
 config.hba: strategy (which layers become hyper-layers), sigma, update_every,
 warmup_epochs, init_probability, init_strength, optim (lambda's optimiser).
@@ -131,7 +136,7 @@ class State:
   step: jax.Array
   classifier: common.Learner       # the model with its hyper-layers (called with `hyper=`)
   hyper: common.Learner            # lambda, unbounded [D], and its optimiser state
-  schedule: jax.Array              # f32 [epochs, D]: lambda at the start of each epoch
+  schedule: jax.Array              # f32 [epochs, D]: lambda at the end of each epoch
   nonfinite_step: jax.Array        # first step with a non-finite loss or hypergradient, -1 if none
   settings: common.Settings = struct.field(pytree_node=False)
   hba: Settings = struct.field(pytree_node=False)
@@ -146,7 +151,8 @@ def default_config() -> ml_collections.ConfigDict:
       "strategy": "first_bn",
       "sigma": 0.5,             # perturbation scale of h around lambda, unbounded units (STN)
       "update_every": 2,        # a lambda step every K train steps (STN: 2 weight steps per hyper step)
-      "warmup_epochs": 5.0,     # lambda held fixed at first (STN)
+      "warmup_epochs": 5.0,     # lambda held fixed at first (STN); not optim.warmup_epochs,
+                                # which ramps lambda's learning rate once it moves
       # initial values (the paper's initialisation formula was lost in the text): every
       # probability, and every magnitude's distance from its op's identity (fraction of its range)
       "init_probability": 0.1,
@@ -191,8 +197,9 @@ def init(config: ml_collections.ConfigDict, rng: jax.Array, info: common.DataInf
 
   classifier = common.create_classifier(config, classifier_rng, info, wrap=with_hyper_layers)
   lam = jnp.asarray(search_space.initial(cfg.init_probability, cfg.init_strength))
-  tx = common.make_optimizer(cfg.optim, steps_per_epoch=info.steps_per_epoch / cfg.update_every,
-                             total_steps=-(-info.total_steps // cfg.update_every))
+  warmup_steps = min(int(round(cfg.warmup_epochs * info.steps_per_epoch)), info.total_steps)
+  updates_per_epoch, updates = info.updates_every(cfg.update_every, from_step=warmup_steps)
+  tx = common.make_optimizer(cfg.optim, steps_per_epoch=updates_per_epoch, total_steps=updates)
   return State(
       step=jnp.zeros((), jnp.int32),
       classifier=classifier,
@@ -202,8 +209,7 @@ def init(config: ml_collections.ConfigDict, rng: jax.Array, info: common.DataInf
       settings=common.Settings.from_config(config, info),
       hba=Settings(search_space=search_space, sigma=float(cfg.sigma),
                    update_every=cfg.update_every,
-                   warmup_steps=min(int(round(cfg.warmup_epochs * info.steps_per_epoch)),
-                                    info.total_steps),
+                   warmup_steps=warmup_steps,
                    steps_per_epoch=info.steps_per_epoch, strategy=cfg.strategy))
 
 
@@ -211,8 +217,8 @@ def _policy_augment(state: State, rng: jax.Array, images: jax.Array,
                     hyper_values: jax.Array) -> jax.Array:
   """PBA's augmentation of f32 [B, H, W, C] at unbounded h [D] or per image [B, D]."""
   probability, magnitude = state.hba.search_space.values(hyper_values)
-  return learned.pba_sample(rng, images, probability, magnitude,
-                            names=state.hba.search_space.names)
+  return policies.pba_augment(rng, images, probability, magnitude,
+                              names=state.hba.search_space.names)
 
 
 def _broadcast(lam: jax.Array, batch: int) -> jax.Array:
@@ -256,9 +262,8 @@ def train_step(state: State, train_batch: dict, val_batch: dict, rng: jax.Array)
              & (state.step >= state.hba.warmup_steps))
   hyper_learner, loss_at_lambda, grad_norm = jax.lax.cond(updates, with_update, without_update,
                                                           state.hyper)
-  epoch = jnp.minimum(state.step // state.hba.steps_per_epoch, state.schedule.shape[0] - 1)
-  epoch_starts = state.step % state.hba.steps_per_epoch == 0
-  schedule = state.schedule.at[epoch].set(jnp.where(epoch_starts, lam, state.schedule[epoch]))
+  schedule = common.record_epoch(state.schedule, state.step, state.hba.steps_per_epoch,
+                                 hyper_learner.params)
 
   metrics = jax.tree.map(jnp.mean, aux.metrics)
   metrics.update(val_loss=common.Sparse(loss_at_lambda, updates),
@@ -297,7 +302,8 @@ def summaries(state: State) -> common.Summaries:
 
 
 def export_policy(state: State) -> learned.Policy:
-  """The schedule of lambda (one row per epoch) in real units, replayable as family 'hba'."""
+  """The schedule of lambda (its value at the end of each epoch) in real units, replayable
+  as family 'hba'."""
   search_space = state.hba.search_space
   probability, magnitude = jax.device_get(search_space.values(state.schedule))
   final_probability, final_magnitude = jax.device_get(search_space.values(state.hyper.params))
@@ -305,8 +311,9 @@ def export_policy(state: State) -> learned.Policy:
   return learned.Policy(
       family="hba",
       settings={"names": list(search_space.names)},
-      summary={"what": "PBA augmentation-function schedule (one row per epoch of the search): "
-                       "per entry, the probability of applying it and its magnitude",
+      summary={"what": "PBA augmentation-function schedule (one row per epoch of the search, "
+                       "the values at its end): per entry, the probability of applying it "
+                       "and its magnitude",
                "strategy": state.hba.strategy,
                "count_probabilities": list(policies.PBA_COUNT_PROBABILITIES),
                "units": units,

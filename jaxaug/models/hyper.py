@@ -153,6 +153,27 @@ def _zero_projection(hyper_dim: int, out_features: int, *, param_dtype, rngs: nn
 # ----------------------------------------------------------------------------------------
 
 
+def _modulation(base: nnx.Conv | nnx.Linear, hyper_dim: int, *,
+                rngs: nnx.Rngs) -> tuple[nnx.Param | None, nnx.Linear]:
+  """(b_h: ones [O], or None if the base has no bias; V: zero linear D -> O, or 2O with b_h)."""
+  has_bias = base.bias is not None
+  hyper_bias = nnx.Param(jnp.ones((base.out_features,), base.param_dtype)) if has_bias else None
+  hyper_proj = _zero_projection(hyper_dim, (2 if has_bias else 1) * base.out_features,
+                                param_dtype=base.param_dtype, rngs=rngs)
+  return hyper_bias, hyper_proj
+
+
+def _modulated(layer: "HyperConv | HyperLinear", inputs: jax.Array, name: str) -> jax.Array:
+  """base(x) + (V h)[:O] * W_h(x) (+ (V h)[O:] * b_h), per example, h from the scope."""
+  hyper = _current_hyper(name, inputs.shape[0], layer.hyper_dim)
+  coeff = _per_example(layer.hyper_proj(hyper), inputs.ndim)
+  out = layer.base.out_features
+  y = layer.base(inputs) + coeff[..., :out] * layer.hyper_weight(inputs)
+  if layer.hyper_bias is not None:
+    y = y + coeff[..., out:] * layer.hyper_bias[...]
+  return y
+
+
 class HyperConv(nnx.Module):
   """An nnx.Conv whose kernel is W_e + diag(V h) W_h per output channel (and, if the base
   has a bias, whose bias is b_e + (V h)[O:] * b_h).
@@ -201,16 +222,7 @@ class HyperConv(nnx.Module):
         preferred_element_type=base.preferred_element_type,
         rngs=rngs,
     )
-    has_bias = base.bias is not None
-    self.hyper_bias = (
-        nnx.Param(jnp.ones((base.out_features,), base.param_dtype)) if has_bias else None
-    )
-    self.hyper_proj = _zero_projection(
-        hyper_dim,
-        (2 if has_bias else 1) * base.out_features,
-        param_dtype=base.param_dtype,
-        rngs=rngs,
-    )
+    self.hyper_bias, self.hyper_proj = _modulation(base, hyper_dim, rngs=rngs)
 
   def __call__(self, inputs: jax.Array) -> jax.Array:
     """float [B, *spatial, in_features] -> [B, *spatial_out, out_features]."""
@@ -220,13 +232,7 @@ class HyperConv(nnx.Module):
           f"HyperConv expects inputs of shape [B, {num_spatial} spatial axes, C] (exactly one "
           f"batch axis), got shape {tuple(inputs.shape)}"
       )
-    hyper = _current_hyper("HyperConv", inputs.shape[0], self.hyper_dim)
-    coeff = _per_example(self.hyper_proj(hyper), inputs.ndim)
-    out = self.base.out_features
-    y = self.base(inputs) + coeff[..., :out] * self.hyper_weight(inputs)
-    if self.hyper_bias is not None:
-      y = y + coeff[..., out:] * self.hyper_bias[...]
-    return y
+    return _modulated(self, inputs, "HyperConv")
 
 
 class HyperLinear(nnx.Module):
@@ -269,16 +275,7 @@ class HyperLinear(nnx.Module):
         preferred_element_type=base.preferred_element_type,
         rngs=rngs,
     )
-    has_bias = base.bias is not None
-    self.hyper_bias = (
-        nnx.Param(jnp.ones((base.out_features,), base.param_dtype)) if has_bias else None
-    )
-    self.hyper_proj = _zero_projection(
-        hyper_dim,
-        (2 if has_bias else 1) * base.out_features,
-        param_dtype=base.param_dtype,
-        rngs=rngs,
-    )
+    self.hyper_bias, self.hyper_proj = _modulation(base, hyper_dim, rngs=rngs)
 
   def __call__(self, inputs: jax.Array) -> jax.Array:
     """float [B, ..., in_features] -> [B, ..., out_features]."""
@@ -287,13 +284,7 @@ class HyperLinear(nnx.Module):
           f"HyperLinear expects inputs of shape [B, ..., features], got shape "
           f"{tuple(inputs.shape)}"
       )
-    hyper = _current_hyper("HyperLinear", inputs.shape[0], self.hyper_dim)
-    coeff = _per_example(self.hyper_proj(hyper), inputs.ndim)
-    out = self.base.out_features
-    y = self.base(inputs) + coeff[..., :out] * self.hyper_weight(inputs)
-    if self.hyper_bias is not None:
-      y = y + coeff[..., out:] * self.hyper_bias[...]
-    return y
+    return _modulated(self, inputs, "HyperLinear")
 
 
 def _batch_stats(

@@ -1,0 +1,119 @@
+"""The notebooks: each .ipynb in sync with its jupytext .py, stored without outputs, and run.
+
+The runs execute the .ipynb files (what Colab opens) in a Jupyter kernel on the CPU with
+small settings, given as a cell inserted after the one tagged "parameters" (as papermill
+does). The Results notebook reads the Quickstart's two runs and an `hba` run.
+"""
+
+import os
+import subprocess
+import sys
+
+import jupytext
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NOTEBOOKS = os.path.join(ROOT, "notebooks")
+NAMES = ("quickstart", "results")
+TIMEOUT_SECONDS = 600  # per cell
+# The kernels and the extra run see one CPU device, as on Colab's single-chip TPU (faster to
+# compile than the 8 devices the other tests simulate).
+ONE_DEVICE = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1",
+              "JAX_PLATFORMS": "cpu"}
+
+
+def notebook_path(name, extension):
+  return os.path.join(NOTEBOOKS, f"{name}.{extension}")
+
+
+def cells(notebook):
+  """(type, source, tags) of each cell: what the pairing must keep equal."""
+  return [(cell.cell_type, cell.source.strip(), cell.metadata.get("tags", []))
+          for cell in notebook.cells]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_pair_in_sync(name):
+  text = jupytext.read(notebook_path(name, "py"))
+  stored = nbformat.read(notebook_path(name, "ipynb"), as_version=4)
+  assert cells(stored) == cells(text), (
+      f"notebooks/{name}.ipynb differs from {name}.py: run jupytext --sync notebooks/{name}.py")
+  assert stored.metadata.get("jupytext", {}).get("formats") == "ipynb,py:percent"
+  assert stored.metadata.kernelspec.name == "python3"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_stored_without_outputs(name):
+  stored = nbformat.read(notebook_path(name, "ipynb"), as_version=4)
+  for cell in stored.cells:
+    if cell.cell_type == "code":
+      assert cell.outputs == [] and cell.execution_count is None, cell.source[:80]
+
+
+def execute(name, **parameters):
+  """notebooks/<name>.ipynb run with `parameters` assigned after its "parameters" cell."""
+  notebook = nbformat.read(notebook_path(name, "ipynb"), as_version=4)
+  (index,) = [i for i, cell in enumerate(notebook.cells)
+              if "parameters" in cell.metadata.get("tags", [])]
+  assignments = "\n".join(f"{key} = {value!r}" for key, value in parameters.items())
+  notebook.cells.insert(index + 1, nbformat.v4.new_code_cell(assignments))
+  NotebookClient(notebook, timeout=TIMEOUT_SECONDS, kernel_name="python3",
+                 resources={"metadata": {"path": NOTEBOOKS}}).execute(env=ONE_DEVICE)
+  return notebook
+
+
+def outputs(notebook, mime="text/plain"):
+  """The printed text and the `mime` representations of everything the notebook displayed."""
+  texts = []
+  for cell in notebook.cells:
+    for output in cell.get("outputs", []):
+      texts.append(output.get("text", "") + output.get("data", {}).get(mime, ""))
+  return "\n".join(texts)
+
+
+def images(notebook):
+  return sum("image/png" in output.get("data", {})
+             for cell in notebook.cells for output in cell.get("outputs", []))
+
+
+@pytest.fixture(scope="module")
+def quickstart(tmp_path_factory):
+  """The Quickstart run tiny: a data set that cannot be loaded, so it falls back to the digits."""
+  workdir = tmp_path_factory.mktemp("notebook_runs")
+  notebook = execute("quickstart", DATASET="folder:/nonexistent/cifar10", NUM_EPOCHS=1,
+                     WORKDIR=str(workdir), SMOKE=True)
+  return notebook, workdir
+
+
+def test_quickstart(quickstart):
+  notebook, workdir = quickstart
+  printed = outputs(notebook)
+  assert "using scikit-learn's bundled digits instead" in printed
+  assert "backend: cpu" in printed
+  for run in ("bilevel", "predefined"):
+    assert os.path.isfile(workdir / run / "results.json")
+  table = outputs(notebook, "text/markdown")
+  assert "| bilevel (learned affine) |" in table and "| supervised (crop(padding=2)) |" in table
+  assert images(notebook) >= 4  # grids at the start and the end, parameters, accuracy
+
+
+def test_results(quickstart, tmp_path):
+  _, workdir = quickstart
+  hba = subprocess.run(
+      [sys.executable, "-m", "jaxaug.main", "--config=configs/smoke.py",
+       f"--workdir={workdir / 'hba'}", "--config.method=hba", "--config.num_epochs=1",
+       "--config.hba.warmup_epochs=0.25", "--config.checkpoint_every_steps=1000"],
+      cwd=ROOT, env=ONE_DEVICE, capture_output=True, text=True)
+  assert hba.returncode == 0, hba.stderr[-3000:]
+  (workdir / "unfinished").mkdir()
+  (workdir / "unfinished" / "config.json").write_text("{}")
+  notebook = execute("results", RUNS=[f"{workdir}/*"], CACHE=str(tmp_path / "cache"))
+  printed = outputs(notebook)
+  assert "unfinished: not finished" in printed
+  assert "3 finished run(s)" in printed
+  assert "family bilevel" in printed and "family hba" in printed
+  assert "no learned policy: a fixed augmentation" in printed
+  table = outputs(notebook, "text/markdown")
+  assert "| runs | mean | sd | min | max |" in table
