@@ -9,7 +9,6 @@ import sys
 import threading
 import time
 
-import jax
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
