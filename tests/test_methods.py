@@ -84,9 +84,13 @@ def _steps_on_mesh(config, devices, steps):
   return jax.device_get(state), jax.device_get(metrics)
 
 
-@pytest.mark.parametrize("method,truncation", [("supervised", 1), ("bilevel", 1), ("bilevel", 2),
-                                               ("hba", 1)])
-def test_eight_devices_match_one_device(method, truncation):
+@pytest.mark.parametrize("method,truncation,overrides", [
+    ("supervised", 1, {}), ("bilevel", 1, {}), ("bilevel", 2, {}), ("hba", 1, {}),
+    ("reinforce", 1, {"reinforce.num_policies": 2, "reinforce.augment_after": "cutout(4)"}),
+    ("reinforce", 1, {"reinforce.reward": "validation", "reinforce.ohl.copies": 2}),
+    ("uncertainty", 1, {"uncertainty.candidates": 2}),
+])
+def test_eight_devices_match_one_device(method, truncation, overrides):
   """Same math; only the order of cross-device reductions differs, so in float64 they agree.
 
   Three steps, so that the optimiser states (momentum, Adam moments) carried between steps
@@ -94,6 +98,12 @@ def test_eight_devices_match_one_device(method, truncation):
   """
   assert len(jax.devices()) == 8
   config = _config(method, truncation=truncation)
+  for key, value in overrides.items():
+    *sections, name = key.split(".")
+    target = config
+    for section in sections:
+      target = target[section]
+    target[name] = value
   with jax.enable_x64(True):
     state_8, metrics_8 = _steps_on_mesh(config, jax.devices(), steps=3)
     state_1, metrics_1 = _steps_on_mesh(config, jax.devices()[:1], steps=3)
@@ -274,7 +284,8 @@ def test_every_method_keeps_the_contract(name, tmp_path):
   assert set(labels) == set(summaries.vectors)
   assert all(len(labels[key]) == np.size(value) for key, value in summaries.vectors.items())
   policy = method.export_policy(new_state)
-  assert (policy is None) == (name == "supervised")  # the methods that learn augmentation export
+  # the methods that learn augmentation export a replayable policy
+  assert (policy is None) == (name in ("supervised", "uncertainty"))
   if policy is not None:
     learned.write_policy(str(tmp_path), policy)
     replayed = jax.jit(learned.replay(str(tmp_path)))(jax.random.PRNGKey(3), val["image"], 0.5)

@@ -135,6 +135,64 @@ def replay_hba(policy: Policy) -> ProgressSampler:
   return sample
 
 
+def _sub_policy_names(policy: Policy) -> tuple[str, ...]:
+  """The op names of a 'reinforce' or 'ohl' policy, checked against `space.SPACE`."""
+  names = tuple(policy.settings["names"])
+  space.entries(names)  # unknown names: ValueError listing the valid ones
+  return names
+
+
+@REPLAYS.register("reinforce")
+def replay_reinforce(policy: Policy) -> ProgressSampler:
+  """Replays the sub-policies a REINFORCE controller sampled: array sub_policies int
+  [R, S, L, 2] ((op index into settings names, level) pairs); each image gets one of its
+  row's S sub-policies uniformly, its ops applied always (Adversarial AutoAugment)."""
+  names = _sub_policy_names(policy)
+  sub_policies = np.asarray(policy.arrays["sub_policies"], np.int32)
+  if sub_policies.ndim != 4 or sub_policies.shape[-1] != 2:
+    raise ValueError(f"reinforce policy: sub_policies {sub_policies.shape} must be "
+                     f"[rows, S, L, 2]")
+  if sub_policies[..., 0].max() >= len(names) or sub_policies.min() < 0:
+    raise ValueError(f"reinforce policy: op indices must lie in [0, {len(names)})")
+
+  def sample(rng: jax.Array, images: jax.Array, progress: jax.Array) -> jax.Array:
+    choice_rng, apply_rng = jax.random.split(rng)
+    row = jnp.asarray(sub_policies)[schedule_row(sub_policies.shape[0], progress)]
+    op_index, level = policies.choose_sub_policies(
+        choice_rng, row[None], jnp.zeros(images.shape[:1], jnp.int32))
+    return policies.apply_sub_policies(apply_rng, images, op_index, level,
+                                       jnp.ones(op_index.shape, jnp.float32), names=names)
+
+  return sample
+
+
+@REPLAYS.register("ohl")
+def replay_ohl(policy: Policy) -> ProgressSampler:
+  """Replays OHL-Auto-Aug's distributions: array probability [R, O^2] over the ordered
+  pairs of settings operations [O, 2] ((op index into names, level)); each image gets a
+  pair drawn from its row's distribution."""
+  names = _sub_policy_names(policy)
+  operations = np.asarray(policy.settings["operations"], np.int32)
+  probability = np.asarray(policy.arrays["probability"], np.float32)
+  if operations.ndim != 2 or operations.shape[1] != 2 or operations[:, 0].max() >= len(names):
+    raise ValueError(f"ohl policy: operations {operations.shape} must be [O, 2] (op index "
+                     f"into {len(names)} names, level)")
+  if probability.ndim != 2 or probability.shape[1] != operations.shape[0] ** 2:
+    raise ValueError(f"ohl policy: probability {probability.shape} must be "
+                     f"[rows, {operations.shape[0] ** 2}]")
+  log_probability = np.log(np.maximum(probability, 1e-30))
+
+  def sample(rng: jax.Array, images: jax.Array, progress: jax.Array) -> jax.Array:
+    draw_rng, apply_rng = jax.random.split(rng)
+    row = jnp.asarray(log_probability)[schedule_row(probability.shape[0], progress)]
+    op_index, level = policies.pair_ops(
+        operations, jax.random.categorical(draw_rng, row, shape=images.shape[:1]))
+    return policies.apply_sub_policies(apply_rng, images, op_index, level,
+                                       jnp.ones(op_index.shape, jnp.float32), names=names)
+
+  return sample
+
+
 def bilevel_template(settings: dict[str, Any]) -> tuple[nnx.GraphDef, int, Callable]:
   """The augmenter module of `settings` (kind, size, bounds, init_scale, symmetric) as
   (graphdef, P, unravel), where `unravel(flat f32 [P]) -> (params, rest)`."""

@@ -157,6 +157,12 @@ PBA_OPS = ("AutoContrast", "Equalize", "Invert", "Rotate", "Posterize", "Solariz
            "Cutout")
 PBA_ENTRIES = PBA_OPS + PBA_OPS
 
+# Adversarial AutoAugment (Zhang et al., 2020), section 3.1: its 16 ops (AutoAugment's without
+# probabilities), each at one of 10 levels of the reference mapping.
+ADVERSARIAL_OPS = ("ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate", "AutoContrast",
+                   "Invert", "Equalize", "Solarize", "Posterize", "Contrast", "Color",
+                   "Brightness", "Sharpness", "Cutout", "SamplePairing")
+
 
 def _layer_options(interpolation: str, fill: float | Sequence[float],
                    quantize: bool) -> dict[str, object]:
@@ -185,7 +191,7 @@ def _check_number(name: str, value, low: float, high: float, *, integer: bool = 
 def apply_sub_policies(rng: jax.Array, images: jax.Array, op_index: jax.Array, level: jax.Array,
                        probability: jax.Array, *, names: Sequence[str],
                        interpolation: str = "nearest", fill: float | Sequence[float] = 0.0,
-                       quantize: bool = True) -> jax.Array:
+                       quantize: bool = True, strategy: str = "auto") -> jax.Array:
   """AutoAugment-style sub-policies with per-image ops, levels and probabilities, traced.
 
   Image b gets its L ops in order: op `names[op_index[b, l]]` is applied with probability
@@ -203,6 +209,7 @@ def apply_sub_policies(rng: jax.Array, images: jax.Array, op_index: jax.Array, l
     probability: float [B, L] in [0, 1].
     names: the op names (`space.SPACE`), distinct; 'Identity' is added if absent.
     interpolation, fill, quantize: see the module docstring.
+    strategy: how `space.apply` runs the non-geometric ops ('auto', 'select', 'switch').
 
   Returns:
     float32 [B, H, W, C] in [0, 1].
@@ -216,7 +223,7 @@ def apply_sub_policies(rng: jax.Array, images: jax.Array, op_index: jax.Array, l
   if len(shapes) != 1 or len(next(iter(shapes))) != 2 or next(iter(shapes))[0] != batch:
     raise ValueError(f"op_index, level and probability must share one shape [B={batch}, L], got "
                      f"{jnp.shape(op_index)}, {jnp.shape(level)}, {jnp.shape(probability)}")
-  options = _layer_options(interpolation, fill, quantize)
+  options = _layer_options(interpolation, fill, quantize) | {"strategy": strategy}
   # [len(names), PARAMETER_MAX + 1]: every op's magnitude at every level, constants
   table = jnp.stack([entry.level_to_magnitude(np.arange(space.PARAMETER_MAX + 1))
                      for entry in entries])
@@ -228,6 +235,41 @@ def apply_sub_policies(rng: jax.Array, images: jax.Array, op_index: jax.Array, l
     magnitude = table[op_index[:, layer], level[:, layer]]
     images = _apply_layer(layer_rng, images, index, magnitude, names=names, **options)
   return images
+
+
+def choose_sub_policies(rng: jax.Array, sub_policies: jax.Array,
+                        group: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Each image's sub-policy, drawn uniformly from the S sub-policies of its group's policy.
+
+  Args:
+    rng: PRNG key.
+    sub_policies: int [G, S, L, 2], G policies of S sub-policies of L (op index, level) pairs.
+    group: int [B], the policy of each image.
+
+  Returns:
+    (op_index int [B, L], level int [B, L]), the arguments of `apply_sub_policies`.
+  """
+  if jnp.ndim(sub_policies) != 4 or jnp.shape(sub_policies)[-1] != 2:
+    raise ValueError(f"sub_policies must be [G, S, L, 2] (op index, level), got shape "
+                     f"{jnp.shape(sub_policies)}")
+  chosen = jax.random.randint(rng, jnp.shape(group), 0, sub_policies.shape[1])
+  pairs = jnp.asarray(sub_policies)[group, chosen]
+  return pairs[..., 0], pairs[..., 1]
+
+
+def pair_ops(operations: np.ndarray, elements: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """The ordered pairs of operations that `elements` index (OHL-Auto-Aug's elements).
+
+  Args:
+    operations: int [O, 2], (op index, level) of each operation.
+    elements: int [...], each e in [0, O^2): the pair (operations[e // O], operations[e % O]).
+
+  Returns:
+    (op_index int [..., 2], level int [..., 2]), the arguments of `apply_sub_policies`.
+  """
+  count = operations.shape[0]
+  pairs = jnp.asarray(operations, jnp.int32)[jnp.stack([elements // count, elements % count], -1)]
+  return pairs[..., 0], pairs[..., 1]
 
 
 def autoaugment(policy: str = "cifar10", *, interpolation: str = "nearest",
@@ -362,6 +404,7 @@ def pba_augment(
     names: the K entries' `space` names, repeats allowed (PBA holds each op twice).
     count_probabilities: probabilities of applying 0, 1, 2, ... ops; static.
     interpolation, fill, quantize: see the module docstring.
+    strategy: how `space.apply` runs the non-geometric ops ('auto', 'select', 'switch').
 
   Returns:
     float32 [B, H, W, C] in [0, 1].

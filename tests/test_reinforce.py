@@ -1,0 +1,431 @@
+"""The REINFORCE family: controller, REINFORCE step, Adversarial AutoAugment's M copies,
+OHL's K vmapped copies, uncertainty-based sampling, and their policy replay."""
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from jaxaug import train
+from jaxaug.augment import learned
+from jaxaug.augment import policies
+from jaxaug.config import default_config
+from jaxaug.methods import common
+from jaxaug.methods import ohl
+from jaxaug.methods import reinforce
+from jaxaug.methods import supervised
+from jaxaug.methods import uncertainty
+from jaxaug.models import controller as controller_lib
+from test_train import smoke_config
+
+IMAGE_SHAPE = (8, 8, 3)
+# Ops whose result depends on nothing but the image and level (no sign, no partner, no
+# random centre): permuting the policies then permutes the images between the copies.
+DETERMINISTIC_OPS = ("Invert", "Equalize", "AutoContrast", "Posterize", "Solarize", "Contrast",
+                     "Color", "Brightness")
+
+
+def _controller(num_ops=16, num_levels=10, seed=0):
+  return controller_lib.Controller(num_ops=num_ops, num_levels=num_levels,
+                                   rngs=nnx.Rngs(params=seed))
+
+
+def _settings(**changes):
+  values = dict(ops=policies.ADVERSARIAL_OPS, num_levels=10, num_policies=4, sub_policies=5,
+                ops_per_sub_policy=2, policies="adversarial", entropy_weight=1e-5,
+                augment_after="none", strategy="auto", steps_per_epoch=10)
+  return reinforce.Settings(**(values | changes))
+
+
+def test_rollout_log_probs_are_the_log_of_the_softmax_outputs_of_the_sampled_tokens():
+  controller = _controller()
+  sampled = controller(jax.random.PRNGKey(0), 64, 10)
+  assert sampled.tokens.shape == (64, 10, 2)
+  np.testing.assert_allclose(sampled.op_probs.sum(-1), 1, rtol=1e-5)
+  np.testing.assert_allclose(sampled.level_probs.sum(-1), 1, rtol=1e-5)
+  op_token, level_token = np.asarray(sampled.tokens[..., 0]), np.asarray(sampled.tokens[..., 1])
+  np.testing.assert_allclose(
+      sampled.log_prob[..., 0],
+      np.log(np.take_along_axis(np.asarray(sampled.op_probs), op_token[..., None], -1)[..., 0]),
+      rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(
+      sampled.log_prob[..., 1],
+      np.log(np.take_along_axis(np.asarray(sampled.level_probs), level_token[..., None],
+                                -1)[..., 0]), rtol=1e-5, atol=1e-6)
+  probs = np.asarray(sampled.op_probs)
+  np.testing.assert_allclose(sampled.entropy[..., 0], -(probs * np.log(probs)).sum(-1),
+                             rtol=1e-5)
+  # scoring the sampled tokens (teacher forcing) gives the same numbers
+  scored = controller(None, 64, 10, sampled.tokens)
+  np.testing.assert_array_equal(scored.tokens, sampled.tokens)
+  np.testing.assert_allclose(scored.log_prob, sampled.log_prob, rtol=1e-6)
+  # later tokens depend on the earlier ones (autoregressive): the softmax differs by sample
+  assert np.ptp(np.asarray(sampled.op_probs[:, 1]), axis=0).max() > 1e-4
+
+
+def test_rollout_samples_at_the_rates_of_its_softmax():
+  controller = _controller(num_ops=4, num_levels=3)
+  sampled = jax.jit(lambda key: controller(key, 20000, 1))(jax.random.PRNGKey(1))
+  first_op = np.asarray(sampled.tokens[:, 0, 0])
+  expected = np.asarray(sampled.op_probs[0, 0])  # the first softmax has no history
+  frequency = np.bincount(first_op, minlength=4) / first_op.size
+  np.testing.assert_allclose(frequency, expected, atol=4 * np.sqrt(0.25 / first_op.size))
+
+
+def test_rollout_rejects_tokens_of_the_wrong_shape():
+  with pytest.raises(ValueError, match=r"tokens must have shape \(2, 3, 2\)"):
+    _controller()(None, 2, 3, jnp.zeros((2, 4, 2), jnp.int32))
+  with pytest.raises(ValueError, match="needs an rng"):
+    _controller()(None, 2, 3)
+
+
+def _learner(module, learning_rate):
+  return common.Learner.create(module, optax.adam(learning_rate))
+
+
+def test_reinforce_steps_converge_to_the_best_arm_of_a_bandit():
+  """Arms = the op of a one-operation policy; reward known per arm; no noise."""
+  arm_rewards = jnp.array([0.1, 0.9, 0.3, 0.5])
+  settings = _settings(ops=("Invert", "Equalize", "AutoContrast", "Contrast"), num_levels=2,
+                       entropy_weight=0.0, num_policies=16)
+  controller = _learner(_controller(num_ops=4, num_levels=2), 0.05)
+
+  @jax.jit
+  def one_round(controller, key):
+    rollout, _ = controller.apply(controller.params, controller.rest, key, 16, 1)
+    rewards = arm_rewards[rollout.tokens[:, 0, 0]]
+    controller, _ = reinforce.controller_step(controller, settings, rollout.tokens,
+                                              reinforce.normalise(rewards))
+    return controller
+
+  for i in range(150):
+    controller = one_round(controller, jax.random.PRNGKey(i))
+  rollout, _ = controller.apply(controller.params, controller.rest, jax.random.PRNGKey(0), 1, 1)
+  assert float(rollout.op_probs[0, 0, 1]) > 0.9, rollout.op_probs[0, 0]
+
+
+def test_the_entropy_term_raises_the_entropy():
+  settings = _settings(entropy_weight=1.0)
+  controller = _learner(_controller(), 1e-2)
+  tokens = controller.apply(controller.params, controller.rest, jax.random.PRNGKey(0), 8, 10)[
+      0].tokens
+
+  def entropy(controller):
+    rollout, _ = controller.apply(controller.params, controller.rest, None, 8, 10, tokens)
+    return float(rollout.entropy.mean())
+
+  updated, reported = reinforce.controller_step(controller, settings, tokens, jnp.zeros(8))
+  assert float(reported) == pytest.approx(entropy(controller), rel=1e-5)
+  assert entropy(updated) > entropy(controller)
+  # the REINFORCE term alone raises the log-probability of the positive-advantage policy
+  settings = _settings(entropy_weight=0.0)
+  advantage = jnp.array([1.0, -1.0, 0, 0, 0, 0, 0, 0])
+  before = controller.apply(controller.params, controller.rest, None, 8, 10, tokens)[0]
+  updated, _ = reinforce.controller_step(controller, settings, tokens, advantage)
+  after = updated.apply(updated.params, updated.rest, None, 8, 10, tokens)[0]
+  gain = np.asarray(after.log_prob.sum((1, 2)) - before.log_prob.sum((1, 2)))
+  assert gain[0] > 0 > gain[1]
+
+
+def test_normalise_centres_and_scales_across_the_policies():
+  np.testing.assert_allclose(reinforce.normalise(jnp.array([1.0, 2.0, 3.0])),
+                             np.array([-1, 0, 1]) / np.std([-1, 0, 1]), rtol=1e-6)
+  np.testing.assert_array_equal(reinforce.normalise(jnp.full(3, 2.0)), np.zeros(3))
+
+
+def test_choose_sub_policies_takes_each_image_from_its_groups_policy_uniformly():
+  # policy g's sub-policy s holds ops (g, s) and levels (s, g)
+  groups, subs = 3, 5
+  table = np.stack(np.broadcast_arrays(*np.meshgrid(np.arange(groups), np.arange(subs),
+                                                    indexing="ij")), -1)  # [G, S, 2]
+  sub_policies = np.stack([table, table[..., ::-1]], -1)  # [G, S, L=2, 2]
+  group = np.arange(30000) % groups
+  op_index, level = policies.choose_sub_policies(jax.random.PRNGKey(0), sub_policies, group)
+  op_index, level = np.asarray(op_index), np.asarray(level)
+  np.testing.assert_array_equal(op_index[:, 0], group)
+  np.testing.assert_array_equal(level[:, 1], group)
+  np.testing.assert_array_equal(op_index[:, 1], level[:, 0])  # one sub-policy, both layers
+  counts = np.bincount(op_index[:, 1], minlength=subs) / group.size
+  np.testing.assert_allclose(counts, 1 / subs, atol=0.015)
+
+
+def _config(method="reinforce", **reinforce_changes):
+  config = default_config()
+  config.method = method
+  config.model = "small_cnn"
+  config.augment = "none"
+  config.num_epochs = 2
+  config.reinforce.num_policies = 3
+  config.reinforce.augment_after = "none"
+  config.reinforce.ohl.copies = 3
+  for key, value in reinforce_changes.items():
+    config.reinforce[key] = value
+  return config
+
+
+def _info(steps_per_epoch=10):
+  return common.DataInfo.create(num_classes=4, image_shape=IMAGE_SHAPE,
+                                batches_per_epoch=steps_per_epoch, num_epochs=2)
+
+
+def _batch(batch=8, seed=0):
+  rng = np.random.default_rng(seed)
+  return {"image": rng.integers(0, 256, (1, batch) + IMAGE_SHAPE).astype(np.float32) / 255,
+          "label": rng.integers(0, 4, (1, batch)).astype(np.int32)}
+
+
+def test_permuting_the_policies_permutes_their_accumulated_losses_and_nothing_else():
+  config = _config(ops=DETERMINISTIC_OPS)
+  state = reinforce.init(config, jax.random.PRNGKey(0), _info())
+  rng = np.random.default_rng(1)
+  # every sub-policy of a policy alike, so which one an image draws does not matter
+  pairs = np.stack([rng.integers(0, len(DETERMINISTIC_OPS), (3, 2)),
+                    rng.integers(0, 10, (3, 2))], -1)  # [M, L, 2]
+  tokens = jnp.asarray(np.repeat(pairs[:, None], 5, 1).reshape(3, 10, 2), jnp.int32)
+  permutation = np.array([2, 0, 1])
+  step = jax.jit(reinforce.train_step)
+  batch = _batch()
+  after, _ = step(state.replace(policies=tokens), batch, None, jax.random.PRNGKey(3))
+  permuted, _ = step(state.replace(policies=tokens[permutation]), batch, None,
+                     jax.random.PRNGKey(3))
+  assert np.ptp(np.asarray(after.loss_sum)) > 1e-3  # the policies do differ
+  np.testing.assert_allclose(permuted.loss_sum, after.loss_sum[permutation], rtol=1e-5)
+  for a, b in zip(jax.tree.leaves(permuted.classifier), jax.tree.leaves(after.classifier)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+  for a, b in zip(jax.tree.leaves(permuted.controller), jax.tree.leaves(after.controller)):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_the_classifier_takes_one_update_on_all_m_copies():
+  """With policies='fixed' and no augmentation, the step is a plain update on the batch
+  repeated M times, which equals the update on the batch (same mean gradient, same
+  batch statistics)."""
+  config = _config(policies="fixed")
+  state = reinforce.init(config, jax.random.PRNGKey(0), _info())
+  batch = _batch()
+  after, metrics = jax.jit(reinforce.train_step)(state, batch, None, jax.random.PRNGKey(3))
+  expected, aux = supervised.classifier_updates(state.classifier, state.settings,
+                                                jnp.asarray(batch["image"]),
+                                                jnp.asarray(batch["label"]))
+  for a, b in zip(jax.tree.leaves(after.classifier), jax.tree.leaves(expected)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+  np.testing.assert_allclose(after.loss_sum, np.full(3, aux.metrics["loss"][0]), rtol=1e-5)
+  assert float(metrics["loss"]) == pytest.approx(float(aux.metrics["loss"][0]), rel=1e-5)
+
+
+def test_the_epoch_boundary_steps_the_controller_and_samples_new_policies():
+  config = _config()
+  state = reinforce.init(config, jax.random.PRNGKey(0), _info(steps_per_epoch=2))
+  step = jax.jit(reinforce.train_step)
+  first, metrics = step(state, _batch(), None, jax.random.PRNGKey(1))
+  assert not bool(metrics["controller_entropy"].present)
+  np.testing.assert_array_equal(first.policies, state.policies)
+  second, metrics = step(first, _batch(seed=1), None, jax.random.PRNGKey(2))
+  assert bool(metrics["controller_entropy"].present)
+  # the same two steps in an epoch that goes on accumulate the losses the rewards came from
+  no_boundary = first.replace(reinforce=first.reinforce.replace(steps_per_epoch=100))
+  accumulated, _ = step(no_boundary, _batch(seed=1), None, jax.random.PRNGKey(2))
+  np.testing.assert_allclose(second.rewards[0], reinforce.normalise(accumulated.loss_sum / 2),
+                             rtol=1e-5, atol=1e-6)
+  np.testing.assert_array_equal(second.loss_sum, np.zeros(3))
+  np.testing.assert_array_equal(second.sampled[0], state.policies)
+  np.testing.assert_array_equal(second.sampled[1], second.policies)
+  assert not np.array_equal(second.policies, state.policies)
+  # the controller took the REINFORCE step towards those rewards on the epoch's policies
+  expected, _ = reinforce.controller_step(first.controller, first.reinforce, first.policies,
+                                          second.rewards[0])
+  for a, b in zip(jax.tree.leaves(second.controller.params), jax.tree.leaves(expected.params)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+  # the classifier does not depend on where the epoch ends
+  for a, b in zip(jax.tree.leaves(second.classifier), jax.tree.leaves(accumulated.classifier)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+def _ohl_state(steps_per_epoch=10, copies=3):
+  config = _config(reward="validation")
+  config.reinforce.ohl.copies = copies
+  return ohl.init(config, jax.random.PRNGKey(0), _info(steps_per_epoch),
+                  reinforce._settings(config, _info(steps_per_epoch)))
+
+
+def _distinct_copies(state):
+  """The copies made different (copy k's parameters scaled by 1 + k / 10)."""
+  scale = 1 + jnp.arange(state.ohl.copies) / 10
+  params = jax.tree.map(lambda leaf: leaf * scale.reshape((-1,) + (1,) * (leaf.ndim - 1)),
+                        state.classifiers.params)
+  return state.replace(classifiers=state.classifiers.replace(params=params))
+
+
+def test_ohl_vmapped_copies_equal_separate_single_copy_updates():
+  state = _distinct_copies(_ohl_state())
+  rng = np.random.default_rng(0)
+  images = jnp.asarray(rng.random((3, 8) + IMAGE_SHAPE), jnp.float32)
+  labels = jnp.asarray(rng.integers(0, 4, 8), jnp.int32)
+  stacked, aux = jax.jit(ohl.update_copies)(state.classifiers, state.settings, images, labels)
+  val = {"image": images[0], "label": labels}
+  correct = ohl.copy_correct(stacked, state.settings, val)
+  for k in range(3):
+    single = jax.tree.map(lambda leaf: leaf[k], state.classifiers)
+    expected, expected_aux = supervised.classifier_updates(single, state.settings, images[k][None],
+                                                           labels[None])
+    for a, b in zip(jax.tree.leaves(jax.tree.map(lambda leaf: leaf[k], stacked)),
+                    jax.tree.leaves(expected)):
+      np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(aux.per_example_loss[k], expected_aux.per_example_loss, rtol=1e-5)
+    sums = common.eval_metrics(expected, {**val, "mask": np.ones(8, bool)},
+                               mean=state.settings.mean, std=state.settings.std)
+    assert float(correct[k]) == float(sums["correct"])
+
+
+def test_ohl_segment_end_broadcasts_the_best_copy_and_steps_towards_its_elements():
+  state = _distinct_copies(_ohl_state())
+  elements = state.ohl.num_elements
+  counts = np.zeros((3, elements), np.float32)
+  counts[0, 5], counts[1, 7], counts[2, 9] = 10, 10, 10  # each copy drew one element
+  state = state.replace(counts=jnp.asarray(counts), correct=jnp.array([3.0, 9.0, 6.0]),
+                        seen=jnp.asarray(10.0), step=jnp.asarray(9))
+  ended = jax.jit(ohl.end_segment)(state)
+  best = jax.tree.map(lambda leaf: leaf[1], state.classifiers)
+  for leaf, expected in zip(jax.tree.leaves(ended.classifiers), jax.tree.leaves(best)):
+    for k in range(3):
+      np.testing.assert_array_equal(leaf[k], expected)
+  np.testing.assert_allclose(ended.rewards[0], [0.3, 0.9, 0.6], rtol=1e-6)
+  probability = np.asarray(jax.nn.softmax(ended.distribution.params))
+  np.testing.assert_allclose(ended.probability[1], probability, rtol=1e-6)
+  # advantage: +0.3 for copy 1's element, -0.3 for copy 0's, 0 for copy 2's
+  assert probability[7] > probability[9] > probability[5]
+  assert float(ended.counts.sum()) == 0 and float(ended.correct.sum()) == 0
+  assert float(ended.seen) == 0
+
+
+def test_ohl_elements_are_ordered_pairs_of_its_operations():
+  state = _ohl_state()
+  operations = np.asarray(state.ohl.operations)
+  count = len(operations)
+  assert count == 11 * 3 + 3 and state.ohl.num_elements == count ** 2
+  element = 5 * count + 17
+  op_index, level = state.ohl.element_ops(jnp.asarray([element]))
+  np.testing.assert_array_equal(op_index[0], [operations[5, 0], operations[17, 0]])
+  np.testing.assert_array_equal(level[0], [operations[5, 1], operations[17, 1]])
+  assert state.ohl.operation_labels()[:3] == ("ShearX@3", "ShearX@6", "ShearX@9")
+  # each operation's share counts both places of the pair: uniform -> 1 / O
+  np.testing.assert_allclose(ohl.operation_probability(state.ohl, np.full(count ** 2, 1 / count ** 2)),
+                             np.full(count, 1 / count), rtol=1e-6)
+
+
+def test_uncertainty_sampling_trains_on_the_hardest_candidates():
+  np.testing.assert_array_equal(
+      uncertainty.select_hardest(jnp.array([[0.1, 5.0], [3.0, 0.2], [2.0, 1.0]]), 2),
+      [[1, 0], [2, 2]])
+  config = _config("uncertainty")
+  config.uncertainty.candidates = 3
+  config.uncertainty.ops = DETERMINISTIC_OPS
+  state = uncertainty.init(config, jax.random.PRNGKey(0), _info())
+  batch = _batch()
+  after, metrics = jax.jit(uncertainty.train_step)(state, batch, None, jax.random.PRNGKey(4))
+  # the same candidates (same key), scored and selected here by hand
+  tiled = jnp.tile(jnp.asarray(batch["image"][0]), (3, 1, 1, 1))
+  candidates, _ = uncertainty.draw_candidates(state, jax.random.PRNGKey(4), tiled)
+  logits, _ = state.classifier.apply(state.classifier.params, state.classifier.rest,
+                                     common.standardize(candidates, state.settings.mean,
+                                                        state.settings.std), train=False)
+  labels = np.tile(batch["label"][0], 3)
+  losses = np.asarray(optax.softmax_cross_entropy_with_integer_labels(logits, labels)).reshape(3, 8)
+  hardest = losses.argmax(0)
+  chosen = np.asarray(candidates).reshape((3, 8) + IMAGE_SHAPE)[hardest, np.arange(8)]
+  expected, aux = supervised.classifier_updates(state.classifier, state.settings, chosen[None],
+                                                batch["label"])
+  for a, b in zip(jax.tree.leaves(after.classifier), jax.tree.leaves(expected)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+  assert float(metrics["candidate_loss"]) == pytest.approx(losses.mean(), rel=1e-5)
+  assert float(after.selected_ops.sum()) == 8 * config.uncertainty.depth
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("reward", "accuracy", "unknown config.reinforce.reward 'accuracy'; valid: adversarial"),
+    ("policies", "smart", "unknown config.reinforce.policies 'smart'; valid: adversarial, random"),
+    ("num_policies", 0, "num_policies=0 must be an integer >= 1"),
+    ("ops", ("Rotate", "Twirl"), "Twirl"),
+    ("augment_after", "cutout(16)+nope", "nope"),
+])
+def test_bad_reinforce_settings_are_rejected_at_init(key, value, message):
+  config = _config(**{key: value})
+  with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+    reinforce.init(config, jax.random.PRNGKey(0), _info())
+
+
+def test_replays_apply_the_exported_policies(tmp_path):
+  """'reinforce': every image gets one of its row's sub-policies; 'ohl': the pair of its
+  row's only element with positive probability."""
+  images = jnp.asarray(np.random.default_rng(0).random((64,) + IMAGE_SHAPE), jnp.float32)
+  names = ["Invert", "Posterize"]
+  # two rows: Invert then Posterize(level 9); Posterize(level 3) twice
+  sub_policies = np.array([[[[0, 0], [1, 9]]], [[[1, 3], [1, 3]]]], np.int32)  # [R=2, S=1, L, 2]
+  policy = learned.Policy("reinforce", {"names": names}, {}, {"sub_policies": sub_policies})
+  learned.write_policy(str(tmp_path / "adv"), policy)
+  replay = learned.replay(str(tmp_path / "adv"))
+  key = jax.random.PRNGKey(0)
+  for progress, row in ((0.2, 0), (0.7, 1)):
+    op_index = jnp.asarray(np.broadcast_to(sub_policies[row, 0, :, 0], (64, 2)))
+    level = jnp.asarray(np.broadcast_to(sub_policies[row, 0, :, 1], (64, 2)))
+    expected = policies.apply_sub_policies(jax.random.PRNGKey(9), images, op_index, level,
+                                           jnp.ones((64, 2)), names=names)
+    np.testing.assert_allclose(replay(key, images, progress), expected, atol=1e-6)
+  operations = [[0, 0], [1, 9]]
+  probability = np.zeros((1, 4), np.float32)
+  probability[0, 1 * 2 + 0] = 1.0  # element (Posterize@9, Invert)
+  policy = learned.Policy("ohl", {"names": names, "operations": operations}, {},
+                          {"probability": probability})
+  learned.write_policy(str(tmp_path / "ohl"), policy)
+  expected = policies.apply_sub_policies(jax.random.PRNGKey(9), images,
+                                         jnp.tile(jnp.array([[1, 0]]), (64, 1)),
+                                         jnp.tile(jnp.array([[9, 0]]), (64, 1)),
+                                         jnp.ones((64, 2)), names=names)
+  np.testing.assert_allclose(learned.replay(str(tmp_path / "ohl"))(key, images, 0.5), expected,
+                             atol=1e-6)
+
+
+@pytest.mark.parametrize("variant,overrides", [
+    ("adversarial", {"method": "reinforce"}),
+    ("ohl", {"method": "reinforce", "reinforce.reward": "validation"}),
+    ("uncertainty", {"method": "uncertainty", "uncertainty.candidates": 2}),
+])
+def test_end_to_end_on_the_smoke_config_and_replay(tmp_path, variant, overrides):
+  """Each variant trains on digits, writes its plots and policy; supervised replays it."""
+  config = smoke_config(overrides.pop("method"), {
+      "reinforce.num_policies": 2, "reinforce.ohl.copies": 2,
+      "reinforce.augment_after": "cutout(4)", "augment": "crop+hflip", **overrides})
+  results = train.train_and_evaluate(config, str(tmp_path / "search"))
+  assert 0 <= results["test_accuracy"] <= 1
+  records = [json.loads(line) for line in open(tmp_path / "search" / "metrics.jsonl")]
+  learned_record = [r for r in records if r["split"] == "learned"][-1]
+  train_records = [r for r in records if r["split"] == "train"]
+  plots = set(os.listdir(tmp_path / "search" / "plots"))
+  if variant == "uncertainty":
+    assert "uncertainty_selected_op_share.png" in plots
+    assert "candidate_loss" in train_records[-1]
+    assert not os.path.exists(tmp_path / "search" / "policy")
+    return
+  prefix = "reinforce" if variant == "adversarial" else "ohl"
+  assert f"{prefix}_reward.png" in plots
+  # the rewards of the first epoch (8 steps) are in the records of the second
+  assert any(k.startswith(f"{prefix}/reward[") for k in learned_record)
+  policy = learned.read_policy(str(tmp_path / "search"))
+  assert policy.family == ("reinforce" if variant == "adversarial" else "ohl")
+  assert policy.schedule_rows == 2
+  if variant == "adversarial":
+    assert "controller_entropy" in train_records[-1]  # logged in the window of step 8
+    rows = policy.arrays["sub_policies"]
+    assert not np.array_equal(rows[0], rows[1])  # new policies for the second epoch
+  else:
+    assert "best_copy_val_accuracy" in train_records[-1]
+    rows = policy.arrays["probability"]
+    assert not np.allclose(rows[1], rows[0])  # theta moved after the first segment
+  replay = smoke_config("supervised", {"augment": f"learned('{tmp_path / 'search'}')+crop",
+                                       "num_epochs": 1})
+  assert 0 <= train.train_and_evaluate(replay, str(tmp_path / "replay"))["test_accuracy"] <= 1
