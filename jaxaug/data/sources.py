@@ -522,7 +522,8 @@ def load_tfds(name: str, config: ml_collections.ConfigDict) -> Dataset:
 
   check_tfds_name(name)
   builder = tfds.builder(name, data_dir=config.data_dir)
-  if not builder.is_prepared():
+  # (tfds's is_prepared() logs a warning about a folder that does not exist; skip it then)
+  if not (epath.Path(builder.data_dir).exists() and builder.is_prepared()):
     prepare_tfds(builder)
   test_split = TFDS_TEST_SPLITS.get(tfds_builder_name(name), "test")
   try:
