@@ -294,6 +294,37 @@ def test_an_unprepared_tfds_dataset_without_network_stops_within_seconds(tmp_pat
   assert not list(tmp_path.rglob("*.array_record*"))
 
 
+def test_a_download_that_fails_after_the_probe_stops_with_one_message(tmp_path, monkeypatch):
+  """Hosts that answer, but with 404 (a local HTTP proxy standing in for them): the probe
+  passes, tfds's download fails, and the run stops with the reason and the ways on."""
+
+  class NotFound(http.server.BaseHTTPRequestHandler):
+    def do_HEAD(self):  # pylint: disable=invalid-name
+      self.send_response(404)
+      self.end_headers()
+
+    do_GET = do_HEAD  # pylint: disable=invalid-name
+
+    def log_message(self, *args):
+      del args
+
+  server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), NotFound)
+  thread = threading.Thread(target=server.serve_forever, daemon=True)
+  thread.start()
+  try:
+    proxy = f"http://127.0.0.1:{server.server_address[1]}"
+    for variable in ("http_proxy", "HTTP_PROXY"):  # svhn_cropped's URLs are http://
+      monkeypatch.setenv(variable, proxy)
+    for variable in ("no_proxy", "NO_PROXY", "all_proxy", "ALL_PROXY"):
+      monkeypatch.delenv(variable, raising=False)
+    with pytest.raises(sources.DatasetNotPrepared, match=r"downloading it failed \(.*404.*\)"
+                       r".*--config.data.data_dir.*folder:.*npz:"):
+      data.load_dataset(data_config(dataset="svhn_cropped", data_dir=str(tmp_path)))
+  finally:
+    server.shutdown()
+    server.server_close()
+
+
 def test_imagenet2012_asks_for_the_files_it_cannot_download(tmp_path):
   with pytest.raises(sources.DatasetNotPrepared) as error:
     data.load_dataset(data_config(dataset="imagenet2012", data_dir=str(tmp_path), image_size=8))

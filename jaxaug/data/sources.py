@@ -391,7 +391,7 @@ class DatasetNotPrepared(ValueError):
 def ways_on(name: str) -> str:
   """The alternatives to preparing tfds dataset `name` here, as command-line overrides."""
   return (f"point --config.data.data_dir at a directory holding a prepared copy ({name}/<version>/ "
-          "in array_record format), or train on images on disk: "
+          f"in {TFDS_FILE_FORMAT} format), or train on images on disk: "
           "--config.data.dataset=folder:/path (train/<class>/<image>, test/<class>/<image>) or "
           "--config.data.dataset=npz:/path/file.npz (x_train, y_train, x_test, y_test)")
 
