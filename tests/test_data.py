@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import http.server
 import os
 import re
+import socket
 import tarfile
+import threading
+import time
 
 import numpy as np
 from PIL import Image
@@ -12,8 +16,10 @@ import pytest
 
 from jaxaug import data
 from jaxaug.data import pipeline as pipeline_lib
+from jaxaug.data import sources
 
 from shared_data import CIFAR_TAR
+import tfds_fakes
 
 
 def data_config(**overrides):
@@ -196,7 +202,7 @@ def test_folder_source_real_cifar(cifar_subset):
 
 def test_tfds_source_mock_cifar10():
   tfds = pytest.importorskip("tensorflow_datasets")
-  with tfds.testing.mock_data(num_examples=12):
+  with tfds_fakes.mock_tfds(num_examples=12):
     ds = data.load_dataset(data_config(dataset="cifar10"))
     assert ds.num_classes == 10 and ds.image_shape == (32, 32, 3)
     assert len(ds.train) == 12 and len(ds.test) == 12
@@ -212,7 +218,7 @@ def test_tfds_source_mock_cifar10():
 
 def test_tfds_source_mock_resize_grayscale_and_validation_split():
   tfds = pytest.importorskip("tensorflow_datasets")
-  with tfds.testing.mock_data(num_examples=4):
+  with tfds_fakes.mock_tfds(num_examples=4):
     assert data.load_dataset(data_config(dataset="mnist")).image_shape == (28, 28, 1)
     with pytest.raises(ValueError, match="image_size"):
       data.load_dataset(data_config(dataset="imagenet2012"))
@@ -236,13 +242,139 @@ def test_tfds_source_reads_the_held_out_split(name, held_out_split):
     return [{"image": np.full((32, 32, 3), offsets[split] + i, np.uint8), "label": i}
             for i in range(size)]
 
-  with tfds.testing.mock_data(as_data_source_fn=split_records):
+  with tfds_fakes.mock_tfds(as_data_source_fn=split_records):
     ds = data.load_dataset(data_config(dataset=name, image_size=None if name == "cifar10" else 4))
     assert (len(ds.train), len(ds.test)) == (3, 2)
     got = ds.test.get(np.array([1, 0]))
     np.testing.assert_array_equal(got["label"], [1, 0])
     np.testing.assert_array_equal(got["image"][:, 0, 0, 0], [101, 100])
     np.testing.assert_array_equal(ds.train.get(np.array([2]))["image"][0, 0, 0], [2, 2, 2])
+
+
+@pytest.mark.parametrize("name,num_classes", [("cifar10", 10), ("cifar100", 100),
+                                              ("svhn_cropped", 10)])
+def test_tfds_prepares_files_in_the_downloaded_format_offline(tmp_path, monkeypatch, capsys, name,
+                                                              num_classes):
+  """tfds's own builder (extraction, _generate_examples, array_record writer) prepares tiny
+  files in the format it downloads, found in its download cache with no network; jaxaug
+  reads back exactly their examples (pixels and labels), and prepares them only once."""
+  tfds_fakes.offline(monkeypatch)
+  files, expected = tfds_fakes.fake_downloads(name, np.random.default_rng(0), train=10, test=6)
+  tfds_fakes.put_in_download_cache(name, tmp_path, files)
+  data.load_dataset(data_config(dataset=name, data_dir=str(tmp_path)))
+  assert f"preparing tfds {name} in {tmp_path / name}" in capsys.readouterr().out
+  assert list((tmp_path / name).rglob(f"{name}-train.array_record*"))
+  ds = data.load_dataset(data_config(dataset=name, data_dir=str(tmp_path)))  # prepared
+  assert "preparing" not in capsys.readouterr().out
+  assert ds.num_classes == num_classes and ds.image_shape == (32, 32, 3)
+  for split, source in (("train", ds.train), ("test", ds.test)):
+    images, labels = expected[split]
+    got = source.get(np.arange(len(source)))
+    assert len(source) == len(labels)
+    # tfds stores the examples in an order of its own: compare them as sorted lists.
+    written = sorted((int(label), image.tobytes()) for label, image in zip(labels, images))
+    read = sorted((int(label), image.tobytes()) for label, image in zip(got["label"], got["image"]))
+    assert read == written
+
+
+@pytest.mark.parametrize("name", ["cifar10", "cifar100", "svhn_cropped"])
+def test_an_unprepared_tfds_dataset_without_network_stops_within_seconds(tmp_path, monkeypatch,
+                                                                         name):
+  tfds_fakes.offline(monkeypatch)
+  data.load_dataset(data_config(dataset="sklearn_digits"))  # imports out of the timing
+  start = time.monotonic()
+  with pytest.raises(sources.DatasetNotPrepared) as error:
+    data.load_dataset(data_config(dataset=name, data_dir=str(tmp_path)))
+  assert time.monotonic() - start < sources.DOWNLOAD_PROBE_SECONDS + 10
+  message = str(error.value)
+  for part in (f"'{name}' is not prepared in {tmp_path}", "cannot be downloaded",
+               "--config.data.data_dir", "--config.data.dataset=folder:",
+               "--config.data.dataset=npz:"):
+    assert part in message
+  assert not list(tmp_path.rglob("*.array_record*"))
+
+
+def test_a_download_that_fails_after_the_probe_stops_with_one_message(tmp_path, monkeypatch):
+  """Hosts that answer, but with 404 (a local HTTP proxy standing in for them): the probe
+  passes, tfds's download fails, and the run stops with the reason and the ways on."""
+
+  class NotFound(http.server.BaseHTTPRequestHandler):
+    def do_HEAD(self):  # pylint: disable=invalid-name
+      self.send_response(404)
+      self.end_headers()
+
+    do_GET = do_HEAD  # pylint: disable=invalid-name
+
+    def log_message(self, *args):
+      del args
+
+  server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), NotFound)
+  thread = threading.Thread(target=server.serve_forever, daemon=True)
+  thread.start()
+  try:
+    proxy = f"http://127.0.0.1:{server.server_address[1]}"
+    for variable in ("http_proxy", "HTTP_PROXY"):  # svhn_cropped's URLs are http://
+      monkeypatch.setenv(variable, proxy)
+    for variable in ("no_proxy", "NO_PROXY", "all_proxy", "ALL_PROXY"):
+      monkeypatch.delenv(variable, raising=False)
+    with pytest.raises(sources.DatasetNotPrepared, match=r"downloading it failed \(.*404.*\)"
+                       r".*--config.data.data_dir.*folder:.*npz:"):
+      data.load_dataset(data_config(dataset="svhn_cropped", data_dir=str(tmp_path)))
+  finally:
+    server.shutdown()
+    server.server_close()
+
+
+def test_imagenet2012_asks_for_the_files_it_cannot_download(tmp_path):
+  with pytest.raises(sources.DatasetNotPrepared) as error:
+    data.load_dataset(data_config(dataset="imagenet2012", data_dir=str(tmp_path), image_size=8))
+  message = str(error.value)
+  assert str(tmp_path / "downloads" / "manual") in message
+  assert "ILSVRC2012_img_train.tar (137.7 GiB)" in message and "ILSVRC2012_img_val.tar" in message
+
+
+def test_a_copy_prepared_as_tfrecord_is_rejected_by_name(tmp_path, monkeypatch):
+  tfds = pytest.importorskip("tensorflow_datasets")
+  tfds_fakes.offline(monkeypatch)
+  files, _ = tfds_fakes.fake_downloads("cifar10", np.random.default_rng(1), train=5, test=2)
+  tfds_fakes.put_in_download_cache("cifar10", tmp_path, files)
+  tfds.builder("cifar10", data_dir=tmp_path, file_format="tfrecord").download_and_prepare(
+      download_dir=tmp_path / "downloads")
+  with pytest.raises(ValueError, match="prepared as tfrecord.*reads array_record"):
+    data.load_dataset(data_config(dataset="cifar10", data_dir=str(tmp_path)))
+
+
+def test_a_host_that_never_answers_is_unreachable_after_the_timeout(monkeypatch):
+  for variable in ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"):
+    monkeypatch.delenv(variable, raising=False)
+  with socket.socket() as server:  # accepts connections (backlog) but never answers
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    url = f"http://127.0.0.1:{server.getsockname()[1]}/data.tar.gz"
+    start = time.monotonic()
+    failures = sources.unreachable([url], timeout=0.5)
+    elapsed = time.monotonic() - start
+  assert list(failures) == [url] and failures[url].startswith("127.0.0.1: ")
+  assert elapsed < 2.0
+
+
+def test_a_host_that_answers_is_reachable_whatever_its_status(monkeypatch):
+  for variable in ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"):
+    monkeypatch.delenv(variable, raising=False)
+  server = http.server.HTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)
+  thread = threading.Thread(target=server.handle_request, daemon=True)  # one request: 501
+  thread.start()
+  try:
+    url = f"http://127.0.0.1:{server.server_address[1]}/data.tar.gz"
+    assert sources.unreachable([url], timeout=5.0) == {}
+  finally:
+    thread.join(5.0)
+    server.server_close()
+
+
+def test_format_bytes():
+  assert [sources.format_bytes(n) for n in (512, 170052171, 1575594780)] == [
+      "512.0 B", "162.2 MiB", "1.5 GiB"]
 
 
 def test_unknown_dataset_lists_close_names():

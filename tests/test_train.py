@@ -11,13 +11,14 @@ import time
 
 import numpy as np
 import pytest
-import tensorflow_datasets as tfds
 from PIL import Image
 
 from jaxaug import checkpoint
 from jaxaug import data
 from jaxaug import stopping
 from jaxaug import train
+
+import tfds_fakes
 
 
 def smoke_config(method="supervised", overrides=None):
@@ -64,7 +65,7 @@ def _check_outputs(workdir, results, *, expect_aug_plot):
 def test_end_to_end_on_tfds_mock_data(tmp_path, method, augment):
   config = smoke_config(method, {"augment": augment, "data.dataset": "cifar10",
                                  "data.train_examples": None, "hba.warmup_epochs": 0.5})
-  with tfds.testing.mock_data(num_examples=96):
+  with tfds_fakes.mock_tfds(num_examples=96):
     results = train.train_and_evaluate(config, str(tmp_path))
   learns = method != "supervised"
   records = _check_outputs(str(tmp_path), results, expect_aug_plot=learns)
@@ -390,6 +391,44 @@ def test_main_reports_a_rejected_config_in_one_line_with_status_2(tmp_path, over
   assert process.returncode == 2, process.stderr
   assert message in process.stderr and "Traceback" not in process.stderr
   assert process.stderr.strip().splitlines()[-1].startswith("error: ")
+
+
+def test_the_first_run_prepares_a_tfds_dataset_from_its_download_and_trains(tmp_path, monkeypatch,
+                                                                           capsys):
+  """CIFAR-10 as tfds downloads it (a tiny cifar-10-binary.tar.gz in its download cache, no
+  network): the run prepares it with tfds's own builder, then trains and evaluates on it."""
+  tfds_fakes.offline(monkeypatch)
+  files, _ = tfds_fakes.fake_downloads("cifar10", np.random.default_rng(0), train=40, test=8)
+  tfds_fakes.put_in_download_cache("cifar10", tmp_path / "tfds", files)
+  config = smoke_config("supervised", {
+      "data.dataset": "cifar10", "data.data_dir": str(tmp_path / "tfds"),
+      "data.train_examples": None, "batch_size": 8, "val_batch_size": 8, "eval_batch_size": 8,
+      "num_epochs": 1})
+  results = train.train_and_evaluate(config, str(tmp_path / "run"))
+  assert f"preparing tfds cifar10 in {tmp_path / 'tfds' / 'cifar10' / '3.0.2'}" in capsys.readouterr().out
+  assert results["steps"] == 4  # 32 of the 40 train images (8 are validation), 8 per step
+  records = _check_outputs(str(tmp_path / "run"), results, expect_aug_plot=False)
+  assert all(np.isfinite(r["loss"]) for r in records if r["split"] == "train")
+
+
+def test_main_stops_at_once_with_one_line_when_a_tfds_dataset_cannot_be_downloaded(tmp_path,
+                                                                                   monkeypatch):
+  tfds_fakes.offline(monkeypatch)  # the subprocess inherits the environment
+  smoke = os.path.join(os.path.dirname(__file__), "..", "configs", "smoke.py")
+  start = time.monotonic()
+  process = subprocess.run(
+      [sys.executable, "-m", "jaxaug.main", f"--config={smoke}", f"--workdir={tmp_path / 'run'}",
+       "--config.data.dataset=cifar10", f"--config.data.data_dir={tmp_path / 'tfds'}"],
+      capture_output=True, text=True, timeout=300)
+  elapsed = time.monotonic() - start
+  assert process.returncode == 2, process.stderr
+  assert "Traceback" not in process.stderr
+  (line,) = [line for line in process.stderr.splitlines() if line.startswith("error: ")]
+  assert line == process.stderr.strip().splitlines()[-1]
+  for part in ("'cifar10' is not prepared", "cannot be downloaded", "--config.data.data_dir",
+               "folder:", "npz:"):
+    assert part in line
+  assert elapsed < 120, elapsed  # start-up (imports) included; not tfds's ~200 s of retries
 
 
 def test_labels_out_of_range_are_rejected(tmp_path):

@@ -15,8 +15,13 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
+import posixpath
+import threading
+import time
 from typing import Callable, Protocol, runtime_checkable
+import urllib.parse
 
+from etils import epath
 import ml_collections
 from ml_collections import config_dict
 import numpy as np
@@ -27,6 +32,10 @@ from jaxaug.registry import Registry
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 # tfds datasets whose held-out split is not called "test".
 TFDS_TEST_SPLITS = {"imagenet2012": "validation"}
+# tfds datasets are prepared and read in this format (random access by index).
+TFDS_FILE_FORMAT = "array_record"
+# How long the hosts of a tfds dataset's downloads get to answer before a run stops.
+DOWNLOAD_PROBE_SECONDS = 5.0
 SKLEARN_DIGITS_TRAIN_FRACTION = 0.8
 SKLEARN_DIGITS_SPLIT_SEED = 0
 
@@ -64,7 +73,8 @@ def default_data_config() -> ml_collections.ConfigDict:
   """Defaults of `config.data`.
 
   dataset: "npz:/file.npz", "folder:/dir", "sklearn_digits" or a tfds catalog name.
-  data_dir: tfds data directory (None: the tfds default).
+  data_dir: tfds data directory (None: the tfds default, ~/tensorflow_datasets); a tfds
+    dataset not prepared there is downloaded and prepared there on first use.
   image_size: side in pixels every image is resized to (None: keep the stored size).
   val_fraction: part of the (capped) train set held out for validation, in (0, 1).
   redraw_val_each_epoch: re-draw the train/val split every train epoch.
@@ -373,16 +383,158 @@ def check_tfds_name(name: str) -> None:
         "e.g. 'npz:/data/x.npz', 'folder:/data/images', 'sklearn_digits'")
 
 
+class DatasetNotPrepared(ValueError):
+  """A tfds dataset is not prepared in its data_dir, and what preparing it needs is missing
+  (a connection to the hosts it downloads from, or files to be put in place by hand)."""
+
+
+def ways_on(name: str) -> str:
+  """The alternatives to preparing tfds dataset `name` here, as command-line overrides."""
+  return (f"point --config.data.data_dir at a directory holding a prepared copy ({name}/<version>/ "
+          f"in {TFDS_FILE_FORMAT} format), or train on images on disk: "
+          "--config.data.dataset=folder:/path (train/<class>/<image>, test/<class>/<image>) or "
+          "--config.data.dataset=npz:/path/file.npz (x_train, y_train, x_test, y_test)")
+
+
+def format_bytes(size: float) -> str:
+  """`size` bytes as e.g. "162.2 MiB" (in B, KiB, MiB or GiB)."""
+  units = ("B", "KiB", "MiB", "GiB")
+  power = 0
+  while size >= 1024 and power < len(units) - 1:
+    size, power = size / 1024, power + 1
+  return f"{size:.1f} {units[power]}"
+
+
+def download_name(url: str, info) -> str:
+  """The file name of a tfds download: the one registered with its checksum (`info`, a
+  `tfds.download.checksums.UrlInfo`), else the last part of its URL."""
+  return info.filename or posixpath.basename(urllib.parse.urlsplit(url).path)
+
+
+def uncached_downloads(builder, download_dir: epath.Path, manual_dir: epath.Path) -> dict[str, int]:
+  """url -> size in bytes of each file tfds `builder` registers for download that is neither in
+  tfds's download cache under download_dir nor, by its file name (`download_name`), in
+  manual_dir.
+
+  Mirrors where `tfds.download.DownloadManager` looks before it downloads: the manual
+  directory, then `<download_dir>/<dataset name>/` and `<download_dir>/` (older tfds) under
+  the file name made from the URL and its registered checksum, with its .INFO file beside it.
+  A builder that registers no checksums has no known downloads ({}).
+  """
+  from tensorflow_datasets.core.download import resource  # pylint: disable=g-import-not-at-top
+
+  missing = {}
+  for url, info in (builder.url_infos or {}).items():
+    cached_name = resource.get_dl_fname(url, info.checksum)
+    in_manual_dir = (manual_dir / download_name(url, info)).exists()
+    in_cache = any(resource.is_locally_cached(directory / cached_name)
+                   for directory in (download_dir / builder.name, download_dir))
+    if not (in_manual_dir or in_cache):
+      missing[url] = int(info.size)
+  return missing
+
+
+def url_host(url: str) -> str:
+  """The host name in `url`."""
+  return urllib.parse.urlsplit(url).hostname or url
+
+
+def unreachable(urls: list[str], timeout: float) -> dict[str, str]:
+  """url -> why, for each of `urls` whose host gave no HTTP answer within `timeout` seconds.
+
+  One HEAD request per URL (through the proxies the environment sets, as tfds's downloads),
+  all at once, no retries; any HTTP status counts as an answer. Returns after at most
+  `timeout` seconds even when name resolution hangs (the probes run in daemon threads).
+  """
+  import requests  # pylint: disable=g-import-not-at-top
+
+  answers: dict[str, str | None] = {}  # url -> None (answered) or why not, set by the probes
+
+  def probe(url: str) -> None:
+    try:
+      requests.head(url, timeout=timeout, allow_redirects=False).close()
+      answers[url] = None
+    except requests.RequestException as error:
+      reason = getattr(error.args[0], "reason", None) if error.args else None
+      answers[url] = f"{url_host(url)}: {type(reason or error).__name__}"
+
+  threads = [threading.Thread(target=probe, args=(url,), daemon=True) for url in urls]
+  for thread in threads:
+    thread.start()
+  deadline = time.monotonic() + timeout
+  for thread in threads:
+    thread.join(max(0.0, deadline - time.monotonic()))
+  answered = dict(answers)
+  late = {url: f"{url_host(url)}: no answer within {timeout:g} s"
+          for url in urls if url not in answered}
+  return {**{url: why for url, why in answered.items() if why is not None}, **late}
+
+
+def prepare_tfds(builder) -> None:
+  """Downloads what tfds `builder` needs and writes its splits into its data_dir as
+  TFDS_FILE_FORMAT files (tfds's progress bars on stderr).
+
+  Raises DatasetNotPrepared, within DOWNLOAD_PROBE_SECONDS, when a file it must download is
+  not cached and its host does not answer, or when the builder needs files put by hand into
+  its manual directory (<data_dir>/downloads/manual) and they are not there.
+  """
+  import requests  # pylint: disable=g-import-not-at-top
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
+  download_dir = epath.Path(builder.data_dir_root) / "downloads"
+  manual_dir = download_dir / "manual"
+  missing = uncached_downloads(builder, download_dir, manual_dir)
+  not_prepared = f"tfds dataset {builder.name!r} is not prepared in {builder.data_dir_root}"
+  if missing and builder.MANUAL_DOWNLOAD_INSTRUCTIONS:
+    files = ", ".join(f"{download_name(url, builder.url_infos[url])} ({format_bytes(size)})"
+                      for url, size in missing.items())
+    instructions = " ".join(builder.MANUAL_DOWNLOAD_INSTRUCTIONS.split())
+    raise DatasetNotPrepared(f"{not_prepared}, and tfds prepares it only from files downloaded "
+                             f"by hand into {manual_dir}: {files} (tfds: {instructions}). Or "
+                             f"{ways_on(builder.name)}")
+  failures = unreachable(list(missing), DOWNLOAD_PROBE_SECONDS)
+  if failures:
+    raise DatasetNotPrepared(f"{not_prepared}, and it cannot be downloaded (no connection: "
+                             f"{'; '.join(sorted(set(failures.values())))}). To go on, "
+                             f"{ways_on(builder.name)}")
+  hosts = ", ".join(sorted({url_host(url) for url in missing}))
+  print(f"preparing tfds {builder.name} in {builder.data_dir} (first use)"
+        + (f": downloading {format_bytes(sum(missing.values()))} from {hosts}" if missing else ""),
+        flush=True)
+  try:
+    builder.download_and_prepare(
+        download_dir=download_dir, file_format=TFDS_FILE_FORMAT,
+        download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
+  except (tfds.download.DownloadError, requests.RequestException) as error:
+    raise DatasetNotPrepared(f"{not_prepared}, and downloading it failed ({error}). To go on, "
+                             f"{ways_on(builder.name)}") from error
+
+
 @LOADERS.register("tfds")
 def load_tfds(name: str, config: ml_collections.ConfigDict) -> Dataset:
-  """Dataset of tfds catalog `name` (train split and 'test', or 'validation' for imagenet2012)."""
+  """Dataset of tfds catalog `name` (train split and 'test', or 'validation' for imagenet2012).
+
+  Read by index from array_record files in config.data_dir (None: tfds's default,
+  ~/tensorflow_datasets or $TFDS_DATA_DIR); the first use prepares them there
+  (`prepare_tfds`: downloads, then writes them).
+  """
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
   check_tfds_name(name)
+  builder = tfds.builder(name, data_dir=config.data_dir)
+  # (tfds's is_prepared() logs a warning about a folder that does not exist; skip it then)
+  if not (epath.Path(builder.data_dir).exists() and builder.is_prepared()):
+    prepare_tfds(builder)
   test_split = TFDS_TEST_SPLITS.get(tfds_builder_name(name), "test")
-  sources = {split: tfds.data_source(name, split=split, data_dir=config.data_dir)
-             for split in ("train", test_split)}
-  features = tfds.builder(name, data_dir=config.data_dir).info.features
+  try:
+    sources = {split: builder.as_data_source(split=split) for split in ("train", test_split)}
+  except NotImplementedError as error:  # prepared only in formats without random access
+    raise ValueError(
+        f"tfds {name} in {builder.data_dir} is prepared as {builder.info.file_format.value}, "
+        f"which cannot be read by index; jaxaug reads {TFDS_FILE_FORMAT}: delete it or choose "
+        f"another --config.data.data_dir, and it is prepared again as {TFDS_FILE_FORMAT}"
+    ) from error
+  features = builder.info.features
   num_classes = features["label"].num_classes
   height, width, channels = features["image"].shape
   if config.image_size is not None:
