@@ -41,6 +41,7 @@ from ml_collections import config_flags
 from jaxaug import data
 from jaxaug import parallel
 from jaxaug.augment import fixed
+from jaxaug.augment import policies
 from jaxaug.methods import METHODS
 from jaxaug.methods import common
 from jaxaug.train import to_float_images
@@ -95,6 +96,17 @@ def variants(config: ml_collections.ConfigDict,
   yield "hba_with_lambda_update", variant(**{"method": "hba", "hba.update_every": 1,
                                              "hba.warmup_epochs": 0.0})
   yield "hba_without_lambda_update", variant(**{"method": "hba", "hba.warmup_epochs": 1e9})
+  # The REINFORCE family trains on copies of each example: COPIES says how many.
+  around = {"augment": "crop+hflip", "reinforce.augment_after": "cutout(16)"}
+  yield "adversarial_M8", variant(**around, **{"method": "reinforce", "reinforce.num_policies": 8})
+  yield "ohl_K4", variant(**around, **{"method": "reinforce", "reinforce.reward": "validation",
+                                       "reinforce.ohl.copies": 4})
+  yield "uncertainty_C4", variant(**{"augment": "crop+hflip", "method": "uncertainty",
+                                     "uncertainty.candidates": 4})
+
+
+# Images a variant's step processes per example of the batch (trained on, or scored).
+COPIES = {"adversarial_M8": 8, "ohl_K4": 4, "uncertainty_C4": 4}
 
 
 def time_variant(config: ml_collections.ConfigDict, dataset: data.Dataset, mesh,
@@ -155,6 +167,8 @@ def step_records(config: ml_collections.ConfigDict, dataset: data.Dataset, *, st
     record = {"name": name, **time_variant(variant_config, dataset, mesh, steps)}
     plain_ms = plain_ms or record["ms_per_step"]
     record["ratio_to_plain"] = round(record["ms_per_step"] / plain_ms, 3)
+    record["copies_per_example"] = COPIES.get(name, 1)
+    record["ratio_per_image_to_plain"] = round(record["ratio_to_plain"] / COPIES.get(name, 1), 3)
     record.update(model=config.model, batch_size=config.batch_size,
                   image_shape=list(dataset.image_shape), backend=jax.default_backend(),
                   devices=len(jax.devices()))
@@ -188,13 +202,13 @@ def augment_batch(dataset: data.Dataset, batch_size: int) -> np.ndarray:
   return dataset.train.get(indices)["image"]
 
 
-def jaxaug_seconds(spec: str, images: np.ndarray, repeats: int) -> float:
-  """Median seconds per batch of the jitted `fixed.compose(spec)` sampler.
+def jaxaug_seconds(sampler: Callable[[jax.Array, jax.Array], jax.Array], images: np.ndarray,
+                   repeats: int) -> float:
+  """Median seconds per batch of the jitted `sampler(rng, images)` (e.g. `fixed.compose(spec)`).
 
   images: uint8 [B, H, W, C], put on the default device once; the jitted function turns them
   into float32 in [0, 1] (as the train step does) and augments them with key fold_in(PRNGKey(0), i).
   """
-  sampler = fixed.compose(spec)
   key = jax.random.PRNGKey(0)
 
   @jax.jit
@@ -249,7 +263,7 @@ def augment_records(config: ml_collections.ConfigDict, dataset: data.Dataset, *,
                    torch_interop_threads=torch.get_num_interop_threads(),
                    torch_version=torch.__version__)
   for spec, torchvision_policy in TORCHVISION_POLICIES.items():
-    seconds = {"jaxaug": jaxaug_seconds(spec, images, repeats)}
+    seconds = {"jaxaug": jaxaug_seconds(fixed.compose(spec), images, repeats)}
     if torchvision is not None:
       torch.manual_seed(0)
       seconds.update(torchvision_seconds(torchvision_policy(v2), torch_images, repeats))
@@ -264,6 +278,31 @@ def augment_records(config: ml_collections.ConfigDict, dataset: data.Dataset, *,
           "op_draws": OP_DRAWS[implementation],
           **context,
       }
+  yield from sub_policy_strategy_records(images, copies=COPIES["adversarial_M8"],
+                                         repeats=repeats, context=context)
+
+
+def sub_policy_strategy_records(images: np.ndarray, *, copies: int, repeats: int,
+                                context: dict[str, Any]) -> Iterator[dict[str, Any]]:
+  """`space.apply`'s strategies on Adversarial AutoAugment's N x M images: every image a
+  random sub-policy of 2 of the 16 ops at random levels, with 'switch' and 'select'."""
+  tiled = np.tile(images, (copies, 1, 1, 1))
+  names = policies.ADVERSARIAL_OPS
+  auto = "switch" if jax.default_backend() == "cpu" else "select"
+  for strategy in ("switch", "select"):
+    def sampler(rng, batch, strategy=strategy):
+      op_rng, level_rng, apply_rng = jax.random.split(rng, 3)
+      shape = (batch.shape[0], 2)
+      return policies.apply_sub_policies(
+          apply_rng, batch, jax.random.randint(op_rng, shape, 0, len(names)),
+          jax.random.randint(level_rng, shape, 0, 10), jnp.ones(shape), names=names,
+          strategy=strategy)
+
+    batch_seconds = jaxaug_seconds(sampler, tiled, repeats)
+    yield {"name": f"adversarial_sub_policies_x{copies}/{strategy}",
+           "images_per_s": round(tiled.shape[0] / batch_seconds, 1),
+           "us_per_image": round(1e6 * batch_seconds / tiled.shape[0], 2),
+           "trainer_picks": strategy == auto, **context, "batch_size": tiled.shape[0]}
 
 
 def run(config: ml_collections.ConfigDict, *, steps: int, truncations: list[int],

@@ -73,11 +73,18 @@ def test_augment_section_prints_one_parsable_record_per_policy_and_implementatio
   assert parsed == records
   implementations = ["jaxaug"] + (
       ["torchvision_batch", "torchvision_per_image"] if TORCHVISION_INSTALLED else [])
+  strategies = ["adversarial_sub_policies_x8/switch", "adversarial_sub_policies_x8/select"]
   assert [r["name"] for r in parsed] == [f"{policy}/{implementation}"
                                          for policy in ("randaugment(2, 9)", "autoaugment_cifar10")
-                                         for implementation in implementations]
+                                         for implementation in implementations] + strategies
   by_name = {r["name"]: r for r in parsed}
+  # N x M images; the trainer's choice on this backend (the CPU) is marked
+  assert [by_name[name]["batch_size"] for name in strategies] == [24, 24]
+  assert [by_name[name]["trainer_picks"] for name in strategies] == [True, False]
   for record in parsed:
+    if record["name"] in strategies:
+      assert record["images_per_s"] * record["us_per_image"] == pytest.approx(1e6, rel=1e-2)
+      continue
     assert record["batch_size"] == 3 and record["image_shape"] == [16, 16, 3]
     assert record["images_per_s"] * record["us_per_image"] == pytest.approx(1e6, rel=1e-2)
     reference = by_name.get(record["name"].split("/")[0] + "/torchvision_per_image")
@@ -112,10 +119,13 @@ def test_step_section_times_each_variant_against_the_plain_step():
   by_name = {record["name"]: record for record in records}
   assert list(by_name) == ["plain", "predefined", "bilevel_T1", "bilevel_T2",
                            "bilevel_T1_reverse_over_reverse", "hba_with_lambda_update",
-                           "hba_without_lambda_update"]
+                           "hba_without_lambda_update", "adversarial_M8", "ohl_K4",
+                           "uncertainty_C4"]
   assert by_name["plain"]["ratio_to_plain"] == 1.0
   for record in records:
     assert record["ms_per_step"] > 0
+    assert record["ratio_per_image_to_plain"] == pytest.approx(
+        record["ratio_to_plain"] / record["copies_per_example"], abs=1e-3)
     assert record["ratio_to_plain"] == pytest.approx(
         record["ms_per_step"] / by_name["plain"]["ms_per_step"], abs=1e-3)
     assert record["compiled_total_mib"] >= record["compiled_temp_mib"] >= 0
