@@ -16,7 +16,7 @@ import jax
 import ml_collections
 
 from jaxaug.augment import learned
-from jaxaug.methods import bilevel, common, hba, supervised
+from jaxaug.methods import bilevel, common, hba, invariant, supervised
 from jaxaug.registry import Registry
 
 State = Any  # a flax struct dataclass; see `Method.init`
@@ -78,6 +78,7 @@ class Method:
 
 
 METHODS: Registry[Method] = Registry("method")
-for _name, _module in (("supervised", supervised), ("bilevel", bilevel), ("hba", hba)):
+for _name, _module in (("supervised", supervised), ("bilevel", bilevel), ("hba", hba),
+                       ("invariant", invariant)):
   METHODS.register(_name)(Method.from_module(_name, _module))
 del _name, _module
