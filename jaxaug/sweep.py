@@ -153,10 +153,10 @@ def finished(job: Job) -> bool:
 
 
 def cpu_slots(processes: int) -> list[list[int]]:
-  """This process's CPUs dealt round-robin to `processes` slots (RuntimeError if fewer)."""
+  """This process's CPUs dealt round-robin to `processes` slots (ValueError if fewer)."""
   cpus = sorted(os.sched_getaffinity(0))
   if len(cpus) < processes:
-    raise RuntimeError(f"--pin_cpus: {processes} processes but only {len(cpus)} CPUs")
+    raise ValueError(f"--pin_cpus: {processes} processes but only {len(cpus)} CPUs")
   return [cpus[slot::processes] for slot in range(processes)]
 
 
@@ -173,10 +173,11 @@ def run_jobs(jobs: Sequence[Job], *, processes: int = 1, pin_cpus: bool = False,
   """Runs the unfinished `jobs`, up to `processes` at once; returns workdir -> exit status.
 
   Finished jobs are skipped (not in the result). On SIGINT or SIGTERM every running job
-  receives one SIGTERM and is waited for; then `_Stop` is raised.
+  receives one SIGTERM and is waited for; then `_Stop` is raised. ValueError if `pin_cpus`
+  cannot be done.
   """
   if pin_cpus and shutil.which("taskset") is None:
-    raise RuntimeError("--pin_cpus needs taskset (util-linux), which is not on PATH")
+    raise ValueError("--pin_cpus needs taskset (util-linux), which is not on PATH")
   slots = cpu_slots(processes) if pin_cpus else [None] * processes
   pending = []
   for job in jobs:
@@ -330,6 +331,9 @@ def main(argv):
     return
   try:
     statuses = run_jobs(jobs, processes=FLAGS.processes, pin_cpus=FLAGS.pin_cpus)
+  except ValueError as error:
+    print(f"error: {error}", file=sys.stderr)
+    sys.exit(2)
   except _Stop as stopped:
     print(f"sweep stopped on {stopped}; run the same command again to resume", file=sys.stderr)
     sys.exit(128 + stopped.signum)

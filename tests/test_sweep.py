@@ -1,8 +1,10 @@
 """jaxaug.sweep: grid expansion, skipping and resuming runs, selection on validation metrics only."""
 
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -83,6 +85,23 @@ def test_run_jobs_pins_each_slot_to_its_own_cpus(tmp_path):
   slots = sweep.cpu_slots(2)
   seen = sorted(eval((tmp_path / name / sweep.LOG_FILENAME).read_text()) for name in "ab")
   assert seen == sorted(slots) and not set(slots[0]) & set(slots[1])
+
+
+def test_a_signal_stops_the_sweep_after_one_sigterm_to_each_running_run(tmp_path):
+  code = ("import signal, sys, time; signal.signal(signal.SIGTERM, lambda *_: "
+          "(print('got SIGTERM', flush=True), sys.exit(143))); time.sleep(60)")
+  jobs = [_script_job(tmp_path / name, code) for name in ("a", "b", "c")]
+  before = signal.getsignal(signal.SIGTERM)
+  timer = threading.Timer(3.0, os.kill, (os.getpid(), signal.SIGTERM))
+  timer.start()
+  start = time.time()
+  with pytest.raises(sweep._Stop) as stopped:
+    sweep.run_jobs(jobs, processes=2, poll_seconds=0.05)
+  assert stopped.value.signum == signal.SIGTERM and time.time() - start < 30
+  for name in ("a", "b"):
+    assert (tmp_path / name / sweep.LOG_FILENAME).read_text() == "got SIGTERM\n"
+  assert not (tmp_path / "c").exists()  # not started after the signal
+  assert signal.getsignal(signal.SIGTERM) is before  # the previous handler is back
 
 
 def _fake_runs(tmp_path, val, test, held_out=True):
