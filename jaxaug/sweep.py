@@ -48,19 +48,27 @@ from absl import flags
 from jaxaug import summarize
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("config", None, "Config file, optionally with its argument: FILE.py[:k=v,...].")
-flags.DEFINE_multi_string("grid", [], "key=v1,v2,...: the values of one grid axis.")
-flags.DEFINE_multi_string("set", [], "key=value: one fixed value (may contain commas).")
-flags.DEFINE_integer("seeds", 1, "Run seeds 0..N-1 of every grid point.", lower_bound=1)
-flags.DEFINE_string("workdir", None, "Directory holding one workdir per run.")
-flags.DEFINE_integer("processes", 1, "Runs at once.", lower_bound=1)
-flags.DEFINE_bool("pin_cpus", False, "Pin each of the --processes slots to its own CPUs "
-                  "(taskset).")
-flags.DEFINE_string("select", None, "Validation metric of results.json to select by "
-                    "(e.g. val_accuracy); test metrics are refused.")
-flags.DEFINE_list("select_over", None, "Grid keys whose value is selected (default: all).")
-flags.DEFINE_bool("dry_run", False, "Print the commands and exit.")
-flags.mark_flags_as_required(["config", "workdir"])
+
+
+def define_flags() -> None:
+  """The command line's flags (defined when run as a program, so that importing this module
+  leaves the names free: `jaxaug.main` and `jaxaug.bench` define `--config` too;
+  `--metric` and `--ignore` are `jaxaug.summarize`'s)."""
+  flags.DEFINE_string("config", None, "Config file, optionally with its argument: "
+                      "FILE.py[:k=v,...].")
+  flags.DEFINE_multi_string("grid", [], "key=v1,v2,...: the values of one grid axis.")
+  flags.DEFINE_multi_string("set", [], "key=value: one fixed value (may contain commas).")
+  flags.DEFINE_integer("seeds", 1, "Run seeds 0..N-1 of every grid point.", lower_bound=1)
+  flags.DEFINE_string("workdir", None, "Directory holding one workdir per run.")
+  flags.DEFINE_integer("processes", 1, "Runs at once.", lower_bound=1)
+  flags.DEFINE_bool("pin_cpus", False, "Pin each of the --processes slots to its own CPUs "
+                    "(taskset).")
+  flags.DEFINE_string("select", None, "Validation metric of results.json to select by "
+                      "(e.g. val_accuracy); test metrics are refused.")
+  flags.DEFINE_list("select_over", None, "Grid keys whose value is selected (default: all).")
+  flags.DEFINE_bool("dry_run", False, "Print the commands and exit.")
+  flags.mark_flags_as_required(["config", "workdir"])
+
 
 CONFIG_PREFIX = "config."
 LOG_FILENAME = "sweep.log"
@@ -354,4 +362,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

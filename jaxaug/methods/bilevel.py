@@ -16,7 +16,8 @@ config.bilevel: truncation (T), update_every (K), augmenter (kind, size, bounds,
 init_scale, symmetric), optim (the augmenter's optimiser), second_order ('forward' |
 'reverse'), remat.
 The validation loss uses batch statistics (train-mode batch norm) without
-keeping them.
+keeping them. The augmenter's pieces (`augmenter_config`, `create_augmenter`,
+`learned_augment`, `augment`, `summaries`, `export_policy`) also serve `invariant`.
 """
 
 from __future__ import annotations
