@@ -3,13 +3,16 @@
 Two sections, both by default (`--sections=steps,augment`), printing one JSON object per line:
 
 steps: times, in one process on the same model and data, a plain supervised step (no
-augmentation), a predefined-augmentation step, bilevel steps for T = 1, 2, 4 (plus T = 1
-with plain reverse-over-reverse autodiff, for reference) and HBA's two kinds of step (with
-and without a policy update; at `hba.update_every` = 2 a step costs their mean): name, ms_per_step, ms_per_update
-(per classifier update), ratio_to_plain (per step), the compiled step's temporary and total
-memory (XLA's memory analysis: arguments + outputs - aliased + temporaries) and, where the
-backend reports it, the process's peak device memory so far (not per variant: JAX cannot
-reset it, so the largest variant run so far sets it).
+augmentation), a predefined-augmentation step, a step with `config.augment` and then
+`random_transform` of bilevel's augmenter kind (DABO's validated magnitude), an
+`invariant` step (its transformation-invariant row) with that augmenter, bilevel steps
+for T = 1, 2, 4 (plus T = 1 with plain reverse-over-reverse autodiff, for reference) and
+HBA's two kinds of step (with and without a policy update; at `hba.update_every` = 2 a step
+costs their mean): name, ms_per_step, ms_per_update (per classifier update),
+ratio_to_plain (per step), the compiled step's temporary and total memory (XLA's memory
+analysis: arguments + outputs - aliased + temporaries) and, where the backend reports it,
+the process's peak device memory so far (not per variant: JAX cannot reset it, so the
+largest variant run so far sets it).
 
 augment: augmentation throughput of the fixed policies RandAugment(2, 9) and AutoAugment
 CIFAR-10 on `--augment_batch_size` training images of `config.data`: jaxaug's jitted sampler
@@ -86,6 +89,14 @@ def variants(config: ml_collections.ConfigDict,
 
   yield "plain", variant(method="supervised", augment="none")
   yield "predefined", variant(method="supervised", augment="predefined")
+  # DABO's Table 1 rows with bilevel's augmenter kind: a random transformation of one
+  # magnitude (one run of the validated-magnitude grid) and the transformation-invariant step.
+  augmenter = config.bilevel.augmenter
+  yield "random_transform", variant(
+      method="supervised", augment=f"{config.augment}+random_transform({augmenter.kind!r}, 1.0)")
+  yield "invariant", variant(**{"method": "invariant", "invariant.augmenter.kind": augmenter.kind,
+                                "invariant.augmenter.size": augmenter.size,
+                                "invariant.augmenter.symmetric": augmenter.symmetric})
   for truncation in truncations:
     yield f"bilevel_T{truncation}", variant(**{"method": "bilevel", "bilevel.truncation": truncation,
                                                "bilevel.second_order": "forward"})

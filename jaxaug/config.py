@@ -78,3 +78,51 @@ def cifar_resnet18_config(dataset: str = "cifar10") -> ml_collections.ConfigDict
   config.log_every_steps = 100
   config.checkpoint_every_steps = 2000
   return config
+
+
+def _bool(text: str) -> bool:
+  """'true'/'1'/'yes' -> True, 'false'/'0'/'no' -> False (any case); ValueError otherwise."""
+  lowered = text.lower()
+  if lowered in ("true", "1", "yes"):
+    return True
+  if lowered in ("false", "0", "no"):
+    return False
+  raise ValueError(f"{text!r} is not a boolean (true or false)")
+
+
+def parse_arg(arg: str | None, **spec) -> ml_collections.ConfigDict:
+  """The argument of a `get_config(arg)` (big_vision's `parse_arg`): 'k1=v1,k2=v2' -> ConfigDict.
+
+  `spec` gives every valid key with its default; a given value is converted to the type
+  of its default (bool: true/false, a bare `key` meaning true; int; float; str). The
+  command line passes what follows the first ':' of `--config=file.py:k1=v1,k2=v2`.
+
+  Raises:
+    ValueError naming an unknown key (and the valid ones) or a value of the wrong type.
+  """
+  values = dict(spec)
+  for item in (arg or "").split(","):
+    if not item.strip():
+      continue
+    key, sep, text = (part.strip() for part in item.partition("="))
+    if key not in spec:
+      raise ValueError(f"unknown config argument {key!r} in {arg!r}; valid: {', '.join(spec)}")
+    default = spec[key]
+    if not sep and not isinstance(default, bool):
+      raise ValueError(f"config argument {key!r} in {arg!r} needs a value: {key}=...")
+    try:
+      if isinstance(default, bool):
+        values[key] = _bool(text) if sep else True
+      elif isinstance(default, (int, float)):
+        values[key] = type(default)(text)
+      else:
+        values[key] = text
+    except ValueError:
+      raise ValueError(f"config argument {key}={text!r} in {arg!r} must be of type "
+                       f"{type(default).__name__}") from None
+  return ml_collections.ConfigDict(values)
+
+
+def given_args(arg: str | None) -> set[str]:
+  """The keys that `arg` ('k1=v1,k2') sets."""
+  return {item.partition("=")[0].strip() for item in (arg or "").split(",") if item.strip()}

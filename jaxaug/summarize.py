@@ -100,11 +100,16 @@ def summary_rows(runs: Sequence[Run], metric: str,
   rows = []
   for values_of_keys, values in groups.items():
     row = {keys[i]: value for i, value in zip(varying, values_of_keys)}
-    row.update(runs=len(values), mean=statistics.fmean(values),
-               sd=statistics.stdev(values) if len(values) > 1 else None,
-               min=min(values), max=max(values))
+    row.update(describe(values))
     rows.append(row)
   return sorted(rows, key=lambda row: -row["mean"])
+
+
+def describe(values: Sequence[float]) -> dict[str, Any]:
+  """`runs`, `mean`, `sd` (n - 1; None for one value), `min`, `max` of one or more values."""
+  return dict(runs=len(values), mean=statistics.fmean(values),
+              sd=statistics.stdev(values) if len(values) > 1 else None,
+              min=min(values), max=max(values))
 
 
 def format_table(rows: Sequence[dict[str, Any]]) -> str:

@@ -244,3 +244,50 @@ def test_rejects_bad_names_bounds_and_shapes():
     augmenters.apply_augmenter_params("affine", random_images(0), jnp.zeros((6, 2)))
   with pytest.raises(ValueError, match=r"\[B, 2\]"):
     augmenters.describe_params("translation", jnp.zeros((6, 10)))
+
+
+# The augmenter's default bounds (create_augmenter's keyword defaults), restated.
+DEFAULT_BOUNDS = dict(max_translation=0.25, max_linear=0.25, max_brightness=0.2,
+                      max_contrast=0.3, max_saturation=0.3, max_hue=0.05)
+
+
+@pytest.mark.parametrize("kind", sorted(N_PARAMS))
+def test_random_transform_at_magnitude_zero_is_the_identity(kind):
+  from jaxaug.augment import fixed
+  images = random_images(21)
+  params = augmenters.random_params(jax.random.key(0), kind, 0.0, images.shape[0])
+  np.testing.assert_array_equal(params, np.tile(IDENTITY[kind], (images.shape[0], 1)))
+  sample = jax.jit(fixed.compose(f"random_transform({kind!r}, 0)"))
+  np.testing.assert_allclose(sample(jax.random.key(1), images), images, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind,magnitude", [("translation", 3.0), ("affine", 2.0),
+                                            ("color", 0.5), ("affine_color", 1.0)])
+def test_random_transform_draws_are_uniform_within_the_scaled_bounds(kind, magnitude):
+  from scipy import stats
+  params = np.asarray(augmenters.random_params(jax.random.key(2), kind, magnitude, 4000))
+  half_width = magnitude * maxima(kind, DEFAULT_BOUNDS)
+  deviation = params - np.asarray(IDENTITY[kind])
+  assert np.all(np.abs(deviation) <= half_width * (1 + 1e-6))
+  for column, width in enumerate(half_width):  # each parameter uniform on [-w, w] (KS test)
+    uniform = stats.uniform(-width, 2 * width)
+    assert stats.kstest(deviation[:, column], uniform.cdf).pvalue > 1e-3
+  assert abs(np.corrcoef(deviation[:, 0], deviation[:, -1])[0, 1]) < 0.1  # drawn independently
+  # The stage applies the parameters it draws, per image.
+  images = random_images(22)
+  sampler = augmenters.random_transform(kind, magnitude)
+  expected = augmenters.apply_augmenter_params(
+      kind, images, augmenters.random_params(jax.random.key(3), kind, magnitude, images.shape[0]))
+  np.testing.assert_allclose(sampler(jax.random.key(3), images), expected, atol=1e-6)
+
+
+def test_random_transform_rejects_bad_kinds_and_magnitudes():
+  with pytest.raises(ValueError, match="unknown augmenter 'rotation'; valid augmenter names"):
+    augmenters.random_transform("rotation", 1.0)
+  # max_linear = 0.25 * magnitude must stay within 0.5
+  with pytest.raises(ValueError, match=r"for kind 'affine' must be a number in \[0, 2\].*got 2.5"):
+    augmenters.random_transform("affine", 2.5)
+  with pytest.raises(ValueError, match=r"must be a number in \[0, inf\].*got -0.1"):
+    augmenters.random_transform("translation", -0.1)
+  with pytest.raises(ValueError, match="got '1'"):
+    augmenters.random_transform("color", "1")

@@ -117,7 +117,8 @@ def test_step_section_times_each_variant_against_the_plain_step():
                       print_fn=printed.append)
   assert [json.loads(line) for line in printed] == records
   by_name = {record["name"]: record for record in records}
-  assert list(by_name) == ["plain", "predefined", "bilevel_T1", "bilevel_T2",
+  assert list(by_name) == ["plain", "predefined", "random_transform", "invariant",
+                           "bilevel_T1", "bilevel_T2",
                            "bilevel_T1_reverse_over_reverse", "hba_with_lambda_update",
                            "hba_without_lambda_update", "adversarial_M8", "ohl_K4",
                            "uncertainty_C4"]

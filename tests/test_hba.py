@@ -205,7 +205,7 @@ def test_bilevel_replay_applies_the_learned_augmenter_for_the_same_keys(tmp_path
   replay = jax.jit(learned.replay(str(tmp_path)))  # the run's workdir is accepted too
   images = jnp.asarray(_batches(3)[1]["image"])
   key = jax.random.PRNGKey(4)
-  expected, _ = bilevel._learned_augment(state, state.augmenter.params, images, key)
+  expected, _ = bilevel.learned_augment(state, state.augmenter.params, images, key)
   np.testing.assert_allclose(replay(key, images, 0.2), expected, atol=1e-5)  # jit vs eager
   assert not np.allclose(expected, images)
 

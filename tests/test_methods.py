@@ -86,6 +86,7 @@ def _steps_on_mesh(config, devices, steps):
 
 @pytest.mark.parametrize("method,truncation,overrides", [
     ("supervised", 1, {}), ("bilevel", 1, {}), ("bilevel", 2, {}), ("hba", 1, {}),
+    ("invariant", 1, {}),
     ("reinforce", 1, {"reinforce.num_policies": 2, "reinforce.augment_after": "cutout(4)"}),
     ("reinforce", 1, {"reinforce.reward": "validation", "reinforce.ohl.copies": 2}),
     ("uncertainty", 1, {"uncertainty.candidates": 2}),
@@ -133,7 +134,7 @@ def test_bilevel_look_ahead_is_the_update_the_classifier_takes(truncation):
   new_state, _ = step(state, train, val, rng)
 
   _, noise_rng = jax.random.split(rng)
-  images, _ = bilevel._learned_augment(state, state.augmenter.params, jnp.asarray(train["image"]),
+  images, _ = bilevel.learned_augment(state, state.augmenter.params, jnp.asarray(train["image"]),
                                        noise_rng)
   expected = state.classifier
   for t in range(truncation):
@@ -226,7 +227,7 @@ def test_bilevel_augmenter_bounds_and_init_scale_from_the_command_line():
                                     lock_config=True, sys_argv=argv)
     flag_values(argv)
     state = _init(flag_values.config)
-    noise = jax.random.normal(jax.random.key(0), (4096, state.bilevel.noise_dim))
+    noise = jax.random.normal(jax.random.key(0), (4096, state.augmenter_settings.noise_dim))
     params = lambda scale: np.asarray(
         state.augmenter.apply(state.augmenter.params, state.augmenter.rest, scale * noise)[0])
     return params(1.0), params(1e6)
@@ -328,3 +329,101 @@ def test_classifier_loss_returns_per_example_losses_and_passes_model_arguments()
   with pytest.raises(TypeError, match="hyper"):  # keyword arguments reach the model
     common.classifier_loss(classifier, classifier.params, classifier.rest, images, labels,
                            mean=(0.5,), std=(0.25,), hyper=jnp.zeros((16, 3)))
+
+
+def _invariant_state(augment="none", **augmenter_optim):
+  """An `invariant` state (fixed augmentation `augment`), its augmenter far from the identity."""
+  config = _config("invariant")
+  config.augment = augment
+  config.invariant.augmenter.kind = "affine_color"
+  config.invariant.augmenter.init_scale = 1.0
+  config.invariant.optim.update(augmenter_optim)
+  return config, _init(config)
+
+
+def _training_loss(state, classifier_params, augmenter_params, images, labels, noise_rng):
+  """The training loss written out: noise -> augmenter -> transformed images -> classifier."""
+  from jaxaug.augment import augmenters
+  module = nnx.merge(state.augmenter.graphdef, augmenter_params, state.augmenter.rest)
+  noise = jax.random.normal(noise_rng, (images.shape[0], module.noise_dim), images.dtype)
+  transformed = augmenters.apply_augmenter_params("affine_color", images, module(noise))
+  logits, _ = state.classifier.apply(classifier_params, state.classifier.rest,
+                                     (transformed - 0.5) / 0.25, train=True)
+  return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+
+def test_invariant_augmenter_descends_the_training_loss_with_the_classifier():
+  """With SGD at rate 1 the augmenter moves by minus the gradient of the training loss (the
+  loss written out here; directional derivatives checked by central finite differences in
+  float64); the classifier takes its optimiser's update along the same loss."""
+  with jax.enable_x64(True):
+    config, state = _invariant_state(name="sgd", learning_rate=1.0, momentum=0.0,
+                                     weight_decay=0.0, grad_clip=0.0, schedule="constant")
+    state = _float64(state)
+    train, _ = _float64(_batches(1))
+    rng = jax.random.PRNGKey(5)
+    new_state, metrics = jax.jit(METHODS.get("invariant").train_step)(state, train, None, rng)
+    _, noise_rng = jax.random.split(rng)
+    images, labels = jnp.asarray(train["image"][0]), jnp.asarray(train["label"][0])
+    loss = jax.jit(lambda c, a: _training_loss(state, c, a, images, labels, noise_rng))
+    np.testing.assert_allclose(metrics["loss"], loss(state.classifier.params,
+                                                     state.augmenter.params), rtol=1e-10)
+    step = jax.tree.map(jnp.subtract, new_state.augmenter.params, state.augmenter.params)
+    assert float(metrics["augmenter_grad_norm"]) > 0
+    _assert_leaves_close(step, jax.tree.map(jnp.negative, jax.grad(loss, argnums=1)(
+        state.classifier.params, state.augmenter.params)), rtol=1e-9, atol=1e-12)
+    for seed in range(2):  # the warp's and ReLU's kinks: a small step
+      leaves, treedef = jax.tree.flatten(state.augmenter.params)
+      keys = jax.random.split(jax.random.PRNGKey(100 + seed), len(leaves))
+      direction = treedef.unflatten([jax.random.normal(k, leaf.shape, leaf.dtype)
+                                     for k, leaf in zip(keys, leaves)])
+      eps = 1e-7
+      shifted = lambda sign: jax.tree.map(lambda p, d: p + sign * eps * d,
+                                          state.augmenter.params, direction)
+      finite = (loss(state.classifier.params, shifted(1)) -
+                loss(state.classifier.params, shifted(-1))) / (2 * eps)
+      taken = sum(float(jnp.vdot(s, d)) for s, d in zip(jax.tree.leaves(step),
+                                                          jax.tree.leaves(direction)))
+      np.testing.assert_allclose(-taken, finite, rtol=1e-5)
+    # The classifier took its optimiser's update along the same loss's gradient.
+    grads = jax.grad(loss)(state.classifier.params, state.augmenter.params)
+    (_, (rest, _)) = common.classifier_loss(
+        state.classifier, state.classifier.params, state.classifier.rest,
+        bilevel.learned_augment(state, state.augmenter.params, images, noise_rng)[0], labels,
+        mean=(0.5,), std=(0.25,))
+    expected = state.classifier.apply_update(grads, rest)
+    _assert_leaves_close(new_state.classifier, expected, rtol=1e-9, atol=1e-12)
+
+
+def test_invariant_evaluates_on_the_augmenters_transformation():
+  """eval_step scores the classifier on images the augmenter transformed (noise from the
+  fixed evaluation key), not on the plain images; the fixed augmentation stays out."""
+  from jaxaug.augment import augmenters
+  from jaxaug.methods import invariant
+  _, state = _invariant_state(augment="hflip")  # a flip for training only
+  _, val = _batches(1)
+  batch = {**val, "mask": np.arange(16) < 13}
+  sums = jax.jit(invariant.eval_step)(state, batch)
+  module = nnx.merge(state.augmenter.graphdef, state.augmenter.params, state.augmenter.rest)
+  noise = jax.random.normal(jax.random.PRNGKey(invariant.EVAL_NOISE_SEED), (16, module.noise_dim))
+  transformed = augmenters.apply_augmenter_params("affine_color", jnp.asarray(val["image"]),
+                                                  module(noise))
+  assert float(jnp.abs(transformed - val["image"]).mean()) > 0.02  # far from the identity
+
+  def numpy_sums(images):
+    logits, _ = state.classifier.apply(state.classifier.params, state.classifier.rest,
+                                       (images - 0.5) / 0.25, train=False)
+    logits = np.asarray(logits, np.float64)[:13]
+    labels = val["label"][:13]
+    log_probs = logits - logits.max(1, keepdims=True)
+    log_probs -= np.log(np.exp(log_probs).sum(1, keepdims=True))
+    return -log_probs[np.arange(13), labels].sum(), (logits.argmax(1) == labels).sum()
+
+  loss_sum, correct = numpy_sums(transformed)
+  np.testing.assert_allclose(sums["loss_sum"], loss_sum, rtol=1e-5)
+  assert float(sums["correct"]) == correct and float(sums["count"]) == 13
+  plain_loss_sum, _ = numpy_sums(jnp.asarray(val["image"]))
+  assert abs(plain_loss_sum - loss_sum) > 1e-3
+  # Evaluation is reproducible: the same sums every time.
+  np.testing.assert_array_equal(jax.jit(invariant.eval_step)(state, batch)["loss_sum"],
+                                sums["loss_sum"])

@@ -61,7 +61,8 @@ def _check_outputs(workdir, results, *, expect_aug_plot):
 @pytest.mark.parametrize("method,augment", [("supervised", "none"),
                                             ("supervised", "predefined"),
                                             ("bilevel", "hflip"),
-                                            ("hba", "hflip")])
+                                            ("hba", "hflip"),
+                                            ("invariant", "hflip")])
 def test_end_to_end_on_tfds_mock_data(tmp_path, method, augment):
   config = smoke_config(method, {"augment": augment, "data.dataset": "cifar10",
                                  "data.train_examples": None, "hba.warmup_epochs": 0.5})
@@ -75,9 +76,12 @@ def test_end_to_end_on_tfds_mock_data(tmp_path, method, augment):
   assert [r["step"] for r in learned_records] == ([r["step"] for r in train_records]
                                                   if learns else [])
   assert os.path.isdir(tmp_path / "policy") == learns
-  if method == "bilevel":
+  if method in ("bilevel", "invariant"):
     assert any(k.startswith("aug/") for k in learned_records[-1])
+  if method == "bilevel":
     assert all(r["hypergrad_norm"] > 0 for r in train_records)
+  if method == "invariant":
+    assert all(r["augmenter_grad_norm"] > 0 for r in train_records)
   if method == "hba":
     # lambda updates on even steps after half an epoch's warm-up: the first log window
     # (4 steps) has one, and the metrics that exist only on update steps are logged.

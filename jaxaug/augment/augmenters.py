@@ -344,3 +344,53 @@ def describe_params(kind: str, params: jax.Array) -> dict[str, jax.Array]:
                   column["linear_yx"], column["linear_yy"] - 1]
     stats["linear_deviation_mean"] = jnp.mean(jnp.abs(jnp.stack(deviations)))
   return stats
+
+
+def magnitude_bounds(kind: str, magnitude: float) -> jax.Array:
+  """The largest deviation from the identity per parameter of `kind` at `magnitude`, f32 [n]:
+  `magnitude` times the augmenter's default bound of each parameter (`create_augmenter`).
+
+  Raises ValueError unless 0 <= magnitude and every scaled bound stays within its limit
+  (the range is in the message).
+  """
+  spec = AUGMENTERS.get(kind)
+  defaults = create_augmenter_defaults()
+  largest = min(_BOUND_LIMITS.get(name, math.inf) / defaults[name] for name in spec.bound_names)
+  if (isinstance(magnitude, bool) or not isinstance(magnitude, (int, float))
+      or not 0 <= magnitude <= largest):
+    scale = ", ".join(f"{name}={defaults[name]}" for name in dict.fromkeys(spec.bound_names))
+    raise ValueError(f"magnitude for kind {kind!r} must be a number in [0, {largest:g}] (at 1 "
+                     f"each parameter deviates up to the augmenter's default bound: {scale}), "
+                     f"got {magnitude!r}")
+  return magnitude * jnp.asarray([defaults[name] for name in spec.bound_names], jnp.float32)
+
+
+def random_params(rng: jax.Array, kind: str, magnitude: float, batch: int) -> jax.Array:
+  """Per-image transformation parameters of `kind`, f32 [batch, n]: each parameter uniform
+  in identity +- `magnitude_bounds(kind, magnitude)`, independently."""
+  spec = AUGMENTERS.get(kind)
+  bounds = magnitude_bounds(kind, magnitude)
+  unit = jax.random.uniform(rng, (batch, spec.n_params), jnp.float32, -1.0, 1.0)
+  return jnp.asarray(spec.identity, jnp.float32) + bounds * unit
+
+
+def random_transform(kind: str, magnitude: float = 1.0) -> Callable[[jax.Array, jax.Array],
+                                                                     jax.Array]:
+  """The validated-magnitude sampler (DABO's Table 1; RandAugment-like): random
+  transformations of an augmenter kind whose size one `magnitude` sets.
+
+  Each image gets its own parameters, `random_params(rng, kind, magnitude, B)`, applied as
+  the learned augmenter applies its own (`apply_augmenter_params`); magnitude 0 is the
+  identity, 1 spans the augmenter's default bounds (e.g. 4 px of translation on 32 px).
+  The fixed stage `random_transform('affine', 0.5)` of `jaxaug.augment.fixed`.
+
+  Returns:
+    `sample(rng, images f32 [B, H, W, C] in [0, 1]) -> images` (C == 3 for colour kinds).
+  """
+  magnitude_bounds(kind, magnitude)  # rejects an unknown kind or magnitude now
+
+  def sample(rng: jax.Array, images: jax.Array) -> jax.Array:
+    params = random_params(rng, kind, magnitude, images.shape[0]).astype(images.dtype)
+    return apply_augmenter_params(kind, images, params)
+
+  return sample

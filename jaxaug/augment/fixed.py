@@ -8,6 +8,7 @@ name, optionally called with Python-literal arguments:
   "randaugment(2, 9)"                            RandAugment N=2, M=9
   "cutout(20, fill=0.5)"
   "learned('runs/hba/policy')+crop+hflip"         a policy a run learned, replayed
+  "hflip+random_transform('affine', 0.5)"        DABO's validated-magnitude sampler
 
 `FIXED` maps each name to a factory: `factory(*args, **kwargs)` validates its
 arguments and returns a sampler `(rng, images) -> images` over a batch, float32 NHWC
@@ -27,6 +28,7 @@ from typing import Any, Callable, NamedTuple
 
 import jax
 
+from jaxaug.augment import augmenters
 from jaxaug.augment import learned
 from jaxaug.augment import policies
 from jaxaug.augment import transforms
@@ -84,6 +86,7 @@ FIXED.register("cutout")(policies.cutout)
 FIXED.register("color_jitter")(policies.color_jitter)
 FIXED.register("pba")(policies.pba)
 FIXED.register("learned")(learned.replay)
+FIXED.register("random_transform")(augmenters.random_transform)
 
 
 def _malformed(spec: str, why: str) -> ValueError:

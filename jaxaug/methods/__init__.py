@@ -16,7 +16,8 @@ import jax
 import ml_collections
 
 from jaxaug.augment import learned
-from jaxaug.methods import bilevel, common, hba, reinforce, supervised, uncertainty
+from jaxaug.methods import (bilevel, common, hba, invariant, reinforce, supervised,
+                            uncertainty)
 from jaxaug.registry import Registry
 
 State = Any  # a flax struct dataclass; see `Method.init`
@@ -79,6 +80,7 @@ class Method:
 
 METHODS: Registry[Method] = Registry("method")
 for _name, _module in (("supervised", supervised), ("bilevel", bilevel), ("hba", hba),
-                        ("reinforce", reinforce), ("uncertainty", uncertainty)):
+                        ("invariant", invariant), ("reinforce", reinforce),
+                        ("uncertainty", uncertainty)):
   METHODS.register(_name)(Method.from_module(_name, _module))
 del _name, _module

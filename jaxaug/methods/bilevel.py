@@ -16,7 +16,8 @@ config.bilevel: truncation (T), update_every (K), augmenter (kind, size, bounds,
 init_scale, symmetric), optim (the augmenter's optimiser), second_order ('forward' |
 'reverse'), remat.
 The validation loss uses batch statistics (train-mode batch norm) without
-keeping them.
+keeping them. The augmenter's pieces (`augmenter_config`, `create_augmenter`,
+`learned_augment`, `augment`, `summaries`, `export_policy`) also serve `invariant`.
 """
 
 from __future__ import annotations
@@ -40,15 +41,21 @@ from jaxaug.methods import supervised
 
 
 @struct.dataclass
-class Settings:
-  """Static bilevel settings (hashable)."""
+class AugmenterSettings:
+  """Static settings of a learned augmenter (hashable); shared with `invariant`."""
   kind: str = struct.field(pytree_node=False)
   noise_dim: int = struct.field(pytree_node=False)
+  steps_per_epoch: int = struct.field(pytree_node=False)  # rows of `trajectory` are epochs
+  augmenter_json: str = struct.field(pytree_node=False)  # `_augmenter_settings`, for export
+  learned_by: str = struct.field(pytree_node=False)  # how it is trained, for the export
+
+
+@struct.dataclass
+class Settings:
+  """Static bilevel settings (hashable)."""
   update_every: int = struct.field(pytree_node=False)
   second_order: str = struct.field(pytree_node=False)
   remat: bool = struct.field(pytree_node=False)
-  steps_per_epoch: int = struct.field(pytree_node=False)
-  augmenter_json: str = struct.field(pytree_node=False)  # `_augmenter_settings`, for export
 
 
 @struct.dataclass
@@ -59,6 +66,7 @@ class State:
   trajectory: jax.Array      # f32 [epochs, P]: the augmenter (flat) at the end of each epoch
   nonfinite_step: jax.Array  # first step with a non-finite loss or hypergradient, -1 if none
   settings: common.Settings = struct.field(pytree_node=False)
+  augmenter_settings: AugmenterSettings = struct.field(pytree_node=False)
   bilevel: Settings = struct.field(pytree_node=False)
 
 
@@ -66,14 +74,11 @@ USES_VAL_BATCH = True  # the augmenter learns from the validation loss
 SUMMARY_DRAWS = 512  # noise draws behind the summaries of the learned distribution
 
 
-def default_config() -> ml_collections.ConfigDict:
-  """`config.bilevel`: truncation, update frequency, augmenter and its optimiser."""
+def augmenter_config() -> ml_collections.ConfigDict:
+  """The `augmenter` and `optim` entries of a section of a method that trains an augmenter
+  network (`config.bilevel`, `config.invariant`): its kind, size, bounds and optimiser."""
   defaults = augmenters.create_augmenter_defaults()
   return ml_collections.ConfigDict({
-      "truncation": 1,          # T: classifier updates back-propagated through per augmenter update
-      "update_every": 1,        # K: augmenter update every K train steps
-      "second_order": "forward",  # forward (forward-over-reverse, fast) | reverse (plain autodiff)
-      "remat": False,           # rematerialise inner steps: memory O(1) in T
       "augmenter": {
           "kind": "affine_color",  # translation | affine | color | affine_color
           "size": "small",         # small | medium | large
@@ -85,6 +90,18 @@ def default_config() -> ml_collections.ConfigDict:
       # the augmenter's optimiser: the classifier's fields, Adam 1e-3, clipped, constant
       "optim": common.adam_optimizer(1e-3, grad_clip=1.0),
   })
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """`config.bilevel`: truncation, update frequency, augmenter and its optimiser."""
+  config = ml_collections.ConfigDict({
+      "truncation": 1,          # T: classifier updates back-propagated through per augmenter update
+      "update_every": 1,        # K: augmenter update every K train steps
+      "second_order": "forward",  # forward (forward-over-reverse, fast) | reverse (plain autodiff)
+      "remat": False,           # rematerialise inner steps: memory O(1) in T
+  })
+  config.update(augmenter_config())
+  return config
 
 
 def train_batches_per_step(config: ml_collections.ConfigDict) -> int:
@@ -102,6 +119,36 @@ def _augmenter_settings(cfg: ml_collections.ConfigDict) -> dict:
           "symmetric": cfg.augmenter.symmetric}
 
 
+def create_augmenter(section: str, config: ml_collections.ConfigDict, rng: jax.Array,
+                     info: common.DataInfo, *, update_every: int, learned_by: str
+                     ) -> tuple[common.Learner, AugmenterSettings, jax.Array]:
+  """The augmenter network of `config.<section>` (`augmenter_config`) with its optimiser.
+
+  Its optimiser schedule counts its own updates, one every `update_every` train steps
+  (0, K, 2K, ...). `learned_by` says how it is trained (in the exported summary).
+  Returns (learner, static settings, trajectory f32 [epochs, P] filled with the initial
+  parameters).
+  """
+  cfg = config[section]
+  channels = info.image_shape[-1]
+  if "color" in cfg.augmenter.kind and channels != 3:
+    raise ValueError(f"config.{section}.augmenter.kind={cfg.augmenter.kind!r} needs RGB images; "
+                     f"these have {channels} channel(s): use 'affine' or 'translation'")
+  module = augmenters.create_augmenter(cfg.augmenter.kind, cfg.augmenter.size,
+                                       rngs=nnx.Rngs(params=rng),
+                                       symmetric=cfg.augmenter.symmetric,
+                                       init_scale=cfg.augmenter.init_scale,
+                                       **cfg.augmenter.bounds)
+  updates_per_epoch, updates = info.updates_every(update_every)
+  tx = common.make_optimizer(cfg.optim, steps_per_epoch=updates_per_epoch, total_steps=updates)
+  augmenter = common.Learner.create(module, tx)
+  settings = AugmenterSettings(kind=cfg.augmenter.kind, noise_dim=module.noise_dim,
+                               steps_per_epoch=info.steps_per_epoch,
+                               augmenter_json=json.dumps(_augmenter_settings(cfg), sort_keys=True),
+                               learned_by=learned_by)
+  return augmenter, settings, jnp.tile(_flat(augmenter), (info.num_epoch_slots, 1))
+
+
 def init(config: ml_collections.ConfigDict, rng: jax.Array, info: common.DataInfo) -> State:
   """Classifier, augmenter and their optimisers."""
   cfg = config.bilevel
@@ -110,31 +157,21 @@ def init(config: ml_collections.ConfigDict, rng: jax.Array, info: common.DataInf
   if cfg.second_order not in hypergrad.SECOND_ORDER_MODES:
     raise ValueError(f"unknown config.bilevel.second_order {cfg.second_order!r}; valid: "
                      f"{', '.join(hypergrad.SECOND_ORDER_MODES)}")
-  channels = info.image_shape[-1]
-  if "color" in cfg.augmenter.kind and channels != 3:
-    raise ValueError(f"config.bilevel.augmenter.kind={cfg.augmenter.kind!r} needs RGB images; "
-                     f"these have {channels} channel(s): use 'affine' or 'translation'")
   classifier_rng, augmenter_rng = jax.random.split(rng)
-  module = augmenters.create_augmenter(cfg.augmenter.kind, cfg.augmenter.size,
-                                       rngs=nnx.Rngs(params=augmenter_rng),
-                                       symmetric=cfg.augmenter.symmetric,
-                                       init_scale=cfg.augmenter.init_scale,
-                                       **cfg.augmenter.bounds)
-  # The augmenter's schedule counts its own updates: one every K train steps (0, K, 2K, ...).
-  updates_per_epoch, updates = info.updates_every(cfg.update_every)
-  tx = common.make_optimizer(cfg.optim, steps_per_epoch=updates_per_epoch, total_steps=updates)
-  augmenter = common.Learner.create(module, tx)
+  augmenter, augmenter_settings, trajectory = create_augmenter(
+      "bilevel", config, augmenter_rng, info, update_every=cfg.update_every,
+      learned_by="online bilevel optimisation (the validation loss after T unrolled "
+                 "classifier updates)")
   return State(
       step=jnp.zeros((), jnp.int32),
       classifier=common.create_classifier(config, classifier_rng, info),
       augmenter=augmenter,
-      trajectory=jnp.tile(_flat(augmenter), (info.num_epoch_slots, 1)),
+      trajectory=trajectory,
       nonfinite_step=jnp.full((), -1, jnp.int32),
       settings=common.Settings.from_config(config, info),
-      bilevel=Settings(kind=cfg.augmenter.kind, noise_dim=module.noise_dim,
-                       update_every=cfg.update_every, second_order=cfg.second_order,
-                       remat=cfg.remat, steps_per_epoch=info.steps_per_epoch,
-                       augmenter_json=json.dumps(_augmenter_settings(cfg), sort_keys=True)))
+      augmenter_settings=augmenter_settings,
+      bilevel=Settings(update_every=cfg.update_every, second_order=cfg.second_order,
+                       remat=cfg.remat))
 
 
 def _flat(augmenter: common.Learner) -> jax.Array:
@@ -143,12 +180,19 @@ def _flat(augmenter: common.Learner) -> jax.Array:
   return ravel_pytree((augmenter.params, augmenter.rest))[0]
 
 
-def _learned_augment(state: State, augmenter_params: nnx.State, images: jax.Array,
+def record_trajectory(state: State, augmenter: common.Learner) -> jax.Array:
+  """`state.trajectory` [epochs, P] with the row of `state.step`'s epoch set to `augmenter`."""
+  return common.record_epoch(state.trajectory, state.step,
+                             state.augmenter_settings.steps_per_epoch, _flat(augmenter))
+
+
+def learned_augment(state: State, augmenter_params: nnx.State, images: jax.Array,
                      rng: jax.Array) -> tuple[jax.Array, jax.Array]:
   """Augmenter applied to f32 [..., B, H, W, C]; returns (images, transformation params [N, P]).
 
   One noise vector (hence one transformation) per image; N is the number of images.
-  The same function (`augmenters.augment_with`) replays an exported policy.
+  `state` is any state with `augmenter` (this module's or `invariant`'s). The same
+  function (`augmenters.augment_with`) replays an exported policy.
   """
   flat_images = images.reshape((-1,) + images.shape[-3:])
   augmented, params = augmenters.augment_with(
@@ -168,7 +212,7 @@ def train_step(state: State, train_batch: dict, val_batch: dict, rng: jax.Array)
   settings = state.settings
 
   def val_loss_after_updates(augmenter_params):
-    images, _ = _learned_augment(state, augmenter_params, flipped, noise_rng)
+    images, _ = learned_augment(state, augmenter_params, flipped, noise_rng)
     classifier, aux = supervised.classifier_updates(
         state.classifier, settings, images, train_batch["label"],
         second_order=state.bilevel.second_order, remat=state.bilevel.remat)
@@ -199,10 +243,9 @@ def train_step(state: State, train_batch: dict, val_batch: dict, rng: jax.Array)
                  hypergrad_norm=common.Sparse(hypergrad_norm, updates))
   nonfinite = common.first_nonfinite(state.step, state.nonfinite_step, metrics["loss"],
                                      val_loss, hypergrad_norm)
-  trajectory = common.record_epoch(state.trajectory, state.step, state.bilevel.steps_per_epoch,
-                                   _flat(augmenter))
   return state.replace(step=state.step + 1, classifier=classifier, augmenter=augmenter,
-                       trajectory=trajectory, nonfinite_step=nonfinite), metrics
+                       trajectory=record_trajectory(state, augmenter),
+                       nonfinite_step=nonfinite), metrics
 
 
 def eval_step(state: State, batch: dict) -> dict:
@@ -212,25 +255,27 @@ def eval_step(state: State, batch: dict) -> dict:
 
 
 def augment(state: State, images: jax.Array, rng: jax.Array) -> jax.Array:
-  """Fixed then learned augmentation of f32 [B, H, W, C] images, as training sees them."""
+  """Fixed then learned augmentation of f32 [B, H, W, C] images, as training sees them
+  (also `invariant`'s)."""
   fixed_rng, noise_rng = jax.random.split(rng)
   flipped = common.fixed_augment_stack(state.settings, fixed_rng, images[None], state.step)[0]
-  return _learned_augment(state, state.augmenter.params, flipped, noise_rng)[0]
+  return learned_augment(state, state.augmenter.params, flipped, noise_rng)[0]
 
 
 def _transformation_draws(state: State) -> jax.Array:
   """The augmenter's transformation parameters for `SUMMARY_DRAWS` fixed noise draws, [N, P]."""
-  noise = jax.random.normal(jax.random.PRNGKey(0), (SUMMARY_DRAWS, state.bilevel.noise_dim))
+  noise = jax.random.normal(jax.random.PRNGKey(0),
+                            (SUMMARY_DRAWS, state.augmenter_settings.noise_dim))
   params, _ = state.augmenter.apply(state.augmenter.params, state.augmenter.rest, noise)
   return params
 
 
 def summaries(state: State) -> common.Summaries:
   """Mean/std of each learned transformation parameter (`aug/...`) and their histograms,
-  over `SUMMARY_DRAWS` noise draws (the same draws at every log step)."""
+  over `SUMMARY_DRAWS` noise draws (the same draws at every log step); also `invariant`'s."""
   params = _transformation_draws(state)
-  names = augmenters.AUGMENTERS.get(state.bilevel.kind).param_names
-  described = augmenters.describe_params(state.bilevel.kind, params)
+  names = augmenters.AUGMENTERS.get(state.augmenter_settings.kind).param_names
+  described = augmenters.describe_params(state.augmenter_settings.kind, params)
   return common.Summaries(
       scalars={f"aug/{name}": value for name, value in described.items()},
       histograms={f"aug/{name}": params[:, index] for index, name in enumerate(names)})
@@ -238,14 +283,16 @@ def summaries(state: State) -> common.Summaries:
 
 def export_policy(state: State) -> learned.Policy:
   """The augmenter at the end of each epoch (flat parameters, one schedule row per epoch),
-  its kind, size and bounds."""
-  described = jax.device_get(augmenters.describe_params(state.bilevel.kind,
+  its kind, size and bounds (also `invariant`'s: any state with `augmenter`, `trajectory`
+  and `augmenter_settings`)."""
+  described = jax.device_get(augmenters.describe_params(state.augmenter_settings.kind,
                                                         _transformation_draws(state)))
-  settings = json.loads(state.bilevel.augmenter_json)
+  settings = json.loads(state.augmenter_settings.augmenter_json)
   return learned.Policy(
       family="bilevel", settings=settings,
       summary={"what": f"a {settings['kind']} augmenter network (noise -> transformation "
-                       f"parameters per image), learned by online bilevel optimisation",
+                       f"parameters per image), learned by "
+                       f"{state.augmenter_settings.learned_by}",
                "final_parameter_statistics": {name: float(value)
                                               for name, value in described.items()}},
       arrays={"augmenter": np.asarray(jax.device_get(state.trajectory), np.float32)})
