@@ -117,7 +117,9 @@ def _interval(every_epochs: float, steps_per_epoch: int) -> int:
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains `config.method` and writes config.json, metrics, images, plots, checkpoints, results.json.
 
-  Resumes from the newest checkpoint in `<workdir>/checkpoints` if there is one.
+  `workdir` is a local directory or a URL such as `gs://bucket/run`; only process 0 writes
+  its files (every process takes part in the checkpoints). Resumes from the newest
+  checkpoint in `<workdir>/checkpoints` if there is one.
   Returns the results dict also written to `<workdir>/results.json`.
 
   Raises:

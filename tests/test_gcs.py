@@ -26,9 +26,11 @@ import pytest
 from PIL import Image
 
 emulator = pytest.importorskip("gcp_storage_emulator.server")
-from gcp_storage_emulator.exceptions import NotFound  # pylint: disable=g-import-not-at-top
-from gcp_storage_emulator.handlers import objects as emulator_objects  # pylint: disable=g-import-not-at-top
-from tensorboardX.proto import event_pb2  # pylint: disable=g-import-not-at-top
+# pylint: disable=g-import-not-at-top
+from gcp_storage_emulator.exceptions import NotFound
+from gcp_storage_emulator.handlers import objects as emulator_objects
+from tensorboardX.proto import event_pb2
+# pylint: enable=g-import-not-at-top
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMOKE = os.path.join(ROOT, "configs", "smoke.py")
