@@ -12,7 +12,8 @@ Layout under a run's workdir, local or `gs://` (written by the chief process onl
   results.json                final results (`write_results`)
 
 metrics.jsonl is rewritten whole (an object store cannot append) from the records the
-`Reporter` keeps, at most every `flush_seconds` and at `flush` / `close`.
+`Reporter` keeps: by the first record `flush_seconds` or more after the last rewrite, and
+at `flush` / `close`.
 Non-finite metric values are stored as JSON `null` so that every line is valid JSON;
 `read_metrics` returns them as None. What a method has learned is written by
 `Reporter.write_learned` as records of split "learned": scalars under their names, the
