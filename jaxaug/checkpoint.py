@@ -4,18 +4,21 @@ The state (classifier, augmenter, optimisers, step, ...) is saved as a flat
 mapping from pytree paths to arrays, so any method's state dataclass works; it
 is restored into a template built by the method's `init`, which supplies the
 static parts (graph definitions, optimiser transforms) and shardings. The data
-position needs no extra entry: batches are a pure function of the step.
+position needs no extra entry: batches are a pure function of the step. The workdir may
+be local or `gs://...`: Orbax reaches it through `etils.epath` and TensorStore (which has its
+own GCS driver); every process writes its part of the arrays.
 """
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from etils import epath
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+
+from jaxaug import storage
 
 
 def _flat(tree: Any) -> dict[str, Any]:
@@ -29,7 +32,7 @@ class Checkpointer:
   def __init__(self, workdir: str, *, keep: int = 3):
     if keep < 1:
       raise ValueError(f"keep_checkpoints={keep} must be >= 1")
-    self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+    self.directory = str(storage.workdir_path(workdir) / "checkpoints")
     self._manager = ocp.CheckpointManager(
         self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
 

@@ -1,6 +1,7 @@
 """Training reports: metrics.jsonl + TensorBoard, progress lines, image grids, metric plots.
 
-Layout under a run's workdir (written by the chief process only):
+Layout under a run's workdir, local or `gs://` (written by the chief process only, through
+`etils.epath`, see `jaxaug.storage`):
 
   metrics.jsonl               one JSON object per `Reporter.write` call:
                               {"step": int, "split": str, <name>: float | null, ...}
@@ -10,6 +11,9 @@ Layout under a run's workdir (written by the chief process only):
                               figure per learned vector (`Reporter.plot_vectors`)
   results.json                final results (`write_results`)
 
+metrics.jsonl is rewritten whole (an object store cannot append) from the records the
+`Reporter` keeps: by the first record `flush_seconds` or more after the last rewrite, and
+at `flush` / `close`.
 Non-finite metric values are stored as JSON `null` so that every line is valid JSON;
 `read_metrics` returns them as None. What a method has learned is written by
 `Reporter.write_learned` as records of split "learned": scalars under their names, the
@@ -18,19 +22,22 @@ components of a vector as "<name>[<label>]".
 
 from __future__ import annotations
 
+import io
 import json
 import math
-import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from etils import epath
 import jax
 import numpy as np
 import tensorboardX
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image, ImageDraw, ImageFont
+
+from jaxaug import storage
 
 MetricValue = float | np.ndarray | jax.Array
 
@@ -76,8 +83,8 @@ def _to_python_float(name: str, value: Any) -> float:
     raise ValueError(f"metric {name!r} is not a number: {value!r}") from error
 
 
-def _metrics_path(workdir: str) -> str:
-  return os.path.join(workdir, METRICS_FILENAME)
+def _metrics_path(workdir: str) -> epath.Path:
+  return epath.Path(workdir) / METRICS_FILENAME
 
 
 def _record_line(record: Mapping[str, Any]) -> str:
@@ -94,8 +101,7 @@ def read_metrics(workdir: str) -> list[dict[str, Any]]:
   Raises FileNotFoundError if the file does not exist.
   """
   path = _metrics_path(workdir)
-  with open(path) as f:
-    lines = f.readlines()
+  lines = path.read_text().splitlines(keepends=True)
   records = []
   for number, line in enumerate(lines, start=1):
     try:
@@ -107,23 +113,18 @@ def read_metrics(workdir: str) -> list[dict[str, Any]]:
   return records
 
 
-def _truncate_metrics(workdir: str, last_step: int, *, final: bool) -> list[dict[str, Any]]:
-  """Rewrites metrics.jsonl keeping only records with step <= `last_step` (atomic replace).
+def _records_to_keep(workdir: str, last_step: int, *, final: bool) -> list[dict[str, Any]]:
+  """The records of metrics.jsonl (none if it does not exist) with step <= `last_step`.
 
   `final`: `last_step` is the last step, whose evaluation (the 'val' and 'test' records)
-  is done again, so those records go too. Returns the records kept.
+  is done again, so those records are left out too.
   """
-  if not os.path.exists(_metrics_path(workdir)):
+  if not _metrics_path(workdir).exists():
     return []
-  kept = [record for record in read_metrics(workdir)
+  return [record for record in read_metrics(workdir)
           if record["step"] < last_step
           or (record["step"] == last_step
               and not (final and record["split"] in EVALUATION_SPLITS))]
-  temporary_path = _metrics_path(workdir) + ".tmp"
-  with open(temporary_path, "w") as f:
-    f.writelines(_record_line(record) for record in kept)
-  os.replace(temporary_path, _metrics_path(workdir))
-  return kept
 
 
 def _to_json_value(value: Any) -> Any:
@@ -146,14 +147,9 @@ def _to_json_value(value: Any) -> Any:
 
 
 def _write_json(workdir: str, filename: str, value: Any) -> str:
-  """Writes `value` (see `_to_json_value`) as indented JSON to `<workdir>/<filename>`, atomically."""
-  os.makedirs(workdir, exist_ok=True)
-  path = os.path.join(workdir, filename)
+  """Writes `value` (see `_to_json_value`) as indented JSON to `<workdir>/<filename>`, whole."""
   text = json.dumps(_to_json_value(value), indent=2, allow_nan=False)
-  with open(path + ".tmp", "w") as f:
-    f.write(text + "\n")
-  os.replace(path + ".tmp", path)
-  return path
+  return storage.write_file(epath.Path(workdir) / filename, text + "\n")
 
 
 def write_results(workdir: str, results: Mapping[str, Any]) -> str:
@@ -175,14 +171,13 @@ def write_config(workdir: str, config: Mapping[str, Any]) -> str:
 
 def read_json(workdir: str, filename: str) -> dict[str, Any] | None:
   """The JSON object in `<workdir>/<filename>`, or None if the file does not exist."""
-  path = os.path.join(workdir, filename)
-  if not os.path.exists(path):
+  path = epath.Path(workdir) / filename
+  if not path.exists():
     return None
-  with open(path) as f:
-    try:
-      return json.load(f)
-    except json.JSONDecodeError as error:
-      raise ValueError(f"{path} is not valid JSON: {error}") from error
+  try:
+    return json.loads(path.read_text())
+  except json.JSONDecodeError as error:
+    raise ValueError(f"{path} is not valid JSON: {error}") from error
 
 
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -311,6 +306,16 @@ def make_image_grid(rows: Sequence[Any], row_labels: Sequence[str]) -> np.ndarra
   return np.asarray(picture)
 
 
+def _png(picture: Figure | Image.Image) -> bytes:
+  """A matplotlib figure (at 100 dpi) or a PIL image encoded as PNG."""
+  buffer = io.BytesIO()
+  if isinstance(picture, Figure):
+    picture.savefig(buffer, format="png", dpi=100)
+  else:
+    picture.save(buffer, format="PNG")
+  return buffer.getvalue()
+
+
 def _plot_metric_series(records: Sequence[Mapping[str, Any]], names: Sequence[str]) -> Figure:
   """One subplot per metric name (grid layout), value against step, one line per split."""
   columns = math.ceil(math.sqrt(len(names)))
@@ -364,10 +369,12 @@ class Reporter:
 
   Only the chief process (`is_chief=True`) writes or prints; on other processes every method
   is a no-op apart from validating its arguments. Metric values are python/numpy/jax scalars
-  or size-1 arrays.
+  or size-1 arrays. The records are kept in memory and metrics.jsonl is rewritten whole from
+  them (an object store cannot append); it and the TensorBoard events are written out when
+  a `write` comes `flush_seconds` or more after they last were, and at `flush` and `close`.
 
   Args:
-    workdir: run directory (created if missing).
+    workdir: run directory, local or a URL such as `gs://bucket/run` (created if missing).
     total_steps: number of training steps of the whole run, > 0 (for progress and ETA).
     is_chief: whether this process writes (typically `jax.process_index() == 0`).
     log_every: `progress` prints every `log_every` steps (and at the last step), > 0.
@@ -375,8 +382,9 @@ class Reporter:
       (and, if it is `total_steps`, the final evaluation's records, which are done again)
       are dropped and TensorBoard hides events from step `start_step + 1` on, so a resumed
       run continues the files without duplicates.
+    flush_seconds: the longest a written record stays in memory only while writes go on, >= 0.
     print_fn: where progress lines go.
-    clock: seconds as a float, monotonic; used for steps/s and ETA.
+    clock: seconds as a float, monotonic; used for steps/s, ETA and `flush_seconds`.
   """
 
   def __init__(
@@ -387,41 +395,44 @@ class Reporter:
       is_chief: bool = True,
       log_every: int = 50,
       start_step: int = 0,
+      flush_seconds: float = 30.0,
       print_fn: Callable[[str], Any] = print,
       clock: Callable[[], float] = time.perf_counter,
   ):
-    if total_steps <= 0 or log_every <= 0 or start_step < 0:
-      raise ValueError(f"need total_steps > 0, log_every > 0, start_step >= 0; got "
-                       f"{total_steps=}, {log_every=}, {start_step=}")
+    if total_steps <= 0 or log_every <= 0 or start_step < 0 or flush_seconds < 0:
+      raise ValueError(f"need total_steps > 0, log_every > 0, start_step >= 0, flush_seconds "
+                       f">= 0; got {total_steps=}, {log_every=}, {start_step=}, {flush_seconds=}")
     self.workdir = workdir
     self.total_steps = total_steps
     self.is_chief = is_chief
     self.log_every = log_every
+    self.flush_seconds = flush_seconds
     self._print_fn = print_fn
     self._clock = clock
     self._last_progress: tuple[int, float] | None = None  # (step, clock time)
-    self._metrics_file = None
-    self._summary_writer = None
+    self._records: list[dict[str, Any]] = []
+    self._summary_writer = None  # None: this process does not write, or it was closed
+    self._last_flush = clock()
     if is_chief:
-      os.makedirs(workdir, exist_ok=True)
       final = start_step >= total_steps  # a finished run, evaluated again
-      kept = _truncate_metrics(workdir, start_step, final=final) if start_step > 0 else []
-      self._metrics_file = open(_metrics_path(workdir), "a")
+      if start_step > 0:
+        self._records = _records_to_keep(workdir, start_step, final=final)
       self._summary_writer = tensorboardX.SummaryWriter(
-          os.path.join(workdir, "tensorboard"),
+          str(epath.Path(workdir) / "tensorboard"),
           purge_step=(start_step if final else start_step + 1) if start_step > 0 else None)
-      for record in kept if final else []:  # the purge hid the last step's train record
+      for record in self._records if final else []:  # the purge hid the last step's train record
         if record["step"] == start_step:
           self._add_scalars(record["step"], record["split"],
                             {name: value for name, value in record.items()
                              if name not in ("step", "split") and value is not None})
+      self.flush()  # metrics.jsonl now holds the kept records only
 
   def write(self, step: int, split: str, metrics: Mapping[str, MetricValue]) -> None:
     """Appends {"step", "split", **metrics} to metrics.jsonl and TensorBoard "<split>/<name>".
 
     Raises ValueError naming the metric if a value is not a scalar / size-1 array, or if a
     name is "step" or "split". Non-finite values become null in JSON and stay as-is in
-    TensorBoard. Both files are flushed.
+    TensorBoard. Both files are written out if `flush_seconds` have passed since they were.
     """
     _check_metrics(metrics)
     if not self.is_chief:
@@ -429,15 +440,24 @@ class Reporter:
     values = {name: _to_python_float(name, value) for name, value in metrics.items()}
     record = {"step": int(step), "split": split}
     record.update({name: _json_float(value) for name, value in values.items()})
-    self._metrics_file.write(_record_line(record))
-    self._metrics_file.flush()
+    self._records.append(record)
     self._add_scalars(step, split, values)
+    if self._clock() - self._last_flush >= self.flush_seconds:
+      self.flush()
+
+  def flush(self) -> None:
+    """Writes metrics.jsonl whole from the records and flushes the TensorBoard events."""
+    if self._summary_writer is None:
+      return
+    storage.write_file(_metrics_path(self.workdir),
+                       "".join(_record_line(record) for record in self._records))
+    self._summary_writer.flush()
+    self._last_flush = self._clock()
 
   def _add_scalars(self, step: int, split: str, values: Mapping[str, float]) -> None:
-    """TensorBoard scalars "<split>/<name>" at `step`, flushed."""
+    """TensorBoard scalars "<split>/<name>" at `step`."""
     for name, value in values.items():
       self._summary_writer.add_scalar(f"{split}/{name}", value, int(step))
-    self._summary_writer.flush()
 
   def progress(self, step: int, metrics: Mapping[str, Any] | None = None) -> None:
     """Prints `format_progress(...)` every `log_every` steps and at step `total_steps`.
@@ -491,30 +511,25 @@ class Reporter:
     for name, values in (histograms or {}).items():
       self._summary_writer.add_histogram(f"learned/{name}", np.asarray(values, np.float32),
                                          int(step))
-    self._summary_writer.flush()
 
   def plot_vectors(self) -> list[str]:
     """One figure per learned vector, `plots/<name with / as _>.png`: each component against
     step, labelled in a legend. Returns the paths (none on non-chief processes)."""
     if not self.is_chief:
       return []
-    self._metrics_file.flush()
-    records = [record for record in read_metrics(self.workdir) if record["split"] == "learned"]
+    records = [record for record in self._records if record["split"] == "learned"]
     components: dict[str, list[str]] = {}
     for key in dict.fromkeys(key for record in records for key in record):
       if key.endswith("]") and "[" in key:
         name, label = key[:-1].split("[", 1)
         components.setdefault(name, []).append(label)
-    paths = []
-    for name, labels in components.items():
-      path = os.path.join(self.workdir, "plots", name.replace("/", "_") + ".png")
-      os.makedirs(os.path.dirname(path), exist_ok=True)
-      _plot_vector(records, name, labels).savefig(path, dpi=100)
-      paths.append(path)
-    return paths
+    plots = epath.Path(self.workdir) / "plots"
+    return [storage.write_file(plots / (name.replace("/", "_") + ".png"),
+                               _png(_plot_vector(records, name, labels)))
+            for name, labels in components.items()]
 
   def _image_path(self, step: int, name: str) -> str:
-    return os.path.join(self.workdir, "images", f"{name}_step{step:07d}.png")
+    return str(epath.Path(self.workdir) / "images" / f"{name}_step{step:07d}.png")
 
   def save_image_grid(
       self, step: int, name: str, rows: Sequence[np.ndarray], row_labels: Sequence[str]
@@ -534,10 +549,8 @@ class Reporter:
     if not self.is_chief:
       return path
     grid = make_image_grid(rows, row_labels)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    Image.fromarray(grid).save(path)
+    storage.write_file(path, _png(Image.fromarray(grid)))
     self._summary_writer.add_image(name, grid, int(step), dataformats="HWC")
-    self._summary_writer.flush()
     return path
 
   def plot_metrics(
@@ -553,24 +566,19 @@ class Reporter:
     """
     if not self.is_chief:
       return None
-    self._metrics_file.flush()
-    records = [record for record in read_metrics(self.workdir)
-               if split is None or record["split"] == split]
+    records = [record for record in self._records if split is None or record["split"] == split]
     names = sorted({key for record in records for key in record
                     if key.startswith(prefix) and key not in _RESERVED_KEYS
                     and not key.endswith("]")})
     if not names:
       return None
-    path = os.path.join(self.workdir, "plots", filename)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    _plot_metric_series(records, names).savefig(path, dpi=100)
-    return path
+    return storage.write_file(epath.Path(self.workdir) / "plots" / filename,
+                              _png(_plot_metric_series(records, names)))
 
   def close(self) -> None:
-    """Flushes and closes the metrics file and the TensorBoard writer; safe to call twice."""
-    if self._metrics_file is not None:
-      self._metrics_file.close()
-      self._metrics_file = None
+    """Writes out metrics.jsonl and the TensorBoard events and closes the TensorBoard writer;
+    safe to call twice."""
     if self._summary_writer is not None:
+      self.flush()
       self._summary_writer.close()
       self._summary_writer = None

@@ -8,23 +8,27 @@ Markdown table (the settings sections of the methods a run did not use, e.g. `hb
 `bilevel` run, are left out): one row per group, best mean first, with the configuration keys whose
 values differ between groups, the number of runs, and the mean, sample standard deviation
 (n - 1; empty for a single run), minimum and maximum of the metric. Directories without
-`results.json` (runs still going) are skipped with a note on stderr.
+`results.json` (runs still going) are skipped with a note on stderr. Run directories may be
+local or on Google Cloud Storage; an argument with wildcards is expanded here (quote it), so
+`gs://` globs work too:
 
   python -m jaxaug.summarize runs/r_*
+  python -m jaxaug.summarize 'gs://bucket/runs/r_*'
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
 import statistics
 import sys
 from typing import Any, Sequence
 
 from absl import app
 from absl import flags
+from etils import epath
 
 from jaxaug import reporting
+from jaxaug import storage
 from jaxaug.methods import METHODS
 
 FLAGS = flags.FLAGS
@@ -130,12 +134,18 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
 
 
 def main(argv):
-  workdirs = argv[1:]
-  if not workdirs:
+  patterns = argv[1:]
+  if not patterns:
     raise app.UsageError("give one or more run directories, e.g. runs/r_*")
+  workdirs = []
+  for pattern in patterns:
+    matches = storage.expand(pattern)
+    if not matches:
+      print(f"skipped {pattern}: matches nothing", file=sys.stderr)
+    workdirs += [str(path) for path in matches]
   runs = []
   for workdir in workdirs:
-    if not os.path.isdir(workdir):  # e.g. a log file a glob such as runs/* also matches
+    if not epath.Path(workdir).is_dir():  # e.g. a log file a glob such as runs/* also matches
       print(f"skipped {workdir}: not a directory", file=sys.stderr)
       continue
     run = load_run(workdir)

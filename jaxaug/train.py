@@ -7,10 +7,10 @@ Nothing here is method-specific: `METHODS.get(config.method)` is a `methods.Meth
 from __future__ import annotations
 
 import contextlib
-import os
 import time
 from typing import Any, Iterator
 
+from etils import epath
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -93,7 +93,7 @@ def _save_config(config: ml_collections.ConfigDict, workdir: str, *, resuming: b
   changes = reporting.config_changes(saved, current) if saved is not None else []
   if changes:
     print(f"warning: resuming with a configuration that differs from the saved "
-          f"{os.path.join(workdir, reporting.CONFIG_FILENAME)} (now replaced) in:\n  "
+          f"{epath.Path(workdir) / reporting.CONFIG_FILENAME} (now replaced) in:\n  "
           + "\n  ".join(changes))
   reporting.write_config(workdir, current)
 
@@ -117,7 +117,9 @@ def _interval(every_epochs: float, steps_per_epoch: int) -> int:
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains `config.method` and writes config.json, metrics, images, plots, checkpoints, results.json.
 
-  Resumes from the newest checkpoint in `<workdir>/checkpoints` if there is one.
+  `workdir` is a local directory or a URL such as `gs://bucket/run`; only process 0 writes
+  its files (every process takes part in the checkpoints). Resumes from the newest
+  checkpoint in `<workdir>/checkpoints` if there is one.
   Returns the results dict also written to `<workdir>/results.json`.
 
   Raises:
@@ -241,12 +243,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         if stop or last or done % config.checkpoint_every_steps == 0:
           if not log:  # else checked above
             _check_finite(state, checkpointer)
+          reporter.flush()  # a resume from this checkpoint finds every record up to it
           checkpointer.save(done, state, metadata={"wall_seconds": wall_seconds()})
         if stop:
           raise stopping.TrainingInterrupted(done, stop_signals.signum, checkpointer.directory)
       if stop_signals.signum is not None:  # arrived while the last checkpoint was written
         raise stopping.TrainingInterrupted(total_steps, stop_signals.signum,
                                            checkpointer.directory)
+    except BaseException:
+      reporter.close()  # writes out the records and events so far
+      raise
     finally:
       checkpointer.close()  # an interrupted run keeps every checkpoint it started writing
 
@@ -256,7 +262,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   reporter.plot_vectors()
   policy = method.export_policy(state)
   if policy is not None and is_chief:
-    learned.write_policy(os.path.join(workdir, "policy"), policy)
+    learned.write_policy(str(epath.Path(workdir) / "policy"), policy)
   results = {
       "method": config.method,
       "dataset": config.data.dataset,

@@ -12,7 +12,8 @@ Submits one SLURM job (sbatch) of NODES x G tasks, one per GPU, each running
 `python -m jaxaug.main --config CONFIG --workdir WORKDIR --config.distributed.enabled=True
 [--config.key=value ...]` through srun; jax.distributed finds the other processes from the
 SLURM environment. The job inherits this shell's environment: submit from the one where
-jaxaug is installed. WORKDIR must be on a file system all nodes share. SLURM sends SIGTERM
+jaxaug is installed. WORKDIR must be on a file system all nodes share, or gs://BUCKET/PATH
+(install jaxaug with its `gcs` extra). SLURM sends SIGTERM
 2 minutes before the time limit, so the run saves a checkpoint and stops; submitting the same
 command again resumes it from the newest checkpoint in WORKDIR.
 

@@ -14,16 +14,17 @@ Trains jaxaug on a Cloud TPU VM slice (queued resource NAME), start to end:
      is ACTIVE (an ACTIVE one of that name is reused; a SUSPENDED or FAILED one, such as a
      preempted spot slice, is deleted and created again);
   2. installs jaxaug at this checkout's commit (git HEAD; CONFIG must be committed) on every
-     worker: a `git archive` of HEAD is copied to all workers and pip-installed with
-     jax[tpu] into a Python 3.11 virtualenv (~/jaxaug-venv, made with uv);
+     worker: a `git archive` of HEAD is copied to all workers and pip-installed with its
+     `gcs` extra and jax[tpu] into a Python 3.11 virtualenv (~/jaxaug-venv, made with uv);
   3. runs `python -m jaxaug.main --config CONFIG --workdir WORKDIR
      --config.distributed.enabled=True [--config.key=value ...]` on all workers at once,
      streaming their output to the terminal and appending it to the log file;
   4. deletes the slice (unless --keep), also when training fails or is interrupted.
-A run that stopped (a preempted spot slice, Ctrl-C) resumes from the newest checkpoint in
-WORKDIR when the same command is run again: give WORKDIR on storage shared by all workers
-and kept after the slice is deleted (a mounted file system: jaxaug does not write gs://
-workdirs yet). The workers keep the code in ~/jaxaug and ~/jaxaug-venv.
+The workers share no disk: give WORKDIR as gs://BUCKET/PATH (the slice's service account
+needs write access to the bucket; every worker takes part in writing each checkpoint, worker
+0 writes the reports), or on a file system every worker mounts. A run that stopped (a preempted spot
+slice, Ctrl-C) resumes from the newest checkpoint in WORKDIR when the same command is run
+again, also on a new slice. The workers keep the code in ~/jaxaug and ~/jaxaug-venv.
 Each worker downloads a tfds dataset itself unless --config.data.data_dir names a prepared
 copy they share (e.g. on gs://).
 
@@ -43,7 +44,7 @@ Options:
   -h, --help               this help
 Example:
   launch/tpu_pod.sh --name c10 --zone us-central2-b --accelerator-type v4-32 --spot \
-      configs/cifar10_bilevel.py /mnt/shared/runs/c10 --config.num_epochs=100
+      configs/cifar10_bilevel.py gs://my-bucket/runs/c10 --config.num_epochs=100
 EOF
 }
 
@@ -117,7 +118,7 @@ install_on_workers() {  # copies a git archive of HEAD to every worker and insta
   local install="set -e; rm -rf ~/jaxaug; mkdir ~/jaxaug; tar -xzf ~/$archive_name -C ~/jaxaug"
   install+="; python3 -m pip install --quiet --user --upgrade uv"
   install+="; python3 -m uv venv --allow-existing --python 3.11 ~/jaxaug-venv"
-  install+="; python3 -m uv pip install --quiet --python $VENV_PYTHON 'jax[tpu]' ~/jaxaug"
+  install+="; python3 -m uv pip install --quiet --python $VENV_PYTHON 'jax[tpu]' \"\$HOME/jaxaug[gcs]\""
   qr ssh "$name" --worker=all --node=all --command="$install"
   run "${qr_command[@]}"
 }
@@ -185,9 +186,8 @@ config_in_repo=$(git -C "$repo" ls-files --full-name --error-unmatch -- "$(realp
   2> /dev/null) || die "$config is not committed: the workers get commit $commit; commit it first"
 git -C "$repo" diff --quiet HEAD -- "$config_in_repo" ||
   echo "warning: $config has uncommitted changes; the workers run it as of commit $commit" >&2
-[[ $workdir == gs://* ]] && echo "warning: jaxaug does not write gs:// workdirs yet; WORKDIR" \
-  "$workdir would end up on each worker's local disk" >&2
-echo "note: all workers must share WORKDIR, and it must outlive the slice for a rerun to resume" >&2
+[[ $workdir == gs://* ]] || echo "note: WORKDIR $workdir is not on gs://: it must be a file" \
+  "system every worker mounts, kept after the slice is deleted for a rerun to resume" >&2
 
 trap finish EXIT  # also when waiting, installing or training fails or is interrupted
 acquire_slice

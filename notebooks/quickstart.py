@@ -37,7 +37,7 @@
 # %% tags=["parameters"]
 DATASET = "cifar10"  # a tfds name (the first use downloads and prepares it, ~2 minutes)
 NUM_EPOCHS = 20  # of each of the two runs (the README's CIFAR-10 results use 60)
-WORKDIR = "runs/quickstart_notebook"  # the runs go to WORKDIR/bilevel and WORKDIR/predefined
+WORKDIR = "runs/quickstart_notebook"  # WORKDIR/bilevel and WORKDIR/predefined; or gs://bucket/path
 SMOKE = False  # True: 160 training images and batches of 16 (what the tests run)
 REPO_URL = "https://github.com/jaxaug/jaxaug"  # cloned when jaxaug is not installed
 
@@ -172,15 +172,16 @@ bilevel_results = train.train_and_evaluate(bilevel_config, BILEVEL_DIR)
 # start of training and at its end.
 
 # %%
+from etils import epath
 from IPython.display import Image, display
 
 
 def show_grids(workdir: str) -> None:
   """The first and the last `images/augmented_step*.png` a run wrote, with their step."""
-  grids = sorted(pathlib.Path(workdir, "images").glob("augmented_step*.png"))
+  grids = sorted((epath.Path(workdir) / "images").glob("augmented_step*.png"))
   for grid in dict.fromkeys([grids[0], grids[-1]]):
     print(f"step {int(grid.stem.removeprefix('augmented_step'))}:")
-    display(Image(filename=str(grid)))
+    display(Image(data=grid.read_bytes()))
 
 
 show_grids(BILEVEL_DIR)

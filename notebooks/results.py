@@ -27,7 +27,6 @@
 # %% tags=["parameters"]
 RUNS = ["runs/*"]  # run directories or globs, local or gs://bucket/path/runs/*
 METRIC = "test_accuracy"  # the key of results.json the table summarises
-CACHE = "runs_cache"  # local copies of gs:// runs (their reports, not their checkpoints)
 REPO_URL = "https://github.com/jaxaug/jaxaug"  # installed from here when jaxaug is missing
 
 # %% [markdown]
@@ -35,7 +34,8 @@ REPO_URL = "https://github.com/jaxaug/jaxaug"  # installed from here when jaxaug
 #
 # Installs jaxaug (from the checkout holding this notebook, else from `REPO_URL`) unless it is
 # importable. On Colab, reading `gs://` asks you to sign in with a Google account that can
-# read the bucket; elsewhere `gcloud auth application-default login` does it.
+# read the bucket; elsewhere `gcloud auth application-default login` does it (and, without
+# TensorFlow, jaxaug's `gcs` extra reads the bucket).
 
 # %%
 import importlib.util
@@ -57,63 +57,29 @@ if any(pattern.startswith("gs://") for pattern in RUNS) and "google.colab" in sy
 # ## The runs
 #
 # A directory is a finished run when it has `results.json`; the others are listed and
-# skipped. Runs on `gs://` are copied to `CACHE` first (only the reports this notebook reads,
-# again on each run of the cell, so runs still going are brought up to date).
+# skipped. Runs are read where they are, local or on `gs://`, by the code
+# `python -m jaxaug.summarize` uses (again on each run of a cell, so runs still going are
+# brought up to date).
 
 # %%
-import os
-
 from etils import epath
 
+from jaxaug import storage
 from jaxaug import summarize
-
-WILDCARDS = "*?["
-REPORTS = ("config.json", "results.json", "metrics.jsonl", "policy", "images")
-
-
-def expand(pattern: str) -> list[epath.Path]:
-  """The directories `pattern` names: one path, or a glob with wildcards in its last parts."""
-  parts = pattern.rstrip("/").split("/")
-  first = next((i for i, part in enumerate(parts) if any(c in part for c in WILDCARDS)), None)
-  if first is None:
-    return [epath.Path(pattern)]
-  base = epath.Path("/".join(parts[:first]) or ".")
-  return sorted(path for path in base.glob("/".join(parts[first:])) if path.is_dir())
-
-
-def copy_file(source: epath.Path, target: epath.Path) -> None:
-  target.parent.mkdir(parents=True, exist_ok=True)
-  source.copy(target, overwrite=True)
-
-
-def local_copy(run: epath.Path) -> str:
-  """`run` itself if it is local, else the copy of its REPORTS under CACHE."""
-  if "://" not in str(run):
-    return str(run)
-  copy = epath.Path(CACHE) / str(run).split("://", 1)[1]
-  for name in REPORTS:
-    source = run / name
-    if source.is_dir():
-      for file in source.iterdir():
-        copy_file(file, copy / name / file.name)
-    elif source.exists():
-      copy_file(source, copy / name)
-  return str(copy)
 
 
 def load_runs(patterns: list[str]) -> list[summarize.Run]:
   """The finished runs `patterns` name, in order; prints what it skips and why."""
   runs = []
   for pattern in patterns:
-    paths = expand(pattern)
+    paths = [path for path in storage.expand(pattern) if path.is_dir()]
     if not paths:
       print(f"{pattern}: no directories")
     for path in paths:
-      workdir = local_copy(path)
-      run = summarize.load_run(workdir)
+      run = summarize.load_run(str(path))
       if run is not None:
         runs.append(run)
-      elif os.path.isfile(os.path.join(workdir, "config.json")):
+      elif (path / "config.json").exists():
         print(f"skipped {path}: not finished (no results.json yet)")
       else:
         print(f"skipped {path}: not a jaxaug run (no config.json)")
@@ -249,12 +215,11 @@ def show_policy(run: summarize.Run) -> None:
   """What `run` learned about augmentation, or its fixed augmentation."""
   display(Markdown(f"### {run.workdir}\n`method={run.config['method']}`, "
                    f"`augment={run.config['augment']}`"))
-  policy_file = os.path.join(run.workdir, "policy", "policy.json")
-  if not os.path.isfile(policy_file):
+  policy_file = epath.Path(run.workdir) / "policy" / "policy.json"
+  if not policy_file.exists():
     print("no learned policy: a fixed augmentation")
     return
-  with open(policy_file) as f:
-    policy = json.load(f)
+  policy = json.loads(policy_file.read_text())
   arrays = ", ".join(f"{name} {shape}" for name, shape in policy["arrays"].items())
   print(f"family {policy['family']}: {policy['summary'].get('what', '')}\n"
         f"{policy['schedule_rows']} schedule row(s); arrays: {arrays}")
@@ -263,10 +228,10 @@ def show_policy(run: summarize.Run) -> None:
   records = learned_records(run.workdir)
   plot_learned_scalars(records)
   plot_learned_vectors(records)
-  grids = sorted(pathlib.Path(run.workdir, "images").glob("augmented_step*.png"))
+  grids = sorted((epath.Path(run.workdir) / "images").glob("augmented_step*.png"))
   if grids:
     print(f"original and augmented images at the end ({grids[-1].name}):")
-    display(Image(filename=str(grids[-1])))
+    display(Image(data=grids[-1].read_bytes()))
 
 
 for run in runs:

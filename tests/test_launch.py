@@ -115,6 +115,7 @@ def test_tpu_pod_lifecycle():
   assert archive[-1] == commit and scp[5] == flag(archive, "--output")
   assert scp[6] == "c10:"
   assert commit in flag(install, "--command") and "jax[tpu]" in flag(install, "--command")
+  assert '"$HOME/jaxaug[gcs]"' in flag(install, "--command")  # gs:// workdirs work
   remote = shlex.split(flag(train, "--command"))
   assert jaxaug_args(remote) == ["--config", CONFIG, "--workdir", "gs://bucket/runs/c10",
                                  "--config.distributed.enabled=True", "--config.num_epochs=100",

@@ -99,7 +99,7 @@ def test_quickstart(quickstart):
   assert images(notebook) >= 4  # grids at the start and the end, parameters, accuracy
 
 
-def test_results(quickstart, tmp_path):
+def test_results(quickstart):
   _, workdir = quickstart
   hba = subprocess.run(
       [sys.executable, "-m", "jaxaug.main", "--config=configs/smoke.py",
@@ -109,7 +109,7 @@ def test_results(quickstart, tmp_path):
   assert hba.returncode == 0, hba.stderr[-3000:]
   (workdir / "unfinished").mkdir()
   (workdir / "unfinished" / "config.json").write_text("{}")
-  notebook = execute("results", RUNS=[f"{workdir}/*"], CACHE=str(tmp_path / "cache"))
+  notebook = execute("results", RUNS=[f"{workdir}/*"])
   printed = outputs(notebook)
   assert "unfinished: not finished" in printed
   assert "3 finished run(s)" in printed

@@ -60,6 +60,26 @@ def test_write_appends_one_json_line_per_call(tmp_path):
   assert reporting.read_metrics(str(tmp_path)) == expected
 
 
+def test_records_are_written_out_every_flush_seconds_and_at_flush_and_close(tmp_path):
+  clock = FakeClock()
+  reporter = reporting.Reporter(str(tmp_path), total_steps=100, flush_seconds=30, clock=clock)
+  assert _raw_lines(tmp_path) == []  # the file exists from the start
+  reporter.write(1, "train", {"loss": 1.0})
+  clock.now = 29.0
+  reporter.write(2, "train", {"loss": 2.0})
+  assert _raw_lines(tmp_path) == []  # in memory only
+  clock.now = 30.0
+  reporter.write(3, "train", {"loss": 3.0})
+  assert [record["step"] for record in _raw_lines(tmp_path)] == [1, 2, 3]
+  reporter.write(4, "train", {"loss": 4.0})
+  reporter.flush()
+  assert [record["step"] for record in _raw_lines(tmp_path)] == [1, 2, 3, 4]
+  reporter.write(5, "train", {"loss": 5.0})
+  reporter.close()
+  assert [record["step"] for record in _raw_lines(tmp_path)] == [1, 2, 3, 4, 5]
+  assert sorted(path.name for path in tmp_path.iterdir()) == ["metrics.jsonl", "tensorboard"]
+
+
 def test_write_rejects_non_scalar_and_reserved_names(tmp_path):
   reporter = reporting.Reporter(str(tmp_path), total_steps=100)
   with pytest.raises(ValueError, match=r"'per_class'.*\(2, 3\)"):

@@ -241,6 +241,23 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path, monkeypatch, method):
   assert (full["steps"], "test") in steps
 
 
+def test_the_records_up_to_a_checkpoint_are_written_before_it_is_saved(tmp_path, monkeypatch):
+  """So a process killed right after a checkpoint resumes with all the records up to it."""
+  from jaxaug import reporting
+  on_disk_at_save = {}
+  save = checkpoint.Checkpointer.save
+
+  def save_and_look(self, step, state, **kwargs):
+    on_disk_at_save[step] = [(r["step"], r["split"]) for r in reporting.read_metrics(str(tmp_path))]
+    save(self, step, state, **kwargs)
+
+  monkeypatch.setattr(checkpoint.Checkpointer, "save", save_and_look)
+  train.train_and_evaluate(smoke_config(), str(tmp_path))  # logs and saves every 4 steps
+  assert sorted(on_disk_at_save) == [4, 8, 12, 16]
+  assert on_disk_at_save[8] == [(4, "train"), (8, "train"), (8, "val"), (8, "test")]
+  assert on_disk_at_save[16][-1] == (16, "train")
+
+
 @pytest.fixture
 def sigint_not_ignored():
   """Ctrl-C handled as usual, also when pytest runs as a background job (which ignores SIGINT)."""

@@ -19,10 +19,11 @@ the same operations for the same random keys.
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
-import os
 from typing import Any, Callable
 
+from etils import epath
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -31,6 +32,7 @@ from jax.flatten_util import ravel_pytree
 
 from jaxaug.augment import augmenters
 from jaxaug.augment import policies
+from jaxaug import storage
 from jaxaug.augment import space
 from jaxaug.registry import Registry
 
@@ -65,37 +67,34 @@ class Policy:
 
 
 def write_policy(directory: str, policy: Policy) -> str:
-  """Writes `policy` to `directory` (created) as policy.json and arrays.npz; returns the path."""
+  """Writes `policy` to `directory` (local or `gs://...`, created) as arrays.npz, then
+  policy.json; returns the path of policy.json."""
   arrays = {name: np.asarray(value) for name, value in policy.arrays.items()}
-  os.makedirs(directory, exist_ok=True)
-  with open(os.path.join(directory, ARRAYS_FILENAME), "wb") as f:
-    np.savez(f, **arrays)
+  buffer = io.BytesIO()
+  np.savez(buffer, **arrays)
+  storage.write_file(epath.Path(directory) / ARRAYS_FILENAME, buffer.getvalue())
   description = {"family": policy.family, "settings": policy.settings, "summary": policy.summary,
                  "schedule_rows": policy.schedule_rows,
                  "arrays": {name: list(value.shape) for name, value in arrays.items()}}
-  path = os.path.join(directory, POLICY_FILENAME)
-  with open(path + ".tmp", "w") as f:
-    json.dump(description, f, indent=2)
-    f.write("\n")
-  os.replace(path + ".tmp", path)
-  return path
+  return storage.write_file(epath.Path(directory) / POLICY_FILENAME,
+                            json.dumps(description, indent=2) + "\n")
 
 
 def read_policy(directory: str) -> Policy:
-  """The policy in `directory` (a run's `policy/` folder, or the run's workdir holding one).
+  """The policy in `directory` (a run's `policy/` folder, or the run's workdir holding one;
+  local or `gs://...`).
 
   Raises ValueError saying what is missing or malformed.
   """
-  if os.path.isfile(os.path.join(directory, "policy", POLICY_FILENAME)):
-    directory = os.path.join(directory, "policy")
-  path = os.path.join(directory, POLICY_FILENAME)
-  if not os.path.isfile(path):
+  folder = epath.Path(directory)
+  if (folder / "policy" / POLICY_FILENAME).exists():
+    folder = folder / "policy"
+  if not (folder / POLICY_FILENAME).exists():
     raise ValueError(f"no learned policy in {directory!r}: {POLICY_FILENAME} not found (a run of a "
                      f"method that learns augmentation writes <workdir>/policy/ when it finishes)")
   try:
-    with open(path) as f:
-      description = json.load(f)
-    with np.load(os.path.join(directory, ARRAYS_FILENAME)) as npz:
+    description = json.loads((folder / POLICY_FILENAME).read_text())
+    with np.load(io.BytesIO((folder / ARRAYS_FILENAME).read_bytes())) as npz:
       arrays = {name: npz[name] for name in npz.files}
     policy = Policy(description["family"], description["settings"], description["summary"], arrays)
   except (OSError, ValueError, KeyError, TypeError) as error:
