@@ -163,8 +163,8 @@ def sample_policies(controller: common.Learner, settings: Settings, rng: jax.Arr
     return (rollout.tokens, rollout.op_probs.mean((0, 1)), rollout.level_probs.mean((0, 1)))
   op_rng, level_rng = jax.random.split(rng)
   tokens = jnp.stack([
-      jax.random.randint(op_rng, (count, operations), 0, len(settings.ops)),
-      jax.random.randint(level_rng, (count, operations), 0, settings.num_levels)], -1)
+      jax.random.randint(op_rng, (count, operations), 0, len(settings.ops), jnp.int32),
+      jax.random.randint(level_rng, (count, operations), 0, settings.num_levels, jnp.int32)], -1)
   return (tokens, jnp.full((len(settings.ops),), 1 / len(settings.ops)),
           jnp.full((settings.num_levels,), 1 / settings.num_levels))
 
@@ -263,7 +263,7 @@ def _end_epoch(state: State, loss_sum: jax.Array, rng: jax.Array):
       op_probability=state.op_probability.at[following].set(op_probability, mode="drop"),
       level_probability=state.level_probability.at[following].set(level_probability,
                                                                   mode="drop"),
-      rewards=state.rewards.at[epoch].set(rewards, mode="drop")), entropy
+      rewards=state.rewards.at[epoch].set(rewards, mode="drop")), entropy.astype(jnp.float32)
 
 
 def train_step(state, train_batch: dict, val_batch: dict, rng: jax.Array):

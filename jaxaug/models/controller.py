@@ -61,7 +61,7 @@ class Rollout:
 def _emit(logits: jax.Array, rng: jax.Array | None, given: jax.Array | None):
   """(token [count], its log-probability, the entropy, the softmax) of one step."""
   log_softmax = jax.nn.log_softmax(logits)
-  token = jax.random.categorical(rng, logits) if given is None else given.astype(jnp.int32)
+  token = (jax.random.categorical(rng, logits) if given is None else given).astype(jnp.int32)
   probs = jnp.exp(log_softmax)
   log_prob = jnp.take_along_axis(log_softmax, token[:, None], axis=-1)[:, 0]
   entropy = -(probs * log_softmax).sum(-1)
@@ -81,8 +81,8 @@ def rollout(controller: Controller, rng: jax.Array | None, count: int, operation
   if tokens is not None and tuple(tokens.shape) != (count, operations, 2):
     raise ValueError(f"tokens must have shape {(count, operations, 2)}, got {tokens.shape}")
   hidden = controller.cell.hidden_features
-  carry = (jnp.zeros((count, hidden)), jnp.zeros((count, hidden)))
   inputs = jnp.broadcast_to(controller.start[...], (count, controller.start.shape[0]))
+  carry = (jnp.zeros((count, hidden), inputs.dtype), jnp.zeros((count, hidden), inputs.dtype))
   heads = ((controller.op_head, controller.op_embedding),
            (controller.level_head, controller.level_embedding))
   given_tokens = (jnp.zeros((operations, count, 2), jnp.int32) if tokens is None
@@ -98,7 +98,7 @@ def rollout(controller: Controller, rng: jax.Array | None, count: int, operation
       carry, output = controller.cell(carry, inputs)
       step_rng = None if rng is None else jax.random.fold_in(operation_rng, kind)
       emitted = _emit(head(output), step_rng, None if tokens is None else given[:, kind])
-      inputs = embedding(emitted[0])
+      inputs = embedding(emitted[0]).astype(inputs.dtype)
       outputs.append(emitted)
     return (carry, inputs), outputs
 
