@@ -20,7 +20,8 @@
 # the `python -m jaxaug.summarize` table (runs that differ only in their seeds grouped), the
 # accuracy curves, and what each run learned about augmentation, whatever the method (the
 # `bilevel` augmenter's transformation, the `hba` schedule of op probabilities and magnitudes,
-# ...). It needs no accelerator.
+# the `reinforce` controller's op and level probabilities and rewards per epoch, ...). It
+# needs no accelerator.
 #
 # Set `RUNS` in the next cell, then *Run all*.
 
