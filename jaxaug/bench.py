@@ -5,11 +5,13 @@ Two sections, both by default (`--sections=steps,augment`), printing one JSON ob
 steps: times, in one process on the same model and data, a plain supervised step (no
 augmentation), a predefined-augmentation step, bilevel steps for T = 1, 2, 4 (plus T = 1
 with plain reverse-over-reverse autodiff, for reference) and HBA's two kinds of step (with
-and without a policy update; at `hba.update_every` = 2 a step costs their mean): name, ms_per_step, ms_per_update
-(per classifier update), ratio_to_plain (per step), the compiled step's temporary and total
-memory (XLA's memory analysis: arguments + outputs - aliased + temporaries) and, where the
-backend reports it, the process's peak device memory so far (not per variant: JAX cannot
-reset it, so the largest variant run so far sets it).
+and without a policy update; at `hba.update_every` = 2 a step costs their mean), each in
+every computation dtype of `--dtypes` (`config.dtype`: float32, bfloat16): name, dtype,
+ms_per_step, ms_per_update (per classifier update), ratio_to_plain (per step, to the plain
+step of the same dtype), ratio_to_float32 (to the same variant in float32), the compiled
+step's temporary and total memory (XLA's memory analysis: arguments + outputs - aliased +
+temporaries) and, where the backend reports it, the process's peak device memory so far
+(not per variant: JAX cannot reset it, so the largest variant run so far sets it).
 
 augment: augmentation throughput of the fixed policies RandAugment(2, 9) and AutoAugment
 CIFAR-10 on `--augment_batch_size` training images of `config.data`: jaxaug's jitted sampler
@@ -39,6 +41,7 @@ from absl import logging
 from ml_collections import config_flags
 
 from jaxaug import data
+from jaxaug import models
 from jaxaug import parallel
 from jaxaug.augment import fixed
 from jaxaug.methods import METHODS
@@ -46,10 +49,13 @@ from jaxaug.methods import common
 from jaxaug.train import to_float_images
 
 FLAGS = flags.FLAGS
+DTYPES = ("float32", "bfloat16")  # `--dtypes` default
 config_flags.DEFINE_config_file("config", None, "Configuration file (model, data, batch size).")
 flags.DEFINE_integer("steps", 20, "Timed repeats per variant, after untimed warm-up calls: train "
                      "steps (steps section) or augmented batches (augment section).")
 flags.DEFINE_list("truncations", ["1", "2", "4"], "Bilevel truncations T to time.")
+flags.DEFINE_list("dtypes", list(DTYPES),
+                  "Computation dtypes (config.dtype) each train-step variant is timed in.")
 flags.DEFINE_list("sections", ["steps", "augment"],
                   "Sections to run: steps (train-step cost), augment (augmentation throughput).")
 flags.DEFINE_integer("augment_batch_size", 256, "Images per augmented batch (augment section).")
@@ -70,9 +76,10 @@ OP_DRAWS = {
 }
 
 
-def variants(config: ml_collections.ConfigDict,
-             truncations: list[int]) -> Iterator[tuple[str, ml_collections.ConfigDict]]:
-  """(name, config) for each timed variant, all sharing model, data and batch size."""
+def variants(config: ml_collections.ConfigDict, truncations: list[int],
+             dtypes: Sequence[str]) -> Iterator[tuple[str, str, ml_collections.ConfigDict]]:
+  """(name, dtype, config) for each timed variant in each dtype (the dtypes of a variant
+  one after the other), all sharing model, data and batch size."""
   def variant(**changes):
     copy = ml_collections.ConfigDict(config.to_dict())
     for key, value in changes.items():
@@ -83,18 +90,21 @@ def variants(config: ml_collections.ConfigDict,
       target[leaf] = value
     return copy
 
-  yield "plain", variant(method="supervised", augment="none")
-  yield "predefined", variant(method="supervised", augment="predefined")
-  for truncation in truncations:
-    yield f"bilevel_T{truncation}", variant(**{"method": "bilevel", "bilevel.truncation": truncation,
-                                               "bilevel.second_order": "forward"})
-  yield "bilevel_T1_reverse_over_reverse", variant(**{
-      "method": "bilevel", "bilevel.truncation": 1, "bilevel.second_order": "reverse"})
+  named = [("plain", {"method": "supervised", "augment": "none"}),
+           ("predefined", {"method": "supervised", "augment": "predefined"})]
+  named += [(f"bilevel_T{truncation}", {"method": "bilevel", "bilevel.truncation": truncation,
+                                        "bilevel.second_order": "forward"})
+            for truncation in truncations]
+  named.append(("bilevel_T1_reverse_over_reverse", {
+      "method": "bilevel", "bilevel.truncation": 1, "bilevel.second_order": "reverse"}))
   # HBA's two kinds of step: with a lambda update (every `hba.update_every` steps after the
   # warm-up) and without; the mean of the two is the cost per step at update_every = 2.
-  yield "hba_with_lambda_update", variant(**{"method": "hba", "hba.update_every": 1,
-                                             "hba.warmup_epochs": 0.0})
-  yield "hba_without_lambda_update", variant(**{"method": "hba", "hba.warmup_epochs": 1e9})
+  named.append(("hba_with_lambda_update", {"method": "hba", "hba.update_every": 1,
+                                           "hba.warmup_epochs": 0.0}))
+  named.append(("hba_without_lambda_update", {"method": "hba", "hba.warmup_epochs": 1e9}))
+  for name, changes in named:
+    for dtype in dtypes:
+      yield name, dtype, variant(**changes, dtype=dtype)
 
 
 def time_variant(config: ml_collections.ConfigDict, dataset: data.Dataset, mesh,
@@ -145,16 +155,26 @@ def time_variant(config: ml_collections.ConfigDict, dataset: data.Dataset, mesh,
 
 
 def step_records(config: ml_collections.ConfigDict, dataset: data.Dataset, *, steps: int,
-                 truncations: list[int]) -> Iterator[dict[str, Any]]:
-  """One record per train-step variant (see `time_variant`), with ratio_to_plain."""
+                 truncations: list[int], dtypes: Sequence[str]) -> Iterator[dict[str, Any]]:
+  """One record per train-step variant and dtype (see `time_variant`), with ratio_to_plain
+  (to the plain step in the same dtype) and ratio_to_float32 (to the same variant in
+  float32; None if float32 is not among `dtypes`)."""
+  for dtype in dtypes:
+    models.DTYPES.get(dtype)  # an unknown name fails now, not after the first variants
+  dtypes = sorted(dtypes, key=lambda dtype: dtype != "float32")  # float32 first: the reference
   mesh = parallel.make_mesh()
   for name in ("batch_size", "val_batch_size"):
     parallel.check_batch_divisible(name, config[name], mesh)
-  plain_ms = None
-  for name, variant_config in variants(config, truncations):
-    record = {"name": name, **time_variant(variant_config, dataset, mesh, steps)}
-    plain_ms = plain_ms or record["ms_per_step"]
-    record["ratio_to_plain"] = round(record["ms_per_step"] / plain_ms, 3)
+  plain_ms, float32_ms = {}, {}
+  for name, dtype, variant_config in variants(config, truncations, dtypes):
+    record = {"name": name, "dtype": dtype,
+              **time_variant(variant_config, dataset, mesh, steps)}
+    ms = record["ms_per_step"]
+    plain_ms.setdefault(dtype, ms)
+    if dtype == "float32":
+      float32_ms[name] = ms
+    record["ratio_to_plain"] = round(ms / plain_ms[dtype], 3)
+    record["ratio_to_float32"] = round(ms / float32_ms[name], 3) if name in float32_ms else None
     record.update(model=config.model, batch_size=config.batch_size,
                   image_shape=list(dataset.image_shape), backend=jax.default_backend(),
                   devices=len(jax.devices()))
@@ -267,8 +287,8 @@ def augment_records(config: ml_collections.ConfigDict, dataset: data.Dataset, *,
 
 
 def run(config: ml_collections.ConfigDict, *, steps: int, truncations: list[int],
-        sections: Sequence[str] = SECTIONS, augment_batch_size: int = 256,
-        print_fn=print) -> list[dict[str, Any]]:
+        dtypes: Sequence[str] = DTYPES, sections: Sequence[str] = SECTIONS,
+        augment_batch_size: int = 256, print_fn=print) -> list[dict[str, Any]]:
   """Runs the named sections (see SECTIONS) and prints (and returns) one record per variant."""
   unknown = sorted(set(sections) - set(SECTIONS))
   if unknown:
@@ -276,7 +296,8 @@ def run(config: ml_collections.ConfigDict, *, steps: int, truncations: list[int]
   dataset = data.load_dataset(config.data)
   section_records = []  # Generators: nothing runs until the loop below asks for a record.
   if "steps" in sections:
-    section_records.append(step_records(config, dataset, steps=steps, truncations=truncations))
+    section_records.append(step_records(config, dataset, steps=steps, truncations=truncations,
+                                        dtypes=dtypes))
   if "augment" in sections:
     section_records.append(augment_records(config, dataset, batch_size=augment_batch_size,
                                            repeats=steps))
@@ -291,7 +312,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   run(FLAGS.config, steps=FLAGS.steps, truncations=[int(t) for t in FLAGS.truncations],
-      sections=FLAGS.sections, augment_batch_size=FLAGS.augment_batch_size)
+      dtypes=FLAGS.dtypes, sections=FLAGS.sections, augment_batch_size=FLAGS.augment_batch_size)
 
 
 if __name__ == "__main__":
