@@ -16,7 +16,9 @@ config.bilevel: truncation (T), update_every (K), augmenter (kind, size, bounds,
 init_scale, symmetric), optim (the augmenter's optimiser), second_order ('forward' |
 'reverse'), remat.
 The validation loss uses batch statistics (train-mode batch norm) without
-keeping them.
+keeping them. With `config.dtype=bfloat16` the classifier's convolutions run in bfloat16;
+the augmenter network, the augmentation ops and the hypergradient (accumulated through the
+float32 parameters, optimiser states and images of the unroll) stay float32.
 """
 
 from __future__ import annotations
