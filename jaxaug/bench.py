@@ -6,10 +6,14 @@ steps: times, in one process on the same model and data, a plain supervised step
 augmentation), a predefined-augmentation step, a step with `config.augment` and then
 `random_transform` of bilevel's augmenter kind (DABO's validated magnitude), an
 `invariant` step (its transformation-invariant row) with that augmenter, bilevel steps
-for T = 1, 2, 4 (plus T = 1 with plain reverse-over-reverse autodiff, for reference) and
+for T = 1, 2, 4 (plus T = 1 with plain reverse-over-reverse autodiff, for reference),
 HBA's two kinds of step (with and without a policy update; at `hba.update_every` = 2 a step
-costs their mean): name, ms_per_step, ms_per_update (per classifier update),
-ratio_to_plain (per step), the compiled step's temporary and total memory (XLA's memory
+costs their mean) and the REINFORCE family's steps (Adversarial AutoAugment with M = 8,
+OHL with K = 4, uncertainty sampling with C = 4), each in every computation dtype of
+`--dtypes` (`config.dtype`: float32, bfloat16): name, dtype, ms_per_step, ms_per_update (per
+classifier update), ratio_to_plain (per step, to the plain step of the same dtype),
+ratio_to_float32 (to the same variant in float32), copies_per_example and
+ratio_per_image_to_plain, the compiled step's temporary and total memory (XLA's memory
 analysis: arguments + outputs - aliased + temporaries) and, where the backend reports it,
 the process's peak device memory so far (not per variant: JAX cannot reset it, so the
 largest variant run so far sets it).
@@ -42,6 +46,7 @@ from absl import logging
 from ml_collections import config_flags
 
 from jaxaug import data
+from jaxaug import models
 from jaxaug import parallel
 from jaxaug.augment import fixed
 from jaxaug.augment import policies
@@ -50,10 +55,13 @@ from jaxaug.methods import common
 from jaxaug.train import to_float_images
 
 FLAGS = flags.FLAGS
+DTYPES = ("float32", "bfloat16")  # `--dtypes` default
 config_flags.DEFINE_config_file("config", None, "Configuration file (model, data, batch size).")
 flags.DEFINE_integer("steps", 20, "Timed repeats per variant, after untimed warm-up calls: train "
                      "steps (steps section) or augmented batches (augment section).")
 flags.DEFINE_list("truncations", ["1", "2", "4"], "Bilevel truncations T to time.")
+flags.DEFINE_list("dtypes", list(DTYPES),
+                  "Computation dtypes (config.dtype) each train-step variant is timed in.")
 flags.DEFINE_list("sections", ["steps", "augment"],
                   "Sections to run: steps (train-step cost), augment (augmentation throughput).")
 flags.DEFINE_integer("augment_batch_size", 256, "Images per augmented batch (augment section).")
@@ -74,9 +82,10 @@ OP_DRAWS = {
 }
 
 
-def variants(config: ml_collections.ConfigDict,
-             truncations: list[int]) -> Iterator[tuple[str, ml_collections.ConfigDict]]:
-  """(name, config) for each timed variant, all sharing model, data and batch size."""
+def variants(config: ml_collections.ConfigDict, truncations: list[int],
+             dtypes: Sequence[str]) -> Iterator[tuple[str, str, ml_collections.ConfigDict]]:
+  """(name, dtype, config) for each timed variant in each dtype (the dtypes of a variant
+  one after the other), all sharing model, data and batch size."""
   def variant(**changes):
     copy = ml_collections.ConfigDict(config.to_dict())
     for key, value in changes.items():
@@ -87,33 +96,38 @@ def variants(config: ml_collections.ConfigDict,
       target[leaf] = value
     return copy
 
-  yield "plain", variant(method="supervised", augment="none")
-  yield "predefined", variant(method="supervised", augment="predefined")
+  named = [("plain", {"method": "supervised", "augment": "none"}),
+           ("predefined", {"method": "supervised", "augment": "predefined"})]
   # DABO's Table 1 rows with bilevel's augmenter kind: a random transformation of one
   # magnitude (one run of the validated-magnitude grid) and the transformation-invariant step.
   augmenter = config.bilevel.augmenter
-  yield "random_transform", variant(
-      method="supervised", augment=f"{config.augment}+random_transform({augmenter.kind!r}, 1.0)")
-  yield "invariant", variant(**{"method": "invariant", "invariant.augmenter.kind": augmenter.kind,
-                                "invariant.augmenter.size": augmenter.size,
-                                "invariant.augmenter.symmetric": augmenter.symmetric})
-  for truncation in truncations:
-    yield f"bilevel_T{truncation}", variant(**{"method": "bilevel", "bilevel.truncation": truncation,
-                                               "bilevel.second_order": "forward"})
-  yield "bilevel_T1_reverse_over_reverse", variant(**{
-      "method": "bilevel", "bilevel.truncation": 1, "bilevel.second_order": "reverse"})
+  named.append(("random_transform", {
+      "method": "supervised",
+      "augment": f"{config.augment}+random_transform({augmenter.kind!r}, 1.0)"}))
+  named.append(("invariant", {"method": "invariant", "invariant.augmenter.kind": augmenter.kind,
+                              "invariant.augmenter.size": augmenter.size,
+                              "invariant.augmenter.symmetric": augmenter.symmetric}))
+  named += [(f"bilevel_T{truncation}", {"method": "bilevel", "bilevel.truncation": truncation,
+                                        "bilevel.second_order": "forward"})
+            for truncation in truncations]
+  named.append(("bilevel_T1_reverse_over_reverse", {
+      "method": "bilevel", "bilevel.truncation": 1, "bilevel.second_order": "reverse"}))
   # HBA's two kinds of step: with a lambda update (every `hba.update_every` steps after the
   # warm-up) and without; the mean of the two is the cost per step at update_every = 2.
-  yield "hba_with_lambda_update", variant(**{"method": "hba", "hba.update_every": 1,
-                                             "hba.warmup_epochs": 0.0})
-  yield "hba_without_lambda_update", variant(**{"method": "hba", "hba.warmup_epochs": 1e9})
+  named.append(("hba_with_lambda_update", {"method": "hba", "hba.update_every": 1,
+                                           "hba.warmup_epochs": 0.0}))
+  named.append(("hba_without_lambda_update", {"method": "hba", "hba.warmup_epochs": 1e9}))
   # The REINFORCE family trains on copies of each example: COPIES says how many.
   around = {"augment": "crop+hflip", "reinforce.augment_after": "cutout(16)"}
-  yield "adversarial_M8", variant(**around, **{"method": "reinforce", "reinforce.num_policies": 8})
-  yield "ohl_K4", variant(**around, **{"method": "reinforce", "reinforce.reward": "validation",
-                                       "reinforce.ohl.copies": 4})
-  yield "uncertainty_C4", variant(**{"augment": "crop+hflip", "method": "uncertainty",
-                                     "uncertainty.candidates": 4})
+  named.append(("adversarial_M8", {**around, "method": "reinforce",
+                                   "reinforce.num_policies": 8}))
+  named.append(("ohl_K4", {**around, "method": "reinforce", "reinforce.reward": "validation",
+                           "reinforce.ohl.copies": 4}))
+  named.append(("uncertainty_C4", {"augment": "crop+hflip", "method": "uncertainty",
+                                   "uncertainty.candidates": 4}))
+  for name, changes in named:
+    for dtype in dtypes:
+      yield name, dtype, variant(**changes, dtype=dtype)
 
 
 # Images a variant's step processes per example of the batch (trained on, or scored).
@@ -168,16 +182,26 @@ def time_variant(config: ml_collections.ConfigDict, dataset: data.Dataset, mesh,
 
 
 def step_records(config: ml_collections.ConfigDict, dataset: data.Dataset, *, steps: int,
-                 truncations: list[int]) -> Iterator[dict[str, Any]]:
-  """One record per train-step variant (see `time_variant`), with ratio_to_plain."""
+                 truncations: list[int], dtypes: Sequence[str]) -> Iterator[dict[str, Any]]:
+  """One record per train-step variant and dtype (see `time_variant`), with ratio_to_plain
+  (to the plain step in the same dtype) and ratio_to_float32 (to the same variant in
+  float32; None if float32 is not among `dtypes`)."""
+  for dtype in dtypes:
+    models.DTYPES.get(dtype)  # an unknown name fails now, not after the first variants
+  dtypes = sorted(dtypes, key=lambda dtype: dtype != "float32")  # float32 first: the reference
   mesh = parallel.make_mesh()
   for name in ("batch_size", "val_batch_size"):
     parallel.check_batch_divisible(name, config[name], mesh)
-  plain_ms = None
-  for name, variant_config in variants(config, truncations):
-    record = {"name": name, **time_variant(variant_config, dataset, mesh, steps)}
-    plain_ms = plain_ms or record["ms_per_step"]
-    record["ratio_to_plain"] = round(record["ms_per_step"] / plain_ms, 3)
+  plain_ms, float32_ms = {}, {}
+  for name, dtype, variant_config in variants(config, truncations, dtypes):
+    record = {"name": name, "dtype": dtype,
+              **time_variant(variant_config, dataset, mesh, steps)}
+    ms = record["ms_per_step"]
+    plain_ms.setdefault(dtype, ms)
+    if dtype == "float32":
+      float32_ms[name] = ms
+    record["ratio_to_plain"] = round(ms / plain_ms[dtype], 3)
+    record["ratio_to_float32"] = round(ms / float32_ms[name], 3) if name in float32_ms else None
     record["copies_per_example"] = COPIES.get(name, 1)
     record["ratio_per_image_to_plain"] = round(record["ratio_to_plain"] / COPIES.get(name, 1), 3)
     record.update(model=config.model, batch_size=config.batch_size,
@@ -317,8 +341,8 @@ def sub_policy_strategy_records(images: np.ndarray, *, copies: int, repeats: int
 
 
 def run(config: ml_collections.ConfigDict, *, steps: int, truncations: list[int],
-        sections: Sequence[str] = SECTIONS, augment_batch_size: int = 256,
-        print_fn=print) -> list[dict[str, Any]]:
+        dtypes: Sequence[str] = DTYPES, sections: Sequence[str] = SECTIONS,
+        augment_batch_size: int = 256, print_fn=print) -> list[dict[str, Any]]:
   """Runs the named sections (see SECTIONS) and prints (and returns) one record per variant."""
   unknown = sorted(set(sections) - set(SECTIONS))
   if unknown:
@@ -326,7 +350,8 @@ def run(config: ml_collections.ConfigDict, *, steps: int, truncations: list[int]
   dataset = data.load_dataset(config.data)
   section_records = []  # Generators: nothing runs until the loop below asks for a record.
   if "steps" in sections:
-    section_records.append(step_records(config, dataset, steps=steps, truncations=truncations))
+    section_records.append(step_records(config, dataset, steps=steps, truncations=truncations,
+                                        dtypes=dtypes))
   if "augment" in sections:
     section_records.append(augment_records(config, dataset, batch_size=augment_batch_size,
                                            repeats=steps))
@@ -341,7 +366,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   run(FLAGS.config, steps=FLAGS.steps, truncations=[int(t) for t in FLAGS.truncations],
-      sections=FLAGS.sections, augment_batch_size=FLAGS.augment_batch_size)
+      dtypes=FLAGS.dtypes, sections=FLAGS.sections, augment_batch_size=FLAGS.augment_batch_size)
 
 
 if __name__ == "__main__":

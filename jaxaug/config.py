@@ -19,6 +19,10 @@ def default_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.method = "supervised"      # one of METHODS.names(): supervised | bilevel | hba
   config.model = "small_cnn"
+  # Computation dtype of the classifier's convolutions and activations: float32 | bfloat16.
+  # Parameters, optimiser states, batch-norm statistics, losses, the augmenters and the
+  # hypergradient stay float32 (jaxaug.models.DTYPES).
+  config.dtype = "float32"
   config.augment = "none"           # augment.fixed spec, e.g. "randaugment(2, 9)+cutout(16)"
   config.data = default_data_config()
   config.data.mean = (0.5,)         # per-channel standardisation of [0, 1] images

@@ -20,7 +20,9 @@ keeps the plain autodiff path, used as the reference in tests and benchmarks.
 
 Nothing here knows about images or models: `loss_fn` is any
 `(params, aux, inputs) -> (loss, (aux, metrics))`, where `aux` is carried state
-that is not differentiated (e.g. batch-norm statistics).
+that is not differentiated (e.g. batch-norm statistics). Cotangents take the dtypes
+of `params`, the optimiser state and `inputs`, so the outer gradient accumulates in
+float32 when they are float32, whatever precision `loss_fn` computes in.
 """
 
 from __future__ import annotations

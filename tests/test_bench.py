@@ -113,8 +113,8 @@ def _smoke_config():
 
 def test_step_section_times_each_variant_against_the_plain_step():
   printed = []
-  records = bench.run(_smoke_config(), steps=2, truncations=[1, 2], sections=["steps"],
-                      print_fn=printed.append)
+  records = bench.run(_smoke_config(), steps=2, truncations=[1, 2], dtypes=["float32"],
+                      sections=["steps"], print_fn=printed.append)
   assert [json.loads(line) for line in printed] == records
   by_name = {record["name"]: record for record in records}
   assert list(by_name) == ["plain", "predefined", "random_transform", "invariant",
@@ -136,8 +136,38 @@ def test_step_section_times_each_variant_against_the_plain_step():
   assert by_name["bilevel_T2"]["compiled_total_mib"] > by_name["bilevel_T1"]["compiled_total_mib"]
 
 
+def test_step_section_times_each_variant_in_each_dtype(monkeypatch):
+  # Timing replaced by a fake (bfloat16 takes 3x as long, bilevel 2x): what is timed in which
+  # dtype, and the ratios, without compiling anything.
+  timed = []
+
+  def fake_time_variant(config, dataset, mesh, steps):
+    timed.append((config.method, config.dtype))
+    ms = (3.0 if config.dtype == "bfloat16" else 1.0) * (2.0 if config.method == "bilevel" else 1.0)
+    return {"ms_per_step": ms}
+
+  monkeypatch.setattr(bench, "time_variant", fake_time_variant)
+  records = bench.run(_smoke_config(), steps=1, truncations=[1], dtypes=["bfloat16", "float32"],
+                      sections=["steps"], print_fn=lambda line: None)
+  assert [(record["name"], record["dtype"]) for record in records][:4] == [
+      ("plain", "float32"), ("plain", "bfloat16"), ("predefined", "float32"),
+      ("predefined", "bfloat16")]
+  method = lambda name: {"plain": "supervised", "predefined": "supervised", "random": "supervised",
+                         "adversarial": "reinforce", "ohl": "reinforce"}.get(
+                             name.split("_")[0], name.split("_")[0])
+  assert len(records) == 2 * 11
+  assert timed == [(method(record["name"]), record["dtype"]) for record in records]
+  for record in records:
+    bilevel = record["name"].startswith("bilevel")
+    assert record["ratio_to_plain"] == (2.0 if bilevel else 1.0)
+    assert record["ratio_to_float32"] == (3.0 if record["dtype"] == "bfloat16" else 1.0)
+  with pytest.raises(ValueError, match="unknown dtype 'float16'"):
+    bench.run(_smoke_config(), steps=1, truncations=[1], dtypes=["float16"], sections=["steps"])
+
+
 def test_step_section_rejects_a_batch_the_devices_do_not_divide():
   config = _smoke_config()
   config.batch_size = 12
   with pytest.raises(ValueError, match="batch_size=12 is not divisible by the number of devices"):
-    bench.run(config, steps=1, truncations=[1], sections=["steps"], print_fn=lambda line: None)
+    bench.run(config, steps=1, truncations=[1], dtypes=["float32"], sections=["steps"],
+              print_fn=lambda line: None)

@@ -385,6 +385,27 @@ def test_hyper_model_at_init_equals_plain_model(strategy):
       assert not np.allclose(bn.mean[...], 0.0)
 
 
+def test_hyper_layers_keep_the_bfloat16_activations_of_a_bfloat16_model():
+  plain = create_model("small_cnn", num_classes=10, in_channels=3, dtype="bfloat16", rngs=rngs(0))
+  model = make_hyper_model(plain, "conv+bn", hyper_dim=HYPER_DIM, image_shape=IMAGE_SHAPE[1:],
+                           rngs=rngs(1))
+  images, hyper = normal(1, IMAGE_SHAPE), normal(2, (2, HYPER_DIM), 3.0)
+  # V = 0: still exactly the plain model (the float32 modulation adds exact zeros).
+  np.testing.assert_array_equal(model(images, train=False, hyper=hyper),
+                                plain(images, train=False))
+  randomize_hyper(model, 7)
+  with hyper_scope(hyper):
+    x = images
+    for layer in model.model.layers:
+      assert isinstance(layer.conv, HyperConv) and isinstance(layer.bn, HyperBN)
+      convolved = layer.conv(x)
+      assert convolved.dtype == jnp.bfloat16
+      assert layer.bn(convolved, use_running_average=True).dtype == jnp.bfloat16
+      x = layer(x, train=False)
+  logits = model(images, train=False, hyper=hyper)
+  assert logits.dtype == jnp.float32 and np.all(np.isfinite(logits))
+
+
 def test_per_example_hyper_changes_only_that_example():
   model = hyper_small_cnn("conv+bn")
   images, hyper = normal(1, IMAGE_SHAPE), normal(2, (2, HYPER_DIM))

@@ -428,3 +428,98 @@ def test_invariant_evaluates_on_the_augmenters_transformation():
   # Evaluation is reproducible: the same sums every time.
   np.testing.assert_array_equal(jax.jit(invariant.eval_step)(state, batch)["loss_sum"],
                                 sums["loss_sum"])
+
+
+@pytest.mark.parametrize("name", METHODS.names())
+def test_every_method_computes_in_config_dtype_and_keeps_float32_state(name):
+  """config.dtype reaches every method: every convolution of train_step (the classifier's
+  forward and backward passes, and for bilevel the hypergradient's tangent pass) and of
+  eval_step runs in it, while the state after a step (parameters, optimiser states, batch-norm
+  statistics, the augmenter or lambda) and the metrics stay float32. Traced, not compiled."""
+  from test_models import conv_dtypes
+
+  method = METHODS.get(name)
+  for dtype in ("float32", "bfloat16"):
+    config = _config(name)
+    config.dtype = dtype
+    state = jax.eval_shape(lambda: _init(config))
+    train, val = _batches(method.train_batches_per_step(config))
+    args = (state, train, val if method.uses_val_batch else None, jax.random.PRNGKey(1))
+    for jaxpr in (jax.make_jaxpr(method.train_step)(*args),
+                  jax.make_jaxpr(method.eval_step)(state, {**val, "mask": np.ones(16, bool)})):
+      convs = conv_dtypes(jaxpr)
+      assert convs and set(convs) == {(dtype,) * 3}, set(convs)
+    new_state, metrics = jax.eval_shape(method.train_step, *args)
+    floats = [leaf.dtype for leaf in jax.tree.leaves((new_state, metrics))
+              if jnp.issubdtype(leaf.dtype, jnp.floating)]
+    assert set(floats) == {jnp.dtype(jnp.float32)}
+
+
+def test_methods_reject_an_unknown_dtype():
+  for name in METHODS.names():
+    config = _config(name)
+    config.dtype = "float16"
+    with pytest.raises(ValueError, match="unknown dtype 'float16'; valid dtype names: bfloat16, "
+                                         "float32"):
+      jax.eval_shape(lambda: _init(config))
+
+
+def _relative_error(actual, expected):
+  """||actual - expected|| / ||expected|| over all leaves of two pytrees, in float64."""
+  flat = lambda tree: np.concatenate([np.ravel(leaf).astype(np.float64)
+                                      for leaf in jax.tree.leaves(tree)])
+  return np.linalg.norm(flat(actual) - flat(expected)) / np.linalg.norm(flat(expected))
+
+
+def test_bilevel_bfloat16_step_is_close_to_the_float32_step():
+  """One bilevel step (T = 2) from the same float32 state, computed in bfloat16 and float32.
+
+  bfloat16 keeps 8 significant bits: unit roundoff u = 2^-9. Forward quantities (the losses,
+  the batch-norm statistics) are averages of values rounded a few times by u: bound 2^-7
+  (4 u; measured <= 0.4 u). Gradients are sums over batch and pixels whose terms largely
+  cancel (batch norm's backward subtracts their mean, the softmax gradient sums to zero), so
+  their relative rounding error is u times that cancellation: measured 0.04 for the
+  classifier's update and 0.10 for the hypergradient (through the forward, backward and
+  tangent passes of both inner steps, accumulated in float32). Bounds 2^-3 and 2^-2.
+  """
+  truncation = 2
+  train, val = _batches(truncation)
+  steps = {}
+  for dtype in ("float32", "bfloat16"):
+    config = _config("bilevel", truncation=truncation)
+    config.dtype = dtype
+    # The augmenter's update is then minus the hypergradient.
+    config.bilevel.optim.update(name="sgd", learning_rate=1.0, grad_clip=0.0)
+    state = _init(config)
+    steps[dtype] = (state, *jax.jit(bilevel.train_step)(state, train, val, jax.random.PRNGKey(1)))
+  (state32, new32, metrics32), (state16, new16, metrics16) = steps["float32"], steps["bfloat16"]
+  jax.tree.map(np.testing.assert_array_equal, (state16.classifier.params, state16.augmenter.params),
+               (state32.classifier.params, state32.augmenter.params))
+  for key in ("loss", "val_loss"):
+    np.testing.assert_allclose(metrics16[key], metrics32[key], rtol=2**-7)
+  assert _relative_error(new16.classifier.rest, new32.classifier.rest) <= 2**-7
+  update = lambda new, old: jax.tree.map(jnp.subtract, new.params, old.params)
+  classifier_error = _relative_error(update(new16.classifier, state16.classifier),
+                                     update(new32.classifier, state32.classifier))
+  hypergradient_error = _relative_error(update(new16.augmenter, state16.augmenter),
+                                        update(new32.augmenter, state32.augmenter))
+  # Not 0: the steps really ran in different precisions.
+  assert 0 < classifier_error <= 2**-3
+  assert 0 < hypergradient_error <= 2**-2
+  np.testing.assert_allclose(metrics16["hypergrad_norm"].value, metrics32["hypergrad_norm"].value,
+                             rtol=2**-2)
+
+
+def test_bilevel_trains_in_bfloat16_on_the_smoke_config(tmp_path):
+  import json
+
+  from test_train import smoke_config
+  from jaxaug import train
+
+  config = smoke_config("bilevel", {"dtype": "bfloat16", "augment": "none"})
+  results = train.train_and_evaluate(config, str(tmp_path))
+  records = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+  losses = [record["loss"] for record in records if record["split"] == "train"]
+  assert len(losses) >= 3 and np.all(np.isfinite(losses))
+  assert losses[-1] < losses[0]
+  assert results["test_accuracy"] > 0.2  # 10 classes

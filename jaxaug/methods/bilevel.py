@@ -18,6 +18,9 @@ init_scale, symmetric), optim (the augmenter's optimiser), second_order ('forwar
 The validation loss uses batch statistics (train-mode batch norm) without
 keeping them. The augmenter's pieces (`augmenter_config`, `create_augmenter`,
 `learned_augment`, `augment`, `summaries`, `export_policy`) also serve `invariant`.
+With `config.dtype=bfloat16` the classifier's convolutions run in bfloat16;
+the augmenter network, the augmentation ops and the hypergradient (accumulated through the
+float32 parameters, optimiser states and images of the unroll) stay float32.
 """
 
 from __future__ import annotations

@@ -280,14 +280,15 @@ class Summaries:
 
 def create_classifier(config: ml_collections.ConfigDict, rng: jax.Array, info: DataInfo, *,
                       wrap: Callable[[nnx.Module], nnx.Module] | None = None) -> Learner:
-  """The classifier `config.model` with its optimiser `config.optim`.
+  """The classifier `config.model`, computing in `config.dtype`, with its optimiser
+  `config.optim` (parameters and optimiser state float32 whatever `config.dtype` is).
 
   The schedule counts optimiser updates: `info.updates_per_epoch` per epoch,
   `info.total_steps * info.batches_per_step` in all. `wrap` may turn the model into
   another module before it is split (HBA's hyper-layers).
   """
   module = models.create_model(config.model, num_classes=info.num_classes,
-                               in_channels=info.image_shape[-1],
+                               in_channels=info.image_shape[-1], dtype=config.dtype,
                                rngs=nnx.Rngs(params=rng))
   if wrap is not None:
     module = wrap(module)

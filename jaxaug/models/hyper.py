@@ -164,14 +164,16 @@ def _modulation(base: nnx.Conv | nnx.Linear, hyper_dim: int, *,
 
 
 def _modulated(layer: "HyperConv | HyperLinear", inputs: jax.Array, name: str) -> jax.Array:
-  """base(x) + (V h)[:O] * W_h(x) (+ (V h)[O:] * b_h), per example, h from the scope."""
+  """base(x) + (V h)[:O] * W_h(x) (+ (V h)[O:] * b_h), per example, h from the scope; in the
+  dtype of base(x) (the modulation is computed in the promoted dtype, e.g. float32)."""
   hyper = _current_hyper(name, inputs.shape[0], layer.hyper_dim)
   coeff = _per_example(layer.hyper_proj(hyper), inputs.ndim)
   out = layer.base.out_features
-  y = layer.base(inputs) + coeff[..., :out] * layer.hyper_weight(inputs)
+  base = layer.base(inputs)
+  y = base + coeff[..., :out] * layer.hyper_weight(inputs)
   if layer.hyper_bias is not None:
     y = y + coeff[..., out:] * layer.hyper_bias[...]
-  return y
+  return y.astype(base.dtype)
 
 
 class HyperConv(nnx.Module):
@@ -186,7 +188,7 @@ class HyperConv(nnx.Module):
     hyper_proj: V, bias-free linear D -> O (2O with a bias), zero-initialised.
 
   Called as `layer(x)` inside `hyper_scope(h)`: float [B, *spatial, in_features] ->
-  [B, *spatial_out, O], the base conv's output shape; h is float [B, D].
+  [B, *spatial_out, O], the base conv's output shape and dtype; h is float [B, D].
   """
 
   def __init__(
@@ -309,7 +311,8 @@ class HyperBN(nnx.Module):
   over every axis but the last in training mode, the base's running `mean` / `var` in eval
   mode (read before the base is called); epsilon is the base's. The base is called exactly
   once, so its running statistics update as they would without the wrapper. With V = 0
-  the output equals the base's exactly.
+  the output equals the base's exactly. The modulation is computed in (at least) float32
+  and the sum cast to the base's output dtype (bfloat16 under a bfloat16 base).
 
   Attributes:
     base: the original nnx.BatchNorm, unchanged.
@@ -365,9 +368,9 @@ class HyperBN(nnx.Module):
     coeff = _per_example(self.hyper_proj(hyper), x.ndim)
     channels = base.num_features
     affine = self.hyper_affine[...]
-    return y + coeff[..., :channels] * affine[:channels] * x_hat + (
+    return (y + coeff[..., :channels] * affine[:channels] * x_hat + (
         coeff[..., channels:] * affine[channels:]
-    )
+    )).astype(y.dtype)
 
 
 HYPER_LAYER_TYPES = (HyperConv, HyperBN, HyperLinear)

@@ -1,5 +1,8 @@
 """ResNets (He et al. 2016): the CIFAR ResNet-18 of kuangliu/pytorch-cifar and
-torchvision's ImageNet ResNet-50 (v1.5: the stride sits on the 3x3 conv of a bottleneck)."""
+torchvision's ImageNet ResNet-50 (v1.5: the stride sits on the 3x3 conv of a bottleneck).
+
+`dtype` is the computation dtype of the convolutions and batch norms (see `jaxaug.models.cnn`).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +10,7 @@ from typing import Sequence
 
 import jax
 from flax import nnx
+from jax.typing import DTypeLike as Dtype
 
 from jaxaug.models.cnn import batch_norm, check_images, conv, global_avg_pool
 
@@ -16,22 +20,24 @@ STAGE_WIDTHS = (64, 128, 256, 512)
 class Projection(nnx.Module):
   """Shortcut that changes width or resolution: 1x1 conv (with stride) -> BatchNorm."""
 
-  def __init__(self, in_features: int, out_features: int, strides: int, *, rngs: nnx.Rngs):
-    self.conv = conv(in_features, out_features, 1, strides=strides, rngs=rngs)
-    self.bn = batch_norm(out_features, rngs=rngs)
+  def __init__(self, in_features: int, out_features: int, strides: int, *,
+               dtype: Dtype | None = None, rngs: nnx.Rngs):
+    self.conv = conv(in_features, out_features, 1, strides=strides, dtype=dtype, rngs=rngs)
+    self.bn = batch_norm(out_features, dtype=dtype, rngs=rngs)
 
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-    """float32 [B, H, W, in_features] -> [B, H / strides, W / strides, out_features]."""
+    """[B, H, W, in_features] -> [B, H / strides, W / strides, out_features]."""
     return self.bn(self.conv(x), use_running_average=not train)
 
 
 def shortcut(
-    in_features: int, out_features: int, strides: int, *, rngs: nnx.Rngs
+    in_features: int, out_features: int, strides: int, *, dtype: Dtype | None = None,
+    rngs: nnx.Rngs
 ) -> Projection | None:
   """A Projection where the residual branch changes the shape, else None (identity)."""
   if strides == 1 and in_features == out_features:
     return None
-  return Projection(in_features, out_features, strides, rngs=rngs)
+  return Projection(in_features, out_features, strides, dtype=dtype, rngs=rngs)
 
 
 class BasicBlock(nnx.Module):
@@ -39,15 +45,16 @@ class BasicBlock(nnx.Module):
 
   expansion = 1
 
-  def __init__(self, in_features: int, features: int, strides: int, *, rngs: nnx.Rngs):
-    self.conv1 = conv(in_features, features, 3, strides=strides, rngs=rngs)
-    self.bn1 = batch_norm(features, rngs=rngs)
-    self.conv2 = conv(features, features, 3, rngs=rngs)
-    self.bn2 = batch_norm(features, rngs=rngs)
-    self.shortcut = shortcut(in_features, features, strides, rngs=rngs)
+  def __init__(self, in_features: int, features: int, strides: int, *,
+               dtype: Dtype | None = None, rngs: nnx.Rngs):
+    self.conv1 = conv(in_features, features, 3, strides=strides, dtype=dtype, rngs=rngs)
+    self.bn1 = batch_norm(features, dtype=dtype, rngs=rngs)
+    self.conv2 = conv(features, features, 3, dtype=dtype, rngs=rngs)
+    self.bn2 = batch_norm(features, dtype=dtype, rngs=rngs)
+    self.shortcut = shortcut(in_features, features, strides, dtype=dtype, rngs=rngs)
 
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-    """float32 [B, H, W, in_features] -> [B, H / strides, W / strides, features]."""
+    """[B, H, W, in_features] -> [B, H / strides, W / strides, features]."""
     use_running_average = not train
     y = jax.nn.relu(self.bn1(self.conv1(x), use_running_average=use_running_average))
     y = self.bn2(self.conv2(y), use_running_average=use_running_average)
@@ -60,18 +67,19 @@ class Bottleneck(nnx.Module):
 
   expansion = 4
 
-  def __init__(self, in_features: int, features: int, strides: int, *, rngs: nnx.Rngs):
+  def __init__(self, in_features: int, features: int, strides: int, *,
+               dtype: Dtype | None = None, rngs: nnx.Rngs):
     out_features = features * self.expansion
-    self.conv1 = conv(in_features, features, 1, rngs=rngs)
-    self.bn1 = batch_norm(features, rngs=rngs)
-    self.conv2 = conv(features, features, 3, strides=strides, rngs=rngs)
-    self.bn2 = batch_norm(features, rngs=rngs)
-    self.conv3 = conv(features, out_features, 1, rngs=rngs)
-    self.bn3 = batch_norm(out_features, rngs=rngs)
-    self.shortcut = shortcut(in_features, out_features, strides, rngs=rngs)
+    self.conv1 = conv(in_features, features, 1, dtype=dtype, rngs=rngs)
+    self.bn1 = batch_norm(features, dtype=dtype, rngs=rngs)
+    self.conv2 = conv(features, features, 3, strides=strides, dtype=dtype, rngs=rngs)
+    self.bn2 = batch_norm(features, dtype=dtype, rngs=rngs)
+    self.conv3 = conv(features, out_features, 1, dtype=dtype, rngs=rngs)
+    self.bn3 = batch_norm(out_features, dtype=dtype, rngs=rngs)
+    self.shortcut = shortcut(in_features, out_features, strides, dtype=dtype, rngs=rngs)
 
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-    """float32 [B, H, W, in_features] -> [B, H / strides, W / strides, 4 * features]."""
+    """[B, H, W, in_features] -> [B, H / strides, W / strides, 4 * features]."""
     use_running_average = not train
     y = jax.nn.relu(self.bn1(self.conv1(x), use_running_average=use_running_average))
     y = jax.nn.relu(self.bn2(self.conv2(y), use_running_average=use_running_average))
@@ -96,6 +104,7 @@ class ResNet(nnx.Module):
       imagenet_stem: bool,
       num_classes: int,
       in_channels: int,
+      dtype: Dtype | None = None,
       rngs: nnx.Rngs,
   ):
     self.in_channels = in_channels
@@ -106,15 +115,16 @@ class ResNet(nnx.Module):
         stem_features,
         7 if imagenet_stem else 3,
         strides=2 if imagenet_stem else 1,
+        dtype=dtype,
         rngs=rngs,
     )
-    self.stem_bn = batch_norm(stem_features, rngs=rngs)
+    self.stem_bn = batch_norm(stem_features, dtype=dtype, rngs=rngs)
     blocks = []
     in_features = stem_features
     for stage, (features, num_blocks) in enumerate(zip(STAGE_WIDTHS, stage_sizes, strict=True)):
       for index in range(num_blocks):
         strides = 2 if stage > 0 and index == 0 else 1
-        blocks.append(block(in_features, features, strides, rngs=rngs))
+        blocks.append(block(in_features, features, strides, dtype=dtype, rngs=rngs))
         in_features = features * block.expansion
     self.blocks = nnx.List(blocks)
     self.head = nnx.Linear(in_features, num_classes, rngs=rngs)
@@ -130,7 +140,9 @@ class ResNet(nnx.Module):
     return self.head(global_avg_pool(x))
 
 
-def resnet18(*, num_classes: int, in_channels: int, rngs: nnx.Rngs) -> ResNet:
+def resnet18(
+    *, num_classes: int, in_channels: int, dtype: Dtype | None = None, rngs: nnx.Rngs
+) -> ResNet:
   """kuangliu/pytorch-cifar ResNet-18: CIFAR stem, BasicBlock x [2, 2, 2, 2].
 
   11,173,962 parameters for 10 classes and 3 input channels.
@@ -141,11 +153,14 @@ def resnet18(*, num_classes: int, in_channels: int, rngs: nnx.Rngs) -> ResNet:
       imagenet_stem=False,
       num_classes=num_classes,
       in_channels=in_channels,
+      dtype=dtype,
       rngs=rngs,
   )
 
 
-def resnet50(*, num_classes: int, in_channels: int, rngs: nnx.Rngs) -> ResNet:
+def resnet50(
+    *, num_classes: int, in_channels: int, dtype: Dtype | None = None, rngs: nnx.Rngs
+) -> ResNet:
   """torchvision ResNet-50: ImageNet stem, Bottleneck x [3, 4, 6, 3].
 
   25,557,032 parameters for 1000 classes and 3 input channels.
@@ -156,5 +171,6 @@ def resnet50(*, num_classes: int, in_channels: int, rngs: nnx.Rngs) -> ResNet:
       imagenet_stem=True,
       num_classes=num_classes,
       in_channels=in_channels,
+      dtype=dtype,
       rngs=rngs,
   )

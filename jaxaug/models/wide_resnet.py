@@ -1,10 +1,14 @@
 """Wide ResNets (Zagoruyko & Komodakis 2016) with pre-activation blocks, laid out as the
-standard PyTorch implementation (xternalz/WideResNet-pytorch) without dropout."""
+standard PyTorch implementation (xternalz/WideResNet-pytorch) without dropout.
+
+`dtype` is the computation dtype of the convolutions and batch norms (see `jaxaug.models.cnn`).
+"""
 
 from __future__ import annotations
 
 import jax
 from flax import nnx
+from jax.typing import DTypeLike as Dtype
 
 from jaxaug.models.cnn import batch_norm, check_images, conv, global_avg_pool
 
@@ -16,19 +20,20 @@ class WideBlock(nnx.Module):
   pre-activated input; otherwise it is the identity on the raw input.
   """
 
-  def __init__(self, in_features: int, out_features: int, strides: int, *, rngs: nnx.Rngs):
-    self.bn1 = batch_norm(in_features, rngs=rngs)
-    self.conv1 = conv(in_features, out_features, 3, strides=strides, rngs=rngs)
-    self.bn2 = batch_norm(out_features, rngs=rngs)
-    self.conv2 = conv(out_features, out_features, 3, rngs=rngs)
+  def __init__(self, in_features: int, out_features: int, strides: int, *,
+               dtype: Dtype | None = None, rngs: nnx.Rngs):
+    self.bn1 = batch_norm(in_features, dtype=dtype, rngs=rngs)
+    self.conv1 = conv(in_features, out_features, 3, strides=strides, dtype=dtype, rngs=rngs)
+    self.bn2 = batch_norm(out_features, dtype=dtype, rngs=rngs)
+    self.conv2 = conv(out_features, out_features, 3, dtype=dtype, rngs=rngs)
     self.shortcut = (
         None
         if in_features == out_features
-        else conv(in_features, out_features, 1, strides=strides, rngs=rngs)
+        else conv(in_features, out_features, 1, strides=strides, dtype=dtype, rngs=rngs)
     )
 
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-    """float32 [B, H, W, in_features] -> [B, H / strides, W / strides, out_features]."""
+    """[B, H, W, in_features] -> [B, H / strides, W / strides, out_features]."""
     use_running_average = not train
     activated = jax.nn.relu(self.bn1(x, use_running_average=use_running_average))
     y = self.conv1(activated)
@@ -49,6 +54,7 @@ class WideResNet(nnx.Module):
       *,
       num_classes: int,
       in_channels: int,
+      dtype: Dtype | None = None,
       rngs: nnx.Rngs,
   ):
     if depth < 10 or (depth - 4) % 6 != 0:
@@ -57,17 +63,17 @@ class WideResNet(nnx.Module):
       raise ValueError(f"Wide-ResNet widen_factor must be >= 1, got {widen_factor}")
     self.in_channels = in_channels
     blocks_per_group = (depth - 4) // 6
-    self.stem = conv(in_channels, 16, 3, rngs=rngs)
+    self.stem = conv(in_channels, 16, 3, dtype=dtype, rngs=rngs)
     blocks = []
     in_features = 16
     for group, group_strides in enumerate((1, 2, 2)):
       out_features = 16 * widen_factor * 2**group
       for index in range(blocks_per_group):
         strides = group_strides if index == 0 else 1
-        blocks.append(WideBlock(in_features, out_features, strides, rngs=rngs))
+        blocks.append(WideBlock(in_features, out_features, strides, dtype=dtype, rngs=rngs))
         in_features = out_features
     self.blocks = nnx.List(blocks)
-    self.bn = batch_norm(in_features, rngs=rngs)
+    self.bn = batch_norm(in_features, dtype=dtype, rngs=rngs)
     self.head = nnx.Linear(in_features, num_classes, rngs=rngs)
 
   def __call__(self, images: jax.Array, *, train: bool) -> jax.Array:
@@ -80,11 +86,17 @@ class WideResNet(nnx.Module):
     return self.head(global_avg_pool(x))
 
 
-def wrn28_10(*, num_classes: int, in_channels: int, rngs: nnx.Rngs) -> WideResNet:
+def wrn28_10(
+    *, num_classes: int, in_channels: int, dtype: Dtype | None = None, rngs: nnx.Rngs
+) -> WideResNet:
   """WRN-28-10: 36,479,194 parameters for 10 classes and 3 input channels."""
-  return WideResNet(28, 10, num_classes=num_classes, in_channels=in_channels, rngs=rngs)
+  return WideResNet(28, 10, num_classes=num_classes, in_channels=in_channels, dtype=dtype,
+                    rngs=rngs)
 
 
-def wrn40_2(*, num_classes: int, in_channels: int, rngs: nnx.Rngs) -> WideResNet:
+def wrn40_2(
+    *, num_classes: int, in_channels: int, dtype: Dtype | None = None, rngs: nnx.Rngs
+) -> WideResNet:
   """WRN-40-2: 2,243,546 parameters for 10 classes and 3 input channels."""
-  return WideResNet(40, 2, num_classes=num_classes, in_channels=in_channels, rngs=rngs)
+  return WideResNet(40, 2, num_classes=num_classes, in_channels=in_channels, dtype=dtype,
+                    rngs=rngs)
