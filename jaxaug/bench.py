@@ -64,6 +64,8 @@ flags.DEFINE_list("dtypes", list(DTYPES),
                   "Computation dtypes (config.dtype) each train-step variant is timed in.")
 flags.DEFINE_list("sections", ["steps", "augment"],
                   "Sections to run: steps (train-step cost), augment (augmentation throughput).")
+flags.DEFINE_list("variants", None, "Train-step variants to time (default all; 'plain', the "
+                  "reference, always runs), e.g. adversarial_M8,ohl_K4.")
 flags.DEFINE_integer("augment_batch_size", 256, "Images per augmented batch (augment section).")
 
 SECTIONS = ("steps", "augment")
@@ -182,18 +184,26 @@ def time_variant(config: ml_collections.ConfigDict, dataset: data.Dataset, mesh,
 
 
 def step_records(config: ml_collections.ConfigDict, dataset: data.Dataset, *, steps: int,
-                 truncations: list[int], dtypes: Sequence[str]) -> Iterator[dict[str, Any]]:
+                 truncations: list[int], dtypes: Sequence[str],
+                 names: Sequence[str] | None = None) -> Iterator[dict[str, Any]]:
   """One record per train-step variant and dtype (see `time_variant`), with ratio_to_plain
   (to the plain step in the same dtype) and ratio_to_float32 (to the same variant in
-  float32; None if float32 is not among `dtypes`)."""
+  float32; None if float32 is not among `dtypes`). `names` selects variants (all if None;
+  'plain', the reference, always runs)."""
   for dtype in dtypes:
     models.DTYPES.get(dtype)  # an unknown name fails now, not after the first variants
+  valid = list(dict.fromkeys(name for name, _, _ in variants(config, truncations, ["float32"])))
+  unknown = sorted(set(names or ()) - set(valid))
+  if unknown:
+    raise ValueError(f"unknown bench variants {unknown}; valid variants: {', '.join(valid)}")
   dtypes = sorted(dtypes, key=lambda dtype: dtype != "float32")  # float32 first: the reference
   mesh = parallel.make_mesh()
   for name in ("batch_size", "val_batch_size"):
     parallel.check_batch_divisible(name, config[name], mesh)
   plain_ms, float32_ms = {}, {}
   for name, dtype, variant_config in variants(config, truncations, dtypes):
+    if names and name not in names and name != "plain":
+      continue
     record = {"name": name, "dtype": dtype,
               **time_variant(variant_config, dataset, mesh, steps)}
     ms = record["ms_per_step"]
@@ -342,8 +352,10 @@ def sub_policy_strategy_records(images: np.ndarray, *, copies: int, repeats: int
 
 def run(config: ml_collections.ConfigDict, *, steps: int, truncations: list[int],
         dtypes: Sequence[str] = DTYPES, sections: Sequence[str] = SECTIONS,
-        augment_batch_size: int = 256, print_fn=print) -> list[dict[str, Any]]:
-  """Runs the named sections (see SECTIONS) and prints (and returns) one record per variant."""
+        augment_batch_size: int = 256, variant_names: Sequence[str] | None = None,
+        print_fn=print) -> list[dict[str, Any]]:
+  """Runs the named sections (see SECTIONS) and prints (and returns) one record per variant
+  (`variant_names`: the train-step variants to time, all if None)."""
   unknown = sorted(set(sections) - set(SECTIONS))
   if unknown:
     raise ValueError(f"unknown bench sections {unknown}; valid sections: {', '.join(SECTIONS)}")
@@ -351,7 +363,7 @@ def run(config: ml_collections.ConfigDict, *, steps: int, truncations: list[int]
   section_records = []  # Generators: nothing runs until the loop below asks for a record.
   if "steps" in sections:
     section_records.append(step_records(config, dataset, steps=steps, truncations=truncations,
-                                        dtypes=dtypes))
+                                        dtypes=dtypes, names=variant_names))
   if "augment" in sections:
     section_records.append(augment_records(config, dataset, batch_size=augment_batch_size,
                                            repeats=steps))
@@ -366,7 +378,8 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   run(FLAGS.config, steps=FLAGS.steps, truncations=[int(t) for t in FLAGS.truncations],
-      dtypes=FLAGS.dtypes, sections=FLAGS.sections, augment_batch_size=FLAGS.augment_batch_size)
+      dtypes=FLAGS.dtypes, sections=FLAGS.sections, augment_batch_size=FLAGS.augment_batch_size,
+      variant_names=FLAGS.variants)
 
 
 if __name__ == "__main__":

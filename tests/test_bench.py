@@ -163,6 +163,14 @@ def test_step_section_times_each_variant_in_each_dtype(monkeypatch):
     assert record["ratio_to_float32"] == (3.0 if record["dtype"] == "bfloat16" else 1.0)
   with pytest.raises(ValueError, match="unknown dtype 'float16'"):
     bench.run(_smoke_config(), steps=1, truncations=[1], dtypes=["float16"], sections=["steps"])
+  timed.clear()
+  records = bench.run(_smoke_config(), steps=1, truncations=[1], dtypes=["float32"],
+                      sections=["steps"], variant_names=["ohl_K4"], print_fn=lambda line: None)
+  assert [record["name"] for record in records] == ["plain", "ohl_K4"]
+  assert records[1]["copies_per_example"] == 4
+  with pytest.raises(ValueError, match=r"unknown bench variants \['ohl'\]; valid variants: plain"):
+    bench.run(_smoke_config(), steps=1, truncations=[1], dtypes=["float32"], sections=["steps"],
+              variant_names=["ohl"])
 
 
 def test_step_section_rejects_a_batch_the_devices_do_not_divide():
