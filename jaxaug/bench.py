@@ -25,6 +25,12 @@ torchvision's `transforms.v2` policy on the uint8 batch [B, C, H, W] called once
 for the whole batch) and called per image in a Python loop (per-image randomness, as in a
 DataLoader): name, images_per_s, us_per_image, ratio_to_torchvision_per_image (time per image
 over torchvision's per-image loop: below 1 is faster), thread counts.
+
+input: images per second the input pipeline delivers from JPEG image folders (decoded on every
+access, `config.data.in_memory_max_bytes` = 0) at 32 px (stored at 32 px) and 224 px (stored
+at 256 x 320 px, resized), with 1, 2, ... `os.cpu_count()` Grain workers
+(`config.data.workers`): name, image_size, workers, images_per_s, images_per_s_per_worker,
+batch_size. Worker start-up and the first batch are not timed.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ import importlib
 import itertools
 import json
 import os
+import tempfile
 import time
 from typing import Any, Callable, Iterator, Sequence
 
@@ -63,12 +70,16 @@ flags.DEFINE_list("truncations", ["1", "2", "4"], "Bilevel truncations T to time
 flags.DEFINE_list("dtypes", list(DTYPES),
                   "Computation dtypes (config.dtype) each train-step variant is timed in.")
 flags.DEFINE_list("sections", ["steps", "augment"],
-                  "Sections to run: steps (train-step cost), augment (augmentation throughput).")
+                  "Sections to run: steps (train-step cost), augment (augmentation throughput), "
+                  "input (input-pipeline throughput against Grain workers).")
 flags.DEFINE_list("variants", None, "Train-step variants to time (default all; 'plain', the "
                   "reference, always runs), e.g. adversarial_M8,ohl_K4.")
 flags.DEFINE_integer("augment_batch_size", 256, "Images per augmented batch (augment section).")
 
-SECTIONS = ("steps", "augment")
+SECTIONS = ("steps", "augment", "input")
+# input section: image side -> (stored height, width) of its JPEG files, global batch size.
+INPUT_SIZES = {32: ((32, 32), 256), 224: ((256, 320), 64)}
+INPUT_BATCHES = 24  # timed batches per worker count, after the first
 WARMUP_CALLS = 2
 # jaxaug spec (`fixed.compose`) -> the same policy built from torchvision.transforms.v2.
 TORCHVISION_POLICIES: dict[str, Callable[[Any], Any]] = {
@@ -350,6 +361,48 @@ def sub_policy_strategy_records(images: np.ndarray, *, copies: int, repeats: int
            "trainer_picks": strategy == auto, **context, "batch_size": tiled.shape[0]}
 
 
+def write_jpeg_folder(root: str, *, count: int, shape: tuple[int, int], classes: int = 4) -> None:
+  """`count` smooth random RGB JPEGs (quality 90) of `shape` (H, W) under root/{train,test}/c<k>/."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+
+  rng = np.random.default_rng(0)
+  for split, split_count in (("train", count), ("test", classes)):
+    for i in range(split_count):
+      folder = os.path.join(root, split, f"c{i % classes}")
+      os.makedirs(folder, exist_ok=True)
+      coarse = rng.integers(0, 256, (shape[0] // 8 + 1, shape[1] // 8 + 1, 3), dtype=np.uint8)
+      image = Image.fromarray(coarse).resize(shape[::-1], Image.BILINEAR)
+      image.save(os.path.join(folder, f"{i}.jpg"), quality=90)
+
+
+def input_records(*, batches: int = INPUT_BATCHES,
+                  max_workers: int | None = None) -> Iterator[dict[str, Any]]:
+  """Input-pipeline throughput (see the module docstring) for 1 .. max_workers (None: the CPU
+  count) Grain workers, each over `batches` timed train steps of one batch."""
+  max_workers = max_workers or os.cpu_count() or 1
+  for image_size, (shape, batch_size) in INPUT_SIZES.items():
+    with tempfile.TemporaryDirectory() as root:
+      write_jpeg_folder(root, count=batch_size * 4, shape=shape)
+      config = data.default_data_config()
+      config.update(dataset=f"folder:{root}", image_size=image_size, in_memory_max_bytes=0)
+      dataset = data.load_dataset(config)
+      for workers in range(1, max_workers + 1):
+        pipeline = data.Pipeline(dataset, global_batch_size=batch_size, val_batch_size=1, seed=0,
+                                 val_fraction=0.1, redraw_val_each_epoch=False,
+                                 train_examples=None, workers=workers)
+        steps = pipeline.step_batches(0, batches + workers, batches_per_step=1, with_val=False)
+        for _ in range(workers):  # start-up: every worker has delivered its first batch
+          next(steps)
+        started = time.perf_counter()
+        for _ in steps:
+          pass
+        images_per_s = batches * batch_size / (time.perf_counter() - started)
+        yield {"name": f"input_{image_size}px", "image_size": image_size, "workers": workers,
+               "images_per_s": round(images_per_s, 1),
+               "images_per_s_per_worker": round(images_per_s / workers, 1),
+               "batch_size": batch_size, "cpu_count": os.cpu_count()}
+
+
 def run(config: ml_collections.ConfigDict, *, steps: int, truncations: list[int],
         dtypes: Sequence[str] = DTYPES, sections: Sequence[str] = SECTIONS,
         augment_batch_size: int = 256, variant_names: Sequence[str] | None = None,
@@ -367,6 +420,8 @@ def run(config: ml_collections.ConfigDict, *, steps: int, truncations: list[int]
   if "augment" in sections:
     section_records.append(augment_records(config, dataset, batch_size=augment_batch_size,
                                            repeats=steps))
+  if "input" in sections:
+    section_records.append(input_records())
   records = []
   for record in itertools.chain(*section_records):
     print_fn(json.dumps(record))

@@ -210,17 +210,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         {name: (values, labels[name]) for name, values in learned_now.vectors.items()},
         learned_now.histograms)
 
-  def host_batches():
-    for step in range(start_step, total_steps):
-      first_batch = step * batches_per_step
-      val_batch = (pipeline.val_batch(step, epoch=pipeline.epoch_of_batch(first_batch))
-                   if method.uses_val_batch else None)
-      yield step, pipeline.train_batches(first_batch, batches_per_step), val_batch
-
   history = []
   with stopping.StopSignals() as stop_signals:
     try:
-      for step, train_batch, val_batch in data.prefetch(host_batches()):
+      for step, train_batch, val_batch in pipeline.step_batches(
+          start_step, total_steps, batches_per_step=batches_per_step,
+          with_val=method.uses_val_batch):
         val_batch = None if val_batch is None else parallel.put_batch(val_batch, mesh)
         state, metrics = train_step(state, parallel.put_batch(train_batch, mesh, batch_axis=1),
                                     val_batch, jax.random.fold_in(train_rng, step))

@@ -531,6 +531,83 @@ def test_eval_batches_cover_split_once_with_mask(split, size):
   np.testing.assert_array_equal(ids, expected)
 
 
+def grain_source_kinds(kind: str, tmp_path) -> data.Dataset:
+  """A small Dataset of source kind `kind`: ArraySource (npz), FolderSource (a folder decoded
+  on every access, resized from mixed sizes) or TfdsSource (tfds mock, resized)."""
+  if kind == "npz":
+    rng = np.random.default_rng(5)
+    path = tmp_path / "d.npz"
+    np.savez(path, x_train=rng.integers(0, 256, (40, 6, 6, 3), dtype=np.uint8),
+             y_train=rng.integers(0, 4, 40), x_test=rng.integers(0, 256, (9, 6, 6, 3), np.uint8),
+             y_test=rng.integers(0, 4, 9))
+    return data.load_dataset(data_config(dataset=f"npz:{path}"))
+  if kind == "folder":
+    write_image_folder(tmp_path, sizes={("train", "ant", 1): (9, 4)})
+    return data.load_dataset(data_config(dataset=f"folder:{tmp_path}", image_size=5,
+                                         in_memory_max_bytes=0))
+  with tfds_fakes.mock_tfds(num_examples=40):
+    return data.load_dataset(data_config(dataset="cifar10", image_size=8))
+
+
+@pytest.mark.parametrize("kind,source_type", [("npz", data.ArraySource),
+                                              ("folder", data.FolderSource),
+                                              ("tfds", data.TfdsSource)])
+def test_grain_workers_yield_the_batches_of_the_step_numbers(tmp_path, kind, source_type):
+  dataset = grain_source_kinds(kind, tmp_path)
+  assert isinstance(dataset.train, source_type) and isinstance(dataset.test, source_type)
+  batch = 4 if kind == "folder" else 8  # the folder holds 9 train images
+  kwargs = dict(global_batch_size=batch, val_batch_size=2, train_batches_per_step=1,
+                process_index=1, process_count=2)
+  reference = make_pipeline(dataset, **kwargs)
+  pipe = make_pipeline(dataset, workers=2, **kwargs)
+  stop = 2 * reference.batches_per_epoch + 1  # crosses epochs; val batches wrap the val part
+  got = list(pipe.step_batches(1, stop, batches_per_step=1, with_val=True))
+  assert [step for step, _, _ in got] == list(range(1, stop))
+  for step, train_batch, val_batch in got:
+    indices = reference._local(reference.train_indices(step, 1))
+    np.testing.assert_array_equal(train_batch["image"], dataset.train.get(indices[0])["image"][None])
+    np.testing.assert_array_equal(train_batch["label"], dataset.train.get(indices[0])["label"][None])
+    expected_val = reference.val_batch(step, epoch=reference.epoch_of_batch(step))
+    for key in ("image", "label"):
+      np.testing.assert_array_equal(val_batch[key], expected_val[key])
+  expected = list(reference.eval_batches("test", 4))  # (val: the same chunks of other indices)
+  evaluated = list(pipe.eval_batches("test", 4))
+  assert len(evaluated) == len(expected) > 1
+  for got_batch, expected_batch in zip(evaluated, expected):
+    assert sorted(got_batch) == ["image", "label", "mask"]
+    for key in got_batch:
+      np.testing.assert_array_equal(got_batch[key], expected_batch[key])
+  del got, evaluated  # Grain's shared-memory arrays, released before the workers' files go
+
+
+def test_default_workers_decode_only_what_is_not_in_memory(tmp_path):
+  arrays = index_dataset(10, 4)
+  assert pipeline_lib.default_workers(arrays) == 0
+  write_image_folder(tmp_path)
+  folder = data.load_dataset(data_config(dataset=f"folder:{tmp_path}", in_memory_max_bytes=0))
+  assert pipeline_lib.default_workers(folder) == max(1, os.cpu_count() - 1)
+  with pytest.raises(ValueError, match="-1"):
+    make_pipeline(workers=-1)
+
+
+def test_val_orders_are_computed_once_per_val_epoch(monkeypatch):
+  pipe = make_pipeline(val_batch_size=6)  # 20 val examples: batch 3 straddles val epochs 0 and 1
+  calls = []
+  original = pipeline_lib.seeded_permutation
+  monkeypatch.setattr(pipeline_lib, "seeded_permutation",
+                      lambda size, *words: calls.append(words) or original(size, *words))
+  first = [pipe.val_indices(i) for i in range(7)]
+  again = [pipe.val_indices(i) for i in range(7)]
+  assert sum(words[1] == pipeline_lib.VAL for words in calls) == 3  # val epochs 0, 1, 2
+  for a, b in zip(first, again):
+    np.testing.assert_array_equal(a, b)
+  _, val = pipe.split(0)
+  stream = np.concatenate(first)
+  for val_epoch in range(2):  # each val epoch is a permutation of the val part
+    np.testing.assert_array_equal(np.sort(stream[val_epoch * 20:(val_epoch + 1) * 20]),
+                                  np.sort(val))
+
+
 def test_prefetch_yields_in_order_and_reraises():
   assert list(data.prefetch(iter(range(20)), size=3)) == list(range(20))
 

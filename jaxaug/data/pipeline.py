@@ -17,19 +17,28 @@ A trainer step s that consumes train_batches(s * T, T) takes
 val_batch(s, epoch=pipeline.epoch_of_batch(s * T)); with train_batches_per_step=T the
 epoch length is a multiple of T, so those T batches and the val batch come from one
 split and never share an example.
+
+`step_batches` and `eval_batches` read through Grain: a `grain.MapDataset` over step (or
+eval chunk) numbers whose first map is the index arithmetic above (the sampler) and whose
+second gathers the pixels (decode, resize, stack). With `workers` >= 1 Grain runs the
+second map in that many processes, each on its own steps, and yields in step order; with
+0 one background thread reads ahead. Either way a step's batch is the same.
 """
 
 from __future__ import annotations
 
 import functools
+import os
 import queue
 import threading
 from typing import Iterator, TypeVar
 
+from absl import flags
+import grain
 import ml_collections
 import numpy as np
 
-from jaxaug.data.sources import Dataset
+from jaxaug.data.sources import ArraySource, Dataset
 
 CAP, SPLIT, TRAIN, VAL = range(4)
 T = TypeVar("T")
@@ -57,7 +66,10 @@ class Pipeline:
   def __init__(self, dataset: Dataset, *, global_batch_size: int, val_batch_size: int,
                seed: int, val_fraction: float, redraw_val_each_epoch: bool,
                train_examples: int | None, process_index: int = 0, process_count: int = 1,
-               train_batches_per_step: int = 1):
+               train_batches_per_step: int = 1, workers: int = 0):
+    if not isinstance(workers, (int, np.integer)) or workers < 0:
+      raise ValueError(f"workers must be a non-negative integer (0: read in this process), "
+                       f"got {workers!r}")
     for name, value in (("global_batch_size", global_batch_size),
                         ("val_batch_size", val_batch_size), ("process_count", process_count),
                         ("train_batches_per_step", train_batches_per_step)):
@@ -85,6 +97,7 @@ class Pipeline:
     self.redraw_val_each_epoch = redraw_val_each_epoch
     self.process_index = process_index
     self.process_count = process_count
+    self.workers = int(workers)
     self.pool = (np.arange(available) if train_examples is None
                  else seeded_permutation(available, seed, CAP)[:train_examples])
     self.num_val_examples = round(val_fraction * len(self.pool))
@@ -98,8 +111,23 @@ class Pipeline:
       raise ValueError(
           f"{self.num_train_examples} train examples (after val_fraction {val_fraction}) make "
           f"no {train_batches_per_step} full batches of global_batch_size {global_batch_size}")
+    self._make_caches()
+
+  def _make_caches(self) -> None:
+    """Memoises the permutations: the last two splits and train orders, the last four val
+    orders (a val batch may straddle two val epochs)."""
     self._split = functools.lru_cache(maxsize=2)(self._draw_split)
     self._train_order = functools.lru_cache(maxsize=2)(self._draw_train_order)
+    self._val_order = functools.lru_cache(maxsize=4)(self._draw_val_order)
+
+  def __getstate__(self) -> dict:
+    """Pickled (for Grain's worker processes) without the caches."""
+    return {key: value for key, value in self.__dict__.items()
+            if key not in ("_split", "_train_order", "_val_order")}
+
+  def __setstate__(self, state: dict) -> None:
+    self.__dict__.update(state)
+    self._make_caches()
 
   def _draw_split(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
     """(train indices [num_train], val indices [num_val]) into dataset.train for `epoch`."""
@@ -114,6 +142,12 @@ class Pipeline:
     """Indices [num_train] into dataset.train in the order train `epoch` visits them."""
     train, _ = self.split(epoch)
     return train[seeded_permutation(len(train), self.seed, TRAIN, epoch)]
+
+  def _draw_val_order(self, train_epoch: int, val_epoch: int) -> np.ndarray:
+    """Indices [num_val] into dataset.train in the order val epoch `val_epoch` of the val part
+    of train epoch `train_epoch` visits them."""
+    _, val = self.split(train_epoch)
+    return val[seeded_permutation(len(val), self.seed, VAL, train_epoch, val_epoch)]
 
   def epoch_of_batch(self, batch: int) -> int:
     """The train epoch that train batch number `batch` belongs to."""
@@ -162,14 +196,13 @@ class Pipeline:
     if self.redraw_val_each_epoch and epoch is None:
       raise ValueError("redraw_val_each_epoch needs the train epoch: val_batch(index, epoch=...)")
     train_epoch = epoch if self.redraw_val_each_epoch else 0
-    _, val = self.split(train_epoch)
     positions = index * self.val_batch_size + np.arange(self.val_batch_size)
-    val_epochs = positions // len(val)
+    val_epochs = positions // self.num_val_examples
     indices = np.empty(self.val_batch_size, np.int64)
     for val_epoch in np.unique(val_epochs):
       in_epoch = val_epochs == val_epoch
-      order = val[seeded_permutation(len(val), self.seed, VAL, train_epoch, int(val_epoch))]
-      indices[in_epoch] = order[positions[in_epoch] % len(val)]
+      order = self._val_order(train_epoch, int(val_epoch))
+      indices[in_epoch] = order[positions[in_epoch] % self.num_val_examples]
     return indices
 
   def val_batch(self, index: int, epoch: int | None = None) -> dict[str, np.ndarray]:
@@ -179,13 +212,46 @@ class Pipeline:
     """
     return self._gather(self.dataset.train, self._local(self.val_indices(index, epoch)))
 
+  def host_step(self, step: int, *, batches_per_step: int,
+                with_val: bool) -> tuple[int, dict[str, np.ndarray], dict[str, np.ndarray] | None]:
+    """(step, train batches, val batch or None) that trainer step `step` consumes.
+
+    The train batches are train_batches(step * batches_per_step, batches_per_step); the val
+    batch is val_batch(step) of the epoch of the first of them, read only when `with_val`.
+    """
+    first_batch = step * batches_per_step
+    val = (self.val_batch(step, epoch=self.epoch_of_batch(first_batch)) if with_val else None)
+    return step, self.train_batches(first_batch, batches_per_step), val
+
+  def step_batches(self, start_step: int, stop_step: int, *, batches_per_step: int,
+                   with_val: bool) -> Iterator[tuple[int, dict[str, np.ndarray],
+                                                     dict[str, np.ndarray] | None]]:
+    """`host_step` of steps start_step .. stop_step - 1 in order, read ahead (see `read_ahead`)."""
+    if not 0 <= start_step <= stop_step:
+      raise ValueError(f"steps need 0 <= start_step <= stop_step, got {start_step}, {stop_step}")
+    steps = grain.MapDataset.range(start_step, stop_step).map(functools.partial(
+        self.host_step, batches_per_step=batches_per_step, with_val=with_val))
+    return read_ahead(steps, workers=self.workers)
+
+  def eval_chunk(self, chunk: int, *, split: str, indices: np.ndarray,
+                 batch_size: int) -> dict[str, np.ndarray]:
+    """Eval batch number `chunk` over `indices` [n] into dataset.<split> ('train' or 'test').
+
+    Returns this process's rows: dict(image=uint8 [local, H, W, C], label=int32 [local],
+    mask=bool [local]); rows past the end of `indices` repeat indices[0] with mask False.
+    """
+    rows = indices[chunk * batch_size:(chunk + 1) * batch_size]
+    mask = np.arange(batch_size) < len(rows)
+    padded = np.concatenate([rows, np.full(batch_size - len(rows), indices[0])])
+    batch = self._gather(getattr(self.dataset, split), self._local(padded))
+    return {**batch, "mask": self._local(mask)}
+
   def eval_batches(self, split: str, batch_size: int,
                    epoch: int = 0) -> Iterator[dict[str, np.ndarray]]:
     """Batches covering split 'val' (of train `epoch`) or 'test' once, in index order.
 
     batch_size is global; the last batch is padded to it with mask=False rows. Yields
-    this process's rows: dict(image=uint8 [local, H, W, C], label=int32 [local],
-    mask=bool [local]).
+    this process's rows (see `eval_chunk`), read ahead (see `read_ahead`).
     """
     if split not in ("val", "test"):
       raise ValueError(f"eval split must be 'val' or 'test', got {split!r}")
@@ -194,26 +260,56 @@ class Pipeline:
       raise ValueError(f"eval batch_size {batch_size} is not divisible by process_count "
                        f"{self.process_count}")
     if split == "val":
-      source, indices = self.dataset.train, np.sort(self.split(epoch)[1])
+      source, indices = "train", np.sort(self.split(epoch)[1])
     else:
-      source, indices = self.dataset.test, np.arange(len(self.dataset.test))
-    for start in range(0, len(indices), batch_size):
-      chunk = indices[start:start + batch_size]
-      mask = np.arange(batch_size) < len(chunk)
-      padded = np.concatenate([chunk, np.full(batch_size - len(chunk), indices[0])])
-      batch = self._gather(source, self._local(padded))
-      yield {**batch, "mask": self._local(mask)}
+      source, indices = "test", np.arange(len(self.dataset.test))
+    chunks = grain.MapDataset.range(-(-len(indices) // batch_size)).map(functools.partial(
+        self.eval_chunk, split=source, indices=indices, batch_size=batch_size))
+    return read_ahead(chunks, workers=self.workers)
+
+
+def read_ahead(dataset: grain.MapDataset, *, workers: int) -> Iterator:
+  """The elements of `dataset` in order, computed ahead of the consumer.
+
+  workers >= 1: by Grain in that many worker processes (`mp_prefetch`; element i in
+  process i % workers, each reading sequentially, two elements ahead). workers == 0: by one
+  background thread of this process (`prefetch`).
+  """
+  if workers == 0:
+    yield from prefetch(dataset[i] for i in range(len(dataset)))
+    return
+  if not flags.FLAGS.is_parsed():  # Grain reads its absl flags; outside absl.app, their defaults
+    flags.FLAGS.mark_as_parsed()
+  iterator = iter(dataset.to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=0))
+                  .mp_prefetch(grain.MultiprocessingOptions(num_workers=workers,
+                                                            per_worker_buffer_size=2)))
+  try:
+    yield from iterator
+  finally:
+    iterator.close()
+
+
+def default_workers(dataset: Dataset) -> int:
+  """Grain worker processes for `dataset` when config.data.workers is None: none when both
+  splits are held in memory (nothing to decode), else one per CPU core but one (left to the
+  trainer), at least one."""
+  if isinstance(dataset.train, ArraySource) and isinstance(dataset.test, ArraySource):
+    return 0
+  return max(1, (os.cpu_count() or 1) - 1)
 
 
 def pipeline_from_config(dataset: Dataset, config: ml_collections.ConfigDict, *,
                          global_batch_size: int, val_batch_size: int, process_index: int = 0,
                          process_count: int = 1, train_batches_per_step: int = 1) -> Pipeline:
-  """Pipeline over `dataset` with the split/cap/seed fields of config.data."""
+  """Pipeline over `dataset` with the split/cap/seed/workers fields of config.data
+  (workers None: `default_workers`)."""
+  workers = default_workers(dataset) if config.workers is None else config.workers
   return Pipeline(dataset, global_batch_size=global_batch_size, val_batch_size=val_batch_size,
                   seed=config.seed, val_fraction=config.val_fraction,
                   redraw_val_each_epoch=config.redraw_val_each_epoch,
                   train_examples=config.train_examples, process_index=process_index,
-                  process_count=process_count, train_batches_per_step=train_batches_per_step)
+                  process_count=process_count, train_batches_per_step=train_batches_per_step,
+                  workers=workers)
 
 
 def prefetch(iterator: Iterator[T], size: int = 2) -> Iterator[T]:

@@ -82,6 +82,9 @@ def default_data_config() -> ml_collections.ConfigDict:
   seed: seeds the cap, the split and every epoch's order.
   in_memory_max_bytes: a folder split whose decoded uint8 pixels fit in this many
     bytes is decoded once at load; a larger one is decoded on every access.
+  workers: Grain worker processes that decode, resize and batch ahead of the trainer
+    (0: one background thread; None: none for data held in memory, else the CPU count
+    less one).
   """
   return ml_collections.ConfigDict({
       "dataset": "sklearn_digits",
@@ -92,6 +95,7 @@ def default_data_config() -> ml_collections.ConfigDict:
       "train_examples": config_dict.placeholder(int),
       "seed": 0,
       "in_memory_max_bytes": 2**31,
+      "workers": config_dict.placeholder(int),
   })
 
 
