@@ -111,6 +111,7 @@ def _smoke_config():
   return config
 
 
+@pytest.mark.slow
 def test_step_section_times_each_variant_against_the_plain_step():
   printed = []
   records = bench.run(_smoke_config(), steps=2, truncations=[1, 2], dtypes=["float32"],

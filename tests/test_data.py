@@ -549,6 +549,7 @@ def grain_source_kinds(kind: str, tmp_path) -> data.Dataset:
     return data.load_dataset(data_config(dataset="cifar10", image_size=8))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind,source_type", [("npz", data.ArraySource),
                                               ("folder", data.FolderSource),
                                               ("tfds", data.TfdsSource)])

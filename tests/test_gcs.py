@@ -123,6 +123,8 @@ PREEMPTED_MAIN = """
 import sys
 from absl import app
 from jaxaug import data, main
+
+pytestmark = pytest.mark.slow  # end to end: see README, Tests
 original = data.Pipeline.train_batches
 def preempt(self, first_batch, count):
   if first_batch >= 6 * count:

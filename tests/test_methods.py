@@ -85,11 +85,12 @@ def _steps_on_mesh(config, devices, steps):
 
 
 @pytest.mark.parametrize("method,truncation,overrides", [
-    ("supervised", 1, {}), ("bilevel", 1, {}), ("bilevel", 2, {}), ("hba", 1, {}),
-    ("invariant", 1, {}),
-    ("reinforce", 1, {"reinforce.num_policies": 2, "reinforce.augment_after": "cutout(4)"}),
-    ("reinforce", 1, {"reinforce.reward": "validation", "reinforce.ohl.copies": 2}),
-    ("uncertainty", 1, {"uncertainty.candidates": 2}),
+    ("supervised", 1, {}), ("bilevel", 1, {}),
+    *(pytest.param(*case, marks=pytest.mark.slow) for case in (
+        ("bilevel", 2, {}), ("hba", 1, {}), ("invariant", 1, {}),
+        ("reinforce", 1, {"reinforce.num_policies": 2, "reinforce.augment_after": "cutout(4)"}),
+        ("reinforce", 1, {"reinforce.reward": "validation", "reinforce.ohl.copies": 2}),
+        ("uncertainty", 1, {"uncertainty.candidates": 2}))),
 ])
 def test_eight_devices_match_one_device(method, truncation, overrides):
   """Same math; only the order of cross-device reductions differs, so in float64 they agree.
@@ -510,6 +511,7 @@ def test_bilevel_bfloat16_step_is_close_to_the_float32_step():
                              rtol=2**-2)
 
 
+@pytest.mark.slow
 def test_bilevel_trains_in_bfloat16_on_the_smoke_config(tmp_path):
   import json
 

@@ -22,6 +22,8 @@ from jaxaug import checkpoint
 from jaxaug import train
 from test_train import smoke_config
 
+pytestmark = pytest.mark.slow  # end to end: see README, Tests
+
 WORKER = os.path.join(os.path.dirname(__file__), "multiprocess_worker.py")
 PROCESSES = 2
 

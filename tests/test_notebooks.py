@@ -87,6 +87,7 @@ def quickstart(tmp_path_factory):
   return notebook, workdir
 
 
+@pytest.mark.slow
 def test_quickstart(quickstart):
   notebook, workdir = quickstart
   printed = outputs(notebook)
@@ -99,6 +100,7 @@ def test_quickstart(quickstart):
   assert images(notebook) >= 4  # grids at the start and the end, parameters, accuracy
 
 
+@pytest.mark.slow
 def test_results(quickstart):
   _, workdir = quickstart
   hba = subprocess.run(

@@ -320,6 +320,7 @@ def test_bad_specs_are_rejected(spec, message):
     fixed.compose(spec)
 
 
+@pytest.mark.slow
 def test_supervised_end_to_end_with_a_policy(tmp_path):
   config = smoke_config("supervised", {"augment": "trivialaugment_wide+cutout(4)",
                                        "num_epochs": 1, "data.train_examples": 64})

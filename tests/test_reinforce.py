@@ -395,6 +395,7 @@ def test_replays_apply_the_exported_policies(tmp_path):
     ("ohl", {"method": "reinforce", "reinforce.reward": "validation"}),
     ("uncertainty", {"method": "uncertainty", "uncertainty.candidates": 2}),
 ])
+@pytest.mark.slow
 def test_end_to_end_on_the_smoke_config_and_replay(tmp_path, variant, overrides):
   """Each variant trains on digits, writes its plots and policy; supervised replays it."""
   config = smoke_config(overrides.pop("method"), {

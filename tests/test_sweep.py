@@ -165,6 +165,7 @@ def _sweep(tmp_path, *args):
       capture_output=True, text=True)
 
 
+@pytest.mark.slow
 def test_sweep_end_to_end_on_the_smoke_config_and_its_resume(tmp_path):
   refused = _sweep(tmp_path, "--select=test_accuracy")
   assert refused.returncode == 2 and "refusing to select on 'test_accuracy'" in refused.stderr

@@ -58,11 +58,14 @@ def _check_outputs(workdir, results, *, expect_aug_plot):
   return records
 
 
+SLOW = pytest.mark.slow  # end to end: see README, Tests
+
+
 @pytest.mark.parametrize("method,augment", [("supervised", "none"),
-                                            ("supervised", "predefined"),
+                                            pytest.param("supervised", "predefined", marks=SLOW),
                                             ("bilevel", "hflip"),
-                                            ("hba", "hflip"),
-                                            ("invariant", "hflip")])
+                                            pytest.param("hba", "hflip", marks=SLOW),
+                                            pytest.param("invariant", "hflip", marks=SLOW)])
 def test_end_to_end_on_tfds_mock_data(tmp_path, method, augment):
   config = smoke_config(method, {"augment": augment, "data.dataset": "cifar10",
                                  "data.train_examples": None, "hba.warmup_epochs": 0.5})
@@ -91,6 +94,7 @@ def test_end_to_end_on_tfds_mock_data(tmp_path, method, augment):
       assert os.path.exists(tmp_path / "plots" / name)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["bilevel", "hba"])
 def test_a_learned_policy_replays_with_supervised(tmp_path, method):
   """learned('<dir>') trains another model with what a run learned; bad folders are refused."""
@@ -131,6 +135,7 @@ def _write_folder(root, classes=3, per_class=12, size=8, seed=0):
         Image.fromarray(pixels).save(root / split / f"class{c}" / f"{i}.png")
 
 
+@pytest.mark.slow
 def test_end_to_end_on_image_folder(tmp_path):
   _write_folder(tmp_path / "images")
   config = smoke_config("bilevel", {"data.dataset": f"folder:{tmp_path / 'images'}",
@@ -142,6 +147,7 @@ def test_end_to_end_on_image_folder(tmp_path):
     assert json.load(f) == json.loads(json.dumps(config.to_dict()))  # tuples saved as lists
 
 
+@pytest.mark.slow
 def test_val_metrics_use_the_current_epochs_split_when_it_is_redrawn(tmp_path, monkeypatch):
   config = smoke_config("supervised", {"data.redraw_val_each_epoch": True, "num_epochs": 3})
   original = data.Pipeline.eval_batches
@@ -158,6 +164,7 @@ def test_val_metrics_use_the_current_epochs_split_when_it_is_redrawn(tmp_path, m
   assert results["val_held_out"] is False
 
 
+@pytest.mark.slow
 def test_supervised_training_reads_no_validation_batches(tmp_path, monkeypatch):
   def fail(*args, **kwargs):
     raise AssertionError("supervised steps do not use a validation batch")
@@ -167,6 +174,7 @@ def test_supervised_training_reads_no_validation_batches(tmp_path, monkeypatch):
   assert results["steps"] > 0
 
 
+@pytest.mark.slow
 def test_resuming_with_a_changed_config_says_what_changed(tmp_path, capsys):
   config = smoke_config("supervised")
   train.train_and_evaluate(config, str(tmp_path))
@@ -198,6 +206,7 @@ def _assert_same_final_state(workdir_a, workdir_b):
     np.testing.assert_array_equal(leaves_a[key], leaves_b[key], err_msg=key)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["supervised", "bilevel", "hba", "reinforce"])
 def test_resumed_run_equals_uninterrupted_run(tmp_path, monkeypatch, method):
   """Interrupted after step 4 of 8-step epochs: the resumed run crosses an epoch boundary
@@ -241,6 +250,7 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path, monkeypatch, method):
   assert (full["steps"], "test") in steps
 
 
+@pytest.mark.slow
 def test_the_records_up_to_a_checkpoint_are_written_before_it_is_saved(tmp_path, monkeypatch):
   """So a process killed right after a checkpoint resumes with all the records up to it."""
   from jaxaug import reporting
@@ -293,6 +303,7 @@ def test_stop_signals_leave_an_ignored_signal_ignored():
     signal.signal(signal.SIGINT, previous)
 
 
+@pytest.mark.slow
 def test_sigterm_saves_a_checkpoint_at_the_current_step_and_resuming_matches(tmp_path, monkeypatch):
   config = smoke_config("bilevel", {"checkpoint_every_steps": 1000, "num_epochs": 3})
   full = train.train_and_evaluate(config, str(tmp_path / "full"))
@@ -318,6 +329,7 @@ def test_sigterm_saves_a_checkpoint_at_the_current_step_and_resuming_matches(tmp
   _assert_same_final_state(str(tmp_path / "full"), str(tmp_path / "resumed"))
 
 
+@pytest.mark.slow
 def test_a_stop_at_an_evaluation_step_saves_without_evaluating(tmp_path, monkeypatch):
   config = smoke_config("supervised")  # 8 steps per epoch, evaluation after each epoch
 
@@ -335,6 +347,7 @@ def test_a_stop_at_an_evaluation_step_saves_without_evaluating(tmp_path, monkeyp
   assert [(r["step"], r["split"]) for r in records] == [(4, "train"), (8, "train")]
 
 
+@pytest.mark.slow
 def test_a_signal_during_the_final_checkpoint_stops_before_the_final_evaluation(
     tmp_path, monkeypatch):
   config = smoke_config("supervised")
@@ -354,6 +367,7 @@ def test_a_signal_during_the_final_checkpoint_stops_before_the_final_evaluation(
   assert train.train_and_evaluate(config, str(tmp_path))["steps"] == 16  # evaluates it then
 
 
+@pytest.mark.slow
 def test_main_exits_with_128_plus_signal_after_saving_on_sigint(tmp_path, sigint_not_ignored):
   # The child inherits an ignored SIGINT but not a handler: it starts with Python's own.
   workdir = tmp_path / "run"
@@ -414,6 +428,7 @@ def test_main_reports_a_rejected_config_in_one_line_with_status_2(tmp_path, over
   assert process.stderr.strip().splitlines()[-1].startswith("error: ")
 
 
+@pytest.mark.slow
 def test_the_first_run_prepares_a_tfds_dataset_from_its_download_and_trains(tmp_path, monkeypatch,
                                                                            capsys):
   """CIFAR-10 as tfds downloads it (a tiny cifar-10-binary.tar.gz in its download cache, no
