@@ -25,6 +25,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+pytestmark = pytest.mark.slow  # end to end: see README, Tests
+
 emulator = pytest.importorskip("gcp_storage_emulator.server")
 # pylint: disable=g-import-not-at-top
 from gcp_storage_emulator.exceptions import NotFound
@@ -124,7 +126,6 @@ import sys
 from absl import app
 from jaxaug import data, main
 
-pytestmark = pytest.mark.slow  # end to end: see README, Tests
 original = data.Pipeline.train_batches
 def preempt(self, first_batch, count):
   if first_batch >= 6 * count:

@@ -146,6 +146,7 @@ def test_schedule_holds_lambda_at_the_end_of_each_epoch(searched):
   assert not np.array_equal(state.schedule[0], state.schedule[1])
 
 
+@pytest.mark.slow
 def test_each_training_image_gets_its_own_perturbed_hyper_parameters(monkeypatch):
   """h = lambda + sigma * eps per example, redrawn every step, reaches the augmentation."""
   config = _config(**SHARED)
@@ -198,6 +199,7 @@ def test_hba_replay_applies_the_operations_of_the_search_for_the_same_keys(tmp_p
   np.testing.assert_array_equal(shown, same)
 
 
+@pytest.mark.slow
 def test_bilevel_replay_applies_the_learned_augmenter_for_the_same_keys(tmp_path):
   config = _config("bilevel")
   state, _ = _run(config, steps=3)  # in epoch 0 of 3: schedule row 0 is the augmenter now

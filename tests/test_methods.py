@@ -85,9 +85,9 @@ def _steps_on_mesh(config, devices, steps):
 
 
 @pytest.mark.parametrize("method,truncation,overrides", [
-    ("supervised", 1, {}), ("bilevel", 1, {}),
+    ("supervised", 1, {}),
     *(pytest.param(*case, marks=pytest.mark.slow) for case in (
-        ("bilevel", 2, {}), ("hba", 1, {}), ("invariant", 1, {}),
+        ("bilevel", 1, {}), ("bilevel", 2, {}), ("hba", 1, {}), ("invariant", 1, {}),
         ("reinforce", 1, {"reinforce.num_policies": 2, "reinforce.augment_after": "cutout(4)"}),
         ("reinforce", 1, {"reinforce.reward": "validation", "reinforce.ohl.copies": 2}),
         ("uncertainty", 1, {"uncertainty.candidates": 2}))),
@@ -116,7 +116,7 @@ def test_eight_devices_match_one_device(method, truncation, overrides):
                        float32_rtol=1e-6)
 
 
-@pytest.mark.parametrize("truncation", [1, 2])
+@pytest.mark.parametrize("truncation", [1, pytest.param(2, marks=pytest.mark.slow)])
 def test_bilevel_look_ahead_is_the_update_the_classifier_takes(truncation):
   """After a bilevel step the classifier equals T plain optax updates on the augmented batches.
 
@@ -151,7 +151,7 @@ def test_bilevel_look_ahead_is_the_update_the_classifier_takes(truncation):
   assert max(jax.tree.leaves(moved)) > 0
 
 
-@pytest.mark.parametrize("truncation", [1, 2])
+@pytest.mark.parametrize("truncation", [1, pytest.param(2, marks=pytest.mark.slow)])
 def test_bilevel_forward_and_reverse_second_order_agree(truncation):
   """The fast forward-over-reverse hypergradient equals plain autodiff on the real model."""
   train, val = _batches(truncation)
@@ -170,7 +170,8 @@ def test_bilevel_forward_and_reverse_second_order_agree(truncation):
   _assert_leaves_close(results["forward"][0], results["reverse"][0], rtol=1e-3, atol=1e-7)
 
 
-@pytest.mark.parametrize("schedule", ["constant", "cosine", "step"])
+@pytest.mark.parametrize("schedule", ["constant", *(pytest.param(schedule, marks=pytest.mark.slow)
+                                                  for schedule in ("cosine", "step"))])
 def test_bilevel_augmenter_takes_every_schedule(schedule):
   config = _config("bilevel")
   config.bilevel.optim.schedule = schedule
@@ -354,6 +355,7 @@ def _training_loss(state, classifier_params, augmenter_params, images, labels, n
   return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
 
+@pytest.mark.slow
 def test_invariant_augmenter_descends_the_training_loss_with_the_classifier():
   """With SGD at rate 1 the augmenter moves by minus the gradient of the training loss (the
   loss written out here; directional derivatives checked by central finite differences in
@@ -472,6 +474,7 @@ def _relative_error(actual, expected):
   return np.linalg.norm(flat(actual) - flat(expected)) / np.linalg.norm(flat(expected))
 
 
+@pytest.mark.slow
 def test_bilevel_bfloat16_step_is_close_to_the_float32_step():
   """One bilevel step (T = 2) from the same float32 state, computed in bfloat16 and float32.
 

@@ -115,19 +115,21 @@ def test_the_entropy_term_raises_the_entropy():
   tokens = controller.apply(controller.params, controller.rest, jax.random.PRNGKey(0), 8, 10)[
       0].tokens
 
-  def entropy(controller):
-    rollout, _ = controller.apply(controller.params, controller.rest, None, 8, 10, tokens)
-    return float(rollout.entropy.mean())
+  @jax.jit
+  def scored(controller):
+    return controller.apply(controller.params, controller.rest, None, 8, 10, tokens)[0]
 
-  updated, reported = reinforce.controller_step(controller, settings, tokens, jnp.zeros(8))
+  entropy = lambda controller: float(scored(controller).entropy.mean())
+  controller_step = jax.jit(reinforce.controller_step)
+  updated, reported = controller_step(controller, settings, tokens, jnp.zeros(8))
   assert float(reported) == pytest.approx(entropy(controller), rel=1e-5)
   assert entropy(updated) > entropy(controller)
   # the REINFORCE term alone raises the log-probability of the positive-advantage policy
   settings = _settings(entropy_weight=0.0)
   advantage = jnp.array([1.0, -1.0, 0, 0, 0, 0, 0, 0])
-  before = controller.apply(controller.params, controller.rest, None, 8, 10, tokens)[0]
-  updated, _ = reinforce.controller_step(controller, settings, tokens, advantage)
-  after = updated.apply(updated.params, updated.rest, None, 8, 10, tokens)[0]
+  before = scored(controller)
+  updated, _ = controller_step(controller, settings, tokens, advantage)
+  after = scored(updated)
   gain = np.asarray(after.log_prob.sum((1, 2)) - before.log_prob.sum((1, 2)))
   assert gain[0] > 0 > gain[1]
 
@@ -237,8 +239,8 @@ def test_the_epoch_boundary_steps_the_controller_and_samples_new_policies():
   np.testing.assert_array_equal(second.sampled[1], second.policies)
   assert not np.array_equal(second.policies, state.policies)
   # the controller took the REINFORCE step towards those rewards on the epoch's policies
-  expected, _ = reinforce.controller_step(first.controller, first.reinforce, first.policies,
-                                          second.rewards[0])
+  expected, _ = jax.jit(reinforce.controller_step)(first.controller, first.reinforce,
+                                                   first.policies, second.rewards[0])
   for a, b in zip(jax.tree.leaves(second.controller.params), jax.tree.leaves(expected.params)):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
   # the classifier does not depend on where the epoch ends
@@ -269,10 +271,10 @@ def test_ohl_vmapped_copies_equal_separate_single_copy_updates():
   stacked, aux = jax.jit(ohl.update_copies)(state.classifiers, state.settings, images, labels)
   val = {"image": images[0], "label": labels}
   correct = ohl.copy_correct(stacked, state.settings, val)
+  single_update = jax.jit(supervised.classifier_updates)
   for k in range(3):
     single = jax.tree.map(lambda leaf: leaf[k], state.classifiers)
-    expected, expected_aux = supervised.classifier_updates(single, state.settings, images[k][None],
-                                                           labels[None])
+    expected, expected_aux = single_update(single, state.settings, images[k][None], labels[None])
     for a, b in zip(jax.tree.leaves(jax.tree.map(lambda leaf: leaf[k], stacked)),
                     jax.tree.leaves(expected)):
       np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)

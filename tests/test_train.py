@@ -63,7 +63,7 @@ SLOW = pytest.mark.slow  # end to end: see README, Tests
 
 @pytest.mark.parametrize("method,augment", [("supervised", "none"),
                                             pytest.param("supervised", "predefined", marks=SLOW),
-                                            ("bilevel", "hflip"),
+                                            pytest.param("bilevel", "hflip", marks=SLOW),
                                             pytest.param("hba", "hflip", marks=SLOW),
                                             pytest.param("invariant", "hflip", marks=SLOW)])
 def test_end_to_end_on_tfds_mock_data(tmp_path, method, augment):
@@ -395,7 +395,7 @@ def test_main_exits_with_128_plus_signal_after_saving_on_sigint(tmp_path, sigint
 
 
 @pytest.mark.parametrize("key,value,message", [
-    ("method", "dabo", "unknown method 'dabo'.*bilevel, hba, supervised"),
+    ("method", "dabo", "unknown method 'dabo'.*bilevel, hba, invariant, reinforce, supervised, uncertainty"),
     ("model", "vgg", "unknown model 'vgg'.*resnet18"),
     ("augment", "hflip+warp", "unknown augmentation 'warp'.*predefined"),
     ("data.dataset", "cifar11", "cifar11"),
