@@ -110,8 +110,7 @@ def default_config() -> ml_collections.ConfigDict:
 def train_batches_per_step(config: ml_collections.ConfigDict) -> int:
   """T: the truncation, i.e. classifier updates (and training batches) per step."""
   truncation = config.bilevel.truncation
-  if not isinstance(truncation, int) or truncation < 1:
-    raise ValueError(f"config.bilevel.truncation={truncation!r} must be an integer >= 1")
+  common.check_integer("config.bilevel.truncation", truncation)
   return truncation
 
 
@@ -155,8 +154,7 @@ def create_augmenter(section: str, config: ml_collections.ConfigDict, rng: jax.A
 def init(config: ml_collections.ConfigDict, rng: jax.Array, info: common.DataInfo) -> State:
   """Classifier, augmenter and their optimisers."""
   cfg = config.bilevel
-  if not isinstance(cfg.update_every, int) or cfg.update_every < 1:
-    raise ValueError(f"config.bilevel.update_every={cfg.update_every!r} must be an integer >= 1")
+  common.check_integer("config.bilevel.update_every", cfg.update_every)
   if cfg.second_order not in hypergrad.SECOND_ORDER_MODES:
     raise ValueError(f"unknown config.bilevel.second_order {cfg.second_order!r}; valid: "
                      f"{', '.join(hypergrad.SECOND_ORDER_MODES)}")

@@ -186,6 +186,13 @@ def eval_metrics(classifier: Learner, batch: dict, *, mean, std,
   }
 
 
+def check_integer(name: str, value, minimum: int = 1) -> None:
+  """ValueError unless `value` (the config value `name`, e.g. 'config.hba.update_every') is an
+  integer (not a bool) >= `minimum`."""
+  if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+    raise ValueError(f"{name}={value!r} must be an integer >= {minimum}")
+
+
 def first_nonfinite(step: jax.Array, previous: jax.Array, *values: jax.Array) -> jax.Array:
   """The first step at which any of `values` was not finite (-1 while none was)."""
   finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(v)) for v in values]))

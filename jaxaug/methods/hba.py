@@ -173,8 +173,7 @@ def _check_config(cfg: ml_collections.ConfigDict) -> None:
   if cfg.strategy not in hyper.STRATEGIES:
     raise ValueError(f"unknown config.hba.strategy {cfg.strategy!r}; valid: "
                      f"{', '.join(hyper.STRATEGIES)}")
-  if not isinstance(cfg.update_every, int) or cfg.update_every < 1:
-    raise ValueError(f"config.hba.update_every={cfg.update_every!r} must be an integer >= 1")
+  common.check_integer("config.hba.update_every", cfg.update_every)
   for name in ("sigma", "warmup_epochs"):
     if not cfg[name] >= 0:
       raise ValueError(f"config.hba.{name}={cfg[name]!r} must be >= 0")

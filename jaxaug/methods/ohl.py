@@ -121,8 +121,7 @@ def init(config: ml_collections.ConfigDict, rng: jax.Array, info: common.DataInf
   theta = 0 and its optimiser. `reinforce_settings`: the validated `reinforce.Settings`."""
   cfg = config.reinforce.ohl
   copies = cfg.copies
-  if isinstance(copies, bool) or not isinstance(copies, int) or copies < 2:
-    raise ValueError(f"config.reinforce.ohl.copies={copies!r} must be an integer >= 2")
+  common.check_integer("config.reinforce.ohl.copies", copies, 2)
   names, table = operation_table(cfg)
   settings = Settings(names=names, operations=tuple(map(tuple, table.tolist())), copies=copies,
                       steps_per_epoch=info.steps_per_epoch,

@@ -116,8 +116,7 @@ def _check_config(cfg: ml_collections.ConfigDict) -> None:
     if cfg[name] not in valid:
       raise ValueError(f"unknown config.reinforce.{name} {cfg[name]!r}; valid: {', '.join(valid)}")
   for name in ("num_policies", "sub_policies", "ops_per_sub_policy", "num_levels"):
-    if isinstance(cfg[name], bool) or not isinstance(cfg[name], int) or cfg[name] < 1:
-      raise ValueError(f"config.reinforce.{name}={cfg[name]!r} must be an integer >= 1")
+    common.check_integer(f"config.reinforce.{name}", cfg[name])
   if not 1 <= cfg.num_levels <= space.PARAMETER_MAX + 1:
     raise ValueError(f"config.reinforce.num_levels={cfg.num_levels} must lie in "
                      f"[1, {space.PARAMETER_MAX + 1}] (levels of the reference mapping)")
@@ -206,11 +205,9 @@ def normalise(values: jax.Array) -> jax.Array:
 def init(config: ml_collections.ConfigDict, rng: jax.Array, info: common.DataInfo):
   """Classifier, controller and the first epoch's policies; OHL's state for
   `reward='validation'`."""
-  if config.reinforce.reward not in REWARDS:
-    _check_config(config.reinforce)
-  if config.reinforce.reward == "validation":
-    return ohl.init(config, rng, info, _settings(config, info))
   settings = _settings(config, info)
+  if config.reinforce.reward == "validation":
+    return ohl.init(config, rng, info, settings)
   classifier_rng, controller_rng, policy_rng = jax.random.split(rng, 3)
   controller = create_controller(config, controller_rng, settings)
   tokens, op_probability, level_probability = sample_policies(controller, settings, policy_rng)

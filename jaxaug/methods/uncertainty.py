@@ -71,8 +71,7 @@ def train_batches_per_step(config: ml_collections.ConfigDict) -> int:
 def _settings(cfg: ml_collections.ConfigDict) -> Settings:
   """The validated `config.uncertainty`; ValueError naming the first bad value."""
   for name in ("candidates", "keep", "depth", "num_levels"):
-    if isinstance(cfg[name], bool) or not isinstance(cfg[name], int) or cfg[name] < 1:
-      raise ValueError(f"config.uncertainty.{name}={cfg[name]!r} must be an integer >= 1")
+    common.check_integer(f"config.uncertainty.{name}", cfg[name])
   if cfg.keep > cfg.candidates:
     raise ValueError(f"config.uncertainty.keep={cfg.keep} must be <= candidates="
                      f"{cfg.candidates}")
