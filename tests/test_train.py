@@ -207,13 +207,15 @@ def _assert_same_final_state(workdir_a, workdir_b):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["supervised", "bilevel", "hba", "reinforce"])
+@pytest.mark.parametrize("method", ["supervised", "bilevel", "hba", "reinforce", "invariant",
+                                    "uncertainty"])
 def test_resumed_run_equals_uninterrupted_run(tmp_path, monkeypatch, method):
   """Interrupted after step 4 of 8-step epochs: the resumed run crosses an epoch boundary
   (REINFORCE: the controller step, new policies and the accumulated rewards)."""
   config = smoke_config(method, {"checkpoint_every_steps": 3, "hba.warmup_epochs": 0.25,
                                  "reinforce.num_policies": 2,
-                                 "reinforce.augment_after": "cutout(4)"})
+                                 "reinforce.augment_after": "cutout(4)",
+                                 "invariant.augmenter.kind": "affine"})  # grey digits
   full = train.train_and_evaluate(config, str(tmp_path / "full"))
 
   original = data.Pipeline.train_batches
