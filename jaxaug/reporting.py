@@ -262,21 +262,23 @@ def make_image_grid(rows: Sequence[Any], row_labels: Sequence[str]) -> np.ndarra
   """Lays image rows out as one uint8 RGB picture [height, width, 3].
 
   Args:
-    rows: each a float array [N, H, W, C] in [0, 1] with C in (1, 3); every row has the same
-      H and W, N may differ. Row i becomes grid row i, images left to right.
+    rows: each a float array [N, H, W, C] in [0, 1] with C in (1, 3); N, H and W may differ
+      between rows (e.g. originals and their random-resized crops). Row i becomes grid row i,
+      images left to right.
     row_labels: one label per row, drawn in a column on the left; the column is left out if
       every label is empty.
 
-  Images are upscaled by `display_scale(H, W)` (nearest neighbour) and separated by 2 white
-  pixels; the label column, when present, is the widest label plus 4 pixels either side.
+  Cells are as large as the largest H and W; every image is upscaled by the same
+  `display_scale(H, W)` of those (nearest neighbour), so sizes compare, and centred in its
+  cell. Cells are separated by 2 white pixels; the label column, when present, is the widest
+  label plus 4 pixels either side.
   """
   if not rows or len(rows) != len(row_labels):
     raise ValueError(f"need one label per row and at least one row, got {len(rows)} rows "
                      f"and labels {list(row_labels)}")
   rows = [_to_rgb_uint8(images, index) for index, images in enumerate(rows)]
-  height, width = rows[0].shape[1:3]
-  if any(images.shape[1:3] != (height, width) for images in rows):
-    raise ValueError(f"grid rows must share H, W; got shapes {[images.shape for images in rows]}")
+  height = max(images.shape[1] for images in rows)
+  width = max(images.shape[2] for images in rows)
   scale = display_scale(height, width)
   cell_height, cell_width = height * scale, width * scale
 
@@ -292,9 +294,12 @@ def make_image_grid(rows: Sequence[Any], row_labels: Sequence[str]) -> np.ndarra
   for row_index, images in enumerate(rows):
     top = row_index * (cell_height + _GRID_GAP)
     upscaled = images.repeat(scale, axis=1).repeat(scale, axis=2)
+    image_height, image_width = upscaled.shape[1:3]
+    image_top = top + (cell_height - image_height) // 2
     for column_index, image in enumerate(upscaled):
-      left = label_column + column_index * (cell_width + _GRID_GAP)
-      grid[top:top + cell_height, left:left + cell_width] = image
+      left = (label_column + column_index * (cell_width + _GRID_GAP)
+              + (cell_width - image_width) // 2)
+      grid[image_top:image_top + image_height, left:left + image_width] = image
 
   picture = Image.fromarray(grid)
   draw = ImageDraw.Draw(picture)

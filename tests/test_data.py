@@ -695,3 +695,49 @@ def test_seeded_permutation_is_a_permutation():
   perm = pipeline_lib.seeded_permutation(50, 1, 2, 3)
   np.testing.assert_array_equal(np.sort(perm), np.arange(50))
   np.testing.assert_array_equal(perm, pipeline_lib.seeded_permutation(50, 1, 2, 3))
+
+
+@pytest.mark.parametrize("in_memory_max_bytes", [2**31, 0])
+def test_folder_center_crop_resize_is_torchvisions_resize_then_center_crop(
+    tmp_path, in_memory_max_bytes):
+  """Shorter side to image_size (longer truncated), then the centre square (offsets rounded):
+  written out here pixel by pixel for a wide and a tall image."""
+  write_image_folder(tmp_path, sizes={("train", "bee", 1): (41, 30), ("train", "ant", 0): (20, 27)})
+  config = data_config(dataset=f"folder:{tmp_path}", image_size=15, resize="center_crop",
+                       in_memory_max_bytes=in_memory_max_bytes)
+  ds = data.load_dataset(config)
+  assert ds.image_shape == (15, 15, 3)
+  images = ds.train.get(np.arange(len(ds.train)))["image"]
+  with Image.open(tmp_path / "train" / "bee" / "1.jpg") as wide:
+    # 41 x 30 -> int(15 * 41 / 30) = 20 x 15, columns from round(2.5) = 2
+    resized = np.asarray(wide.convert("RGB").resize((20, 15), Image.BILINEAR))
+  np.testing.assert_array_equal(images[4], resized[:, 2:17])
+  with Image.open(tmp_path / "train" / "ant" / "0.png") as tall:
+    # 20 x 27 -> 15 x int(15 * 27 / 20) = 15 x 20, rows from round(2.5) = 2
+    resized = np.asarray(tall.convert("RGB").resize((15, 20), Image.BILINEAR))
+  np.testing.assert_array_equal(images[0], resized[2:17])
+  with pytest.raises(ValueError, match="resize must be one of squash, center_crop, got 'crop'"):
+    data.load_dataset(data_config(dataset=f"folder:{tmp_path}", image_size=15, resize="crop"))
+
+
+def test_eval_crop_cuts_val_and_test_images_to_their_centre():
+  rng = np.random.default_rng(0)
+  def source(n):
+    return data.ArraySource(rng.integers(0, 256, (n, 7, 6, 1), dtype=np.uint8),
+                            np.arange(n) % 3, 3, "random")
+  dataset = data.Dataset(source(100), source(23), 3, (7, 6, 1))
+  pipe = make_pipeline(dataset, eval_crop=4)
+  centre = lambda images: images[..., 2:6, 1:5, :]  # rows round(1.5) = 2, columns 1
+  val_ids = pipe.val_indices(0)
+  np.testing.assert_array_equal(pipe.val_batch(0)["image"],
+                                centre(dataset.train.get(val_ids)["image"]))
+  test_batch = next(pipe.eval_batches("test", 10))
+  np.testing.assert_array_equal(test_batch["image"], centre(dataset.test.get(np.arange(10))["image"]))
+  val_batch = next(pipe.eval_batches("val", 10))
+  assert val_batch["image"].shape == (10, 4, 4, 1)
+  train = pipe.train_batches(0, 1)
+  np.testing.assert_array_equal(train["image"][0],
+                                dataset.train.get(pipe.train_indices(0, 1)[0])["image"])
+  for bad in (0, 7, 2.5, True):
+    with pytest.raises(ValueError, match=re.escape(f"in [1, 6] for 7x6 images, got {bad!r}")):
+      make_pipeline(dataset, eval_crop=bad)

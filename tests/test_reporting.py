@@ -237,8 +237,6 @@ def test_image_grid_rejects_bad_rows(tmp_path):
     reporter.save_image_grid(1, "bad", [np.zeros((2, 8, 8, 4))], ["x"])
   with pytest.raises(ValueError, match="one label per row"):
     reporter.save_image_grid(1, "bad", [np.zeros((2, 8, 8, 3))], ["x", "y"])
-  with pytest.raises(ValueError, match="share H, W"):
-    reporter.save_image_grid(1, "bad", [np.zeros((2, 8, 8, 3)), np.zeros((2, 9, 8, 3))], ["", ""])
   reporter.close()
 
 
@@ -379,3 +377,21 @@ def test_learned_vectors_get_labelled_components_a_figure_each_and_histograms(tm
   assert histograms[-1][1].min == pytest.approx(-30) and histograms[-1][1].num == 64
   # TensorBoard replaces "[", "#" and "]" in tags by "_"
   assert ("learned/hba/probability_Rotate_2_", 30) in {(tag, step) for tag, step, _ in events}
+
+
+def test_image_grid_centres_smaller_images_in_cells_of_the_largest(tmp_path):
+  rng = np.random.default_rng(2)
+  originals = _random_images(rng, (2, 20, 24, 3))
+  crops = _random_images(rng, (2, 16, 16, 3))
+  reporter = reporting.Reporter(str(tmp_path), total_steps=100)
+  grid = np.asarray(Image.open(reporter.save_image_grid(0, "crops", [originals, crops], ["", ""])))
+  reporter.close()
+  scale, gap = 4, 2  # display_scale(20, 24): 24 * 4 = 96
+  cell_height, cell_width = 20 * scale, 24 * scale
+  assert grid.shape == (2 * cell_height + gap, 2 * cell_width + gap, 3)
+  for column, image in enumerate(crops):
+    top = cell_height + gap + (cell_height - 16 * scale) // 2
+    left = column * (cell_width + gap) + (cell_width - 16 * scale) // 2
+    np.testing.assert_array_equal(grid[top:top + 16 * scale, left:left + 16 * scale],
+                                  _nearest_upscaled(image, scale))
+  assert (grid[cell_height + gap:cell_height + gap + 8, :cell_width] == 255).all()  # margin

@@ -148,6 +148,34 @@ def test_end_to_end_on_image_folder(tmp_path):
 
 
 @pytest.mark.slow
+def test_imagenet_config_trains_on_standard_crops_of_mock_imagenet(tmp_path):
+  """configs/imagenet_bilevel.py's crops, scaled down: images of mixed sizes read as 20 x 20
+  centre squares, a random-resized crop to 16 in training, the centre 16 x 16 in evaluation."""
+  import importlib.util
+  path = os.path.join(os.path.dirname(__file__), "..", "configs", "imagenet_bilevel.py")
+  spec = importlib.util.spec_from_file_location("imagenet_config", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config()
+  assert (config.data.resize, config.data.image_size, config.data.eval_crop) == (
+      "center_crop", 256, 224)
+  assert config.augment == "random_resized_crop(224)+hflip"
+  paper = module.get_config("paper")
+  assert (paper.data.resize, paper.data.image_size, paper.data.eval_crop, paper.augment) == (
+      "squash", 224, None, "hflip")
+  with pytest.raises(ValueError, match="one of standard, paper"):
+    module.get_config("crops")
+  smoke = smoke_config()
+  config.update(model="small_cnn", batch_size=8, val_batch_size=8, eval_batch_size=8,
+                num_epochs=1, log_every_steps=1, checkpoint_every_steps=100,
+                optim=smoke.optim, augment="random_resized_crop(16)+hflip")
+  config.data.update(image_size=20, eval_crop=16, train_examples=40, val_fraction=0.2)
+  with tfds_fakes.mock_tfds(num_examples=40):
+    results = train.train_and_evaluate(config, str(tmp_path))
+  _check_outputs(str(tmp_path), results, expect_aug_plot=True)
+
+
+@pytest.mark.slow
 def test_val_metrics_use_the_current_epochs_split_when_it_is_redrawn(tmp_path, monkeypatch):
   config = smoke_config("supervised", {"data.redraw_val_each_epoch": True, "num_epochs": 3})
   original = data.Pipeline.eval_batches

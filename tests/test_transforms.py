@@ -8,6 +8,7 @@ central finite differences in float64.
 import colorsys
 import io
 import math
+import re
 import os
 import tarfile
 
@@ -471,3 +472,109 @@ def test_random_pad_and_crop_draws_uniform_per_image_offsets():
   assert set(drawn) == set(offsets)  # all 25 offsets, each expected 8 times in 200
   np.testing.assert_array_equal(crop(0), out)
   assert not np.array_equal(crop(1), out)
+
+
+# ------------------------------------------------------------------------ random-resized crop
+
+# (top, left, height, width) boxes inside a 27 x 32 image: shrunk, enlarged, square, thin,
+# at the edges and inside, whole pixels.
+CROP_BOXES = np.array([[0, 0, 27, 32], [5, 7, 10, 12], [2, 20, 25, 12], [26, 0, 1, 32],
+                       [3, 4, 20, 6]], np.float32)
+
+
+@pytest.mark.parametrize("size", [(24, 24), (13, 40), (27, 32)])
+def test_resized_crop_matches_tf_image_resize_of_the_crop(cifar_uint8, size):
+  tf = pytest.importorskip("tensorflow")
+  image = cifar_uint8[0].astype(np.float32) / 255.0
+  images = np.repeat(image[None], len(CROP_BOXES), axis=0)
+  ours = np.asarray(geometry.resized_crop(jnp.asarray(images), jnp.asarray(CROP_BOXES),
+                                          size=size))
+  for box, our_image in zip(CROP_BOXES.astype(int), ours):
+    top, left, height, width = box
+    crop = image[top:top + height, left:left + width]
+    expected = tf.image.resize(crop, size, method="bilinear", antialias=False).numpy()
+    np.testing.assert_allclose(our_image, expected, atol=2e-6)
+
+
+def test_resized_crop_of_an_output_sized_box_is_the_slice():
+  images = random_images(0, (3, 9, 11, 2))
+  boxes = jnp.array([[0, 0, 4, 5], [5, 6, 4, 5], [2, 3, 4, 5]], jnp.float32)
+  out = np.asarray(geometry.resized_crop(images, boxes, size=(4, 5)))
+  for image, (top, left, _, _), crop in zip(np.asarray(images), np.asarray(boxes, int), out):
+    np.testing.assert_array_equal(crop, image[top:top + 4, left:left + 5])
+
+
+def test_resized_crop_jit_and_vmap_match_eager():
+  images = random_images(1, (4, 9, 11, 3))
+  boxes = jnp.array([[0, 0, 9, 11], [1, 2, 5, 3], [4, 0, 5, 11], [0, 5, 9, 6]], jnp.float32)
+  crop = lambda im, b: geometry.resized_crop(im, b, size=7)
+  eager = crop(images, boxes)
+  assert eager.shape == (4, 7, 7, 3)
+  np.testing.assert_allclose(jax.jit(crop)(images, boxes), eager, atol=1e-6)
+  np.testing.assert_allclose(jax.vmap(lambda im, b: crop(im[None], b[None])[0])(images, boxes),
+                             eager, atol=1e-6)
+
+
+def test_resized_crop_rejects_bad_input():
+  with pytest.raises(ValueError, match=r"boxes_yxhw must have shape \(3, 4\)"):
+    geometry.resized_crop(random_images(0), jnp.zeros((3, 2)), size=4)
+  with pytest.raises(ValueError, match="size must be positive, got 0"):
+    geometry.resized_crop(random_images(0), jnp.ones((3, 4)), size=0)
+
+
+def test_resized_crop_boxes_follow_torchvisions_rule():
+  batch, height, width = 4000, 20, 30
+  scale, ratio = (0.08, 1.0), (3 / 4, 4 / 3)
+  boxes = np.asarray(transforms.resized_crop_boxes(jax.random.key(0), batch, height, width,
+                                                   scale=scale, ratio=ratio))
+  top, left, crop_height, crop_width = boxes.T
+  np.testing.assert_array_equal(boxes, np.round(boxes))  # whole pixels
+  assert (top >= 0).all() and (left >= 0).all()
+  assert (top + crop_height <= height).all() and (left + crop_width <= width).all()
+  assert (crop_height >= 1).all() and (crop_width >= 1).all()
+  # Rounding to whole pixels moves the area and the ratio by at most half a pixel a side.
+  area = crop_height * crop_width / (height * width)
+  slack = lambda size: 1 + 1 / size
+  assert (area <= scale[1] * slack(crop_height) * slack(crop_width)).all()
+  assert (area >= scale[0] / (slack(crop_height) * slack(crop_width))).all()
+  aspect = crop_width / crop_height
+  assert (aspect <= ratio[1] * slack(crop_width) * slack(crop_height)).all()
+  assert (aspect >= ratio[0] / (slack(crop_width) * slack(crop_height))).all()
+  # Areas up to the largest box of ratio <= 4/3 (20 x 27, 90% of the 20 x 30 image) occur,
+  # and small ones are more frequent (large ones that do not fit are drawn again): the mean is
+  # below the mean of the scale interval.
+  assert area.max() == 0.9 and area.min() < 0.1
+  assert 0.3 < area.mean() < np.mean(scale)
+  # Given its size, a box's offset is uniform over the positions that fit.
+  full_height = crop_height == height
+  assert full_height.any() and set(top[full_height]) == {0}
+  sized = (crop_height == 10) & (crop_width == 10)
+  positions = np.unique(top[sized] * 100 + left[sized])
+  assert len(positions) > 0.5 * min(sized.sum(), 11 * 21)
+
+
+def test_resized_crop_boxes_fall_back_to_the_clamped_centre_crop():
+  # A 4 x 40 strip has no box of aspect ratio in [1, 2] and area >= 90%.
+  boxes = np.asarray(transforms.resized_crop_boxes(jax.random.key(1), 3, 4, 40,
+                                                   scale=(0.9, 1.0), ratio=(1.0, 2.0)))
+  np.testing.assert_array_equal(boxes, np.tile([[0, 16, 4, 8]], (3, 1)))  # width 4 * 2, centred
+  tall = np.asarray(transforms.resized_crop_boxes(jax.random.key(1), 2, 40, 4,
+                                                  scale=(0.9, 1.0), ratio=(1.0, 2.0)))
+  np.testing.assert_array_equal(tall, np.tile([[18, 0, 4, 4]], (2, 1)))  # height 4 / 1
+
+
+def test_random_resized_crop_stage():
+  from jaxaug.augment import fixed  # pylint: disable=g-import-not-at-top
+  images = random_images(2, (5, 20, 30, 3))
+  stage = fixed.compose("random_resized_crop(12)+hflip")
+  out = stage(jax.random.key(0), images)
+  assert out.shape == (5, 12, 12, 3)
+  boxes = transforms.resized_crop_boxes(jax.random.key(3), 5, 20, 30)
+  np.testing.assert_allclose(
+      transforms.random_resized_crop(jax.random.key(3), images, size=12),
+      geometry.resized_crop(images, boxes, size=12))
+  for spec, message in (("random_resized_crop(0)", "size must be a positive integer, got 0"),
+                        ("random_resized_crop(8, scale=(0.5, 2.0))", "at most 1"),
+                        ("random_resized_crop(8, ratio=(2, 1))", "0 < low <= high")):
+    with pytest.raises(ValueError, match=re.escape(message)):
+      fixed.compose(spec)

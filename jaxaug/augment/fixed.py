@@ -9,6 +9,7 @@ name, optionally called with Python-literal arguments:
   "cutout(20, fill=0.5)"
   "learned('runs/hba/policy')+crop+hflip"         a policy a run learned, replayed
   "hflip+random_transform('affine', 0.5)"        DABO's validated-magnitude sampler
+  "random_resized_crop(224)+hflip"               the ImageNet training crop
 
 `FIXED` maps each name to a factory: `factory(*args, **kwargs)` validates its
 arguments and returns a sampler `(rng, images) -> images` over a batch, float32 NHWC
@@ -69,6 +70,23 @@ def random_crop(padding: int = 4) -> Sampler:
   if isinstance(padding, bool) or not isinstance(padding, int) or padding < 0:
     raise ValueError(f"crop padding must be an integer >= 0, got {padding!r}")
   return functools.partial(transforms.random_pad_and_crop, padding=padding)
+
+
+@FIXED.register("random_resized_crop")
+def random_resized_crop(size: int, scale: tuple[float, float] = (0.08, 1.0),
+                        ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> Sampler:
+  """The Inception / ImageNet training crop: a random box (area fraction in `scale`, aspect
+  ratio in `ratio`) resized to size x size; see `transforms.resized_crop_boxes`."""
+  if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+    raise ValueError(f"random_resized_crop size must be a positive integer, got {size!r}")
+  for name, bounds in (("scale", scale), ("ratio", ratio)):
+    if not (isinstance(bounds, tuple) and len(bounds) == 2 and 0 < bounds[0] <= bounds[1]):
+      raise ValueError(f"random_resized_crop {name} must be (low, high) with 0 < low <= high, "
+                       f"got {bounds!r}")
+  if scale[1] > 1:
+    raise ValueError(f"random_resized_crop scale is a fraction of the image area, at most 1, "
+                     f"got {scale!r}")
+  return functools.partial(transforms.random_resized_crop, size=size, scale=scale, ratio=ratio)
 
 
 @FIXED.register("predefined")

@@ -203,3 +203,74 @@ def random_pad_and_crop(rng: jax.Array, images: jax.Array, *, padding: int = 4) 
   """
   offsets = jax.random.randint(rng, (images.shape[0], 2), 0, 2 * padding + 1)
   return geometry.pad_and_crop(images, offsets, padding=padding)
+
+
+def resized_crop_boxes(rng: jax.Array, batch: int, height: int, width: int, *,
+                       scale: tuple[float, float] = (0.08, 1.0),
+                       ratio: tuple[float, float] = (3 / 4, 4 / 3),
+                       attempts: int = 10) -> jax.Array:
+  """Draws the boxes of the random-resized ("Inception") crop, torchvision's rule, traced.
+
+  Per image, up to `attempts` candidates: an area fraction uniform in `scale` and an aspect
+  ratio (width / height) log-uniform in `ratio`, rounded to whole pixels; the first that fits
+  in the image is placed at a uniform integer offset. If none fits, the centre crop of the
+  whole image with its aspect ratio clamped into `ratio`. The candidates are drawn all at once
+  (not in a loop), so the result is one XLA program for the batch.
+
+  Args:
+    rng: PRNG key.
+    batch: number of images B.
+    height, width: image size H, W in pixels.
+    scale: (low, high) area fraction, 0 < low <= high.
+    ratio: (low, high) aspect ratio, 0 < low <= high.
+    attempts: candidates per image before the fallback, >= 1.
+
+  Returns:
+    float32 [B, 4] boxes (top, left, height, width), whole pixels inside the image.
+  """
+  if not 0 < scale[0] <= scale[1]:
+    raise ValueError(f"scale must be (low, high) with 0 < low <= high, got {scale!r}")
+  if not 0 < ratio[0] <= ratio[1]:
+    raise ValueError(f"ratio must be (low, high) with 0 < low <= high, got {ratio!r}")
+  area_rng, ratio_rng, offset_rng = jax.random.split(rng, 3)
+  area = height * width * jax.random.uniform(area_rng, (batch, attempts), minval=scale[0],
+                                             maxval=scale[1])
+  aspect = jnp.exp(jax.random.uniform(ratio_rng, (batch, attempts), minval=np.log(ratio[0]),
+                                      maxval=np.log(ratio[1])))
+  crop_width = jnp.round(jnp.sqrt(area * aspect))
+  crop_height = jnp.round(jnp.sqrt(area / aspect))
+  fits = (crop_width >= 1) & (crop_width <= width) & (crop_height >= 1) & (crop_height <= height)
+  first = jnp.argmax(fits, axis=1)
+  take = lambda values: jnp.take_along_axis(values, first[:, None], axis=1)[:, 0]
+  # The fallback: the whole image, its aspect ratio clamped into `ratio`.
+  image_ratio = width / height
+  fallback_width = (width if image_ratio <= ratio[1] else round(height * ratio[1]))
+  fallback_height = (height if image_ratio >= ratio[0] else round(width / ratio[0]))
+  any_fits = fits.any(axis=1)
+  crop_height = jnp.where(any_fits, take(crop_height), fallback_height)
+  crop_width = jnp.where(any_fits, take(crop_width), fallback_width)
+  spare = jax.random.uniform(offset_rng, (batch, 2))
+  top = jnp.where(any_fits, jnp.floor(spare[:, 0] * (height - crop_height + 1)),
+                  (height - crop_height) // 2)
+  left = jnp.where(any_fits, jnp.floor(spare[:, 1] * (width - crop_width + 1)),
+                   (width - crop_width) // 2)
+  return jnp.stack([top, left, crop_height, crop_width], axis=1).astype(jnp.float32)
+
+
+def random_resized_crop(rng: jax.Array, images: jax.Array, *, size: int | tuple[int, int],
+                        scale: tuple[float, float] = (0.08, 1.0),
+                        ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> jax.Array:
+  """The random-resized crop: a box per image from `resized_crop_boxes`, resized to `size`.
+
+  Args:
+    rng: PRNG key.
+    images: float [B, H, W, C].
+    size: (H', W') of the output, or one int for a square.
+    scale, ratio: see `resized_crop_boxes`.
+
+  Returns:
+    float [B, H', W', C].
+  """
+  batch, height, width, _ = images.shape
+  boxes = resized_crop_boxes(rng, batch, height, width, scale=scale, ratio=ratio)
+  return geometry.resized_crop(images, boxes, size=size)

@@ -66,7 +66,8 @@ class Pipeline:
   def __init__(self, dataset: Dataset, *, global_batch_size: int, val_batch_size: int,
                seed: int, val_fraction: float, redraw_val_each_epoch: bool,
                train_examples: int | None, process_index: int = 0, process_count: int = 1,
-               train_batches_per_step: int = 1, workers: int = 0):
+               train_batches_per_step: int = 1, workers: int = 0,
+               eval_crop: int | None = None):
     if not isinstance(workers, (int, np.integer)) or workers < 0:
       raise ValueError(f"workers must be a non-negative integer (0: read in this process), "
                        f"got {workers!r}")
@@ -78,6 +79,11 @@ class Pipeline:
                         ("val_batch_size", val_batch_size)):
       if value % process_count:
         raise ValueError(f"{name} {value} is not divisible by process_count {process_count}")
+    height, width = dataset.image_shape[:2]
+    if eval_crop is not None and (isinstance(eval_crop, bool) or not isinstance(
+        eval_crop, (int, np.integer)) or not 1 <= eval_crop <= min(height, width)):
+      raise ValueError(f"eval_crop must be a whole number of pixels in [1, {min(height, width)}] "
+                       f"for {height}x{width} images, got {eval_crop!r}")
     if not 0 <= process_index < process_count:
       raise ValueError(f"process_index {process_index} is outside [0, {process_count})")
     if not isinstance(seed, (int, np.integer)) or seed < 0:
@@ -98,6 +104,7 @@ class Pipeline:
     self.process_index = process_index
     self.process_count = process_count
     self.workers = int(workers)
+    self.eval_crop = eval_crop
     self.pool = (np.arange(available) if train_examples is None
                  else seeded_permutation(available, seed, CAP)[:train_examples])
     self.num_val_examples = round(val_fraction * len(self.pool))
@@ -163,6 +170,16 @@ class Pipeline:
     batch = source.get(indices.reshape(-1))
     return {key: value.reshape(*indices.shape, *value.shape[1:]) for key, value in batch.items()}
 
+  def _crop_for_eval(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """`batch` with its images [..., H, W, C] cut to their centre eval_crop x eval_crop pixels
+    (offsets rounded as torchvision's CenterCrop), or unchanged without eval_crop."""
+    if self.eval_crop is None:
+      return batch
+    height, width = batch["image"].shape[-3:-1]
+    top, left = round((height - self.eval_crop) / 2), round((width - self.eval_crop) / 2)
+    crop = batch["image"][..., top:top + self.eval_crop, left:left + self.eval_crop, :]
+    return {**batch, "image": crop}
+
   def train_indices(self, first_batch: int, count: int) -> np.ndarray:
     """Indices of train batches first_batch .. first_batch + count - 1.
 
@@ -208,9 +225,11 @@ class Pipeline:
   def val_batch(self, index: int, epoch: int | None = None) -> dict[str, np.ndarray]:
     """This process's rows of val batch `index` for train `epoch` (see `val_indices`).
 
-    Returns dict(image=uint8 [local_val_bs, H, W, C], label=int32 [local_val_bs]).
+    Returns dict(image=uint8 [local_val_bs, H, W, C], label=int32 [local_val_bs]), the
+    images centre-cropped to eval_crop if set.
     """
-    return self._gather(self.dataset.train, self._local(self.val_indices(index, epoch)))
+    batch = self._gather(self.dataset.train, self._local(self.val_indices(index, epoch)))
+    return self._crop_for_eval(batch)
 
   def host_step(self, step: int, *, batches_per_step: int,
                 with_val: bool) -> tuple[int, dict[str, np.ndarray], dict[str, np.ndarray] | None]:
@@ -238,13 +257,13 @@ class Pipeline:
     """Eval batch number `chunk` over `indices` [n] into dataset.<split> ('train' or 'test').
 
     Returns this process's rows: dict(image=uint8 [local, H, W, C], label=int32 [local],
-    mask=bool [local]); rows past the end of `indices` repeat indices[0] with mask False.
+    mask=bool [local]), the images centre-cropped to eval_crop if set; rows past the end of `indices` repeat indices[0] with mask False.
     """
     rows = indices[chunk * batch_size:(chunk + 1) * batch_size]
     mask = np.arange(batch_size) < len(rows)
     padded = np.concatenate([rows, np.full(batch_size - len(rows), indices[0])])
     batch = self._gather(getattr(self.dataset, split), self._local(padded))
-    return {**batch, "mask": self._local(mask)}
+    return {**self._crop_for_eval(batch), "mask": self._local(mask)}
 
   def eval_batches(self, split: str, batch_size: int,
                    epoch: int = 0) -> Iterator[dict[str, np.ndarray]]:
@@ -301,7 +320,7 @@ def default_workers(dataset: Dataset) -> int:
 def pipeline_from_config(dataset: Dataset, config: ml_collections.ConfigDict, *,
                          global_batch_size: int, val_batch_size: int, process_index: int = 0,
                          process_count: int = 1, train_batches_per_step: int = 1) -> Pipeline:
-  """Pipeline over `dataset` with the split/cap/seed/workers fields of config.data
+  """Pipeline over `dataset` with the split/cap/seed/workers/eval_crop fields of config.data
   (workers None: `default_workers`)."""
   workers = default_workers(dataset) if config.workers is None else config.workers
   return Pipeline(dataset, global_batch_size=global_batch_size, val_batch_size=val_batch_size,
@@ -309,7 +328,7 @@ def pipeline_from_config(dataset: Dataset, config: ml_collections.ConfigDict, *,
                   redraw_val_each_epoch=config.redraw_val_each_epoch,
                   train_examples=config.train_examples, process_index=process_index,
                   process_count=process_count, train_batches_per_step=train_batches_per_step,
-                  workers=workers)
+                  workers=workers, eval_crop=config.eval_crop)
 
 
 def prefetch(iterator: Iterator[T], size: int = 2) -> Iterator[T]:

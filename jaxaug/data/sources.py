@@ -76,6 +76,12 @@ def default_data_config() -> ml_collections.ConfigDict:
   data_dir: tfds data directory (None: the tfds default, ~/tensorflow_datasets); a tfds
     dataset not prepared there is downloaded and prepared there on first use.
   image_size: side in pixels every image is resized to (None: keep the stored size).
+  resize: how: "squash" (both sides to image_size) or "center_crop" (the shorter side to
+    image_size, then the centre square); see `Resize`.
+  eval_crop: validation and test images are their centre eval_crop x eval_crop pixels
+    (None: the whole image). With config.augment
+    "random_resized_crop(224)+hflip", image_size 256 and "center_crop", eval_crop 224 is
+    the standard ImageNet evaluation (resize to 256, centre crop 224).
   val_fraction: part of the (capped) train set held out for validation, in (0, 1).
   redraw_val_each_epoch: re-draw the train/val split every train epoch.
   train_examples: use only this many train examples (None: all).
@@ -90,6 +96,8 @@ def default_data_config() -> ml_collections.ConfigDict:
       "dataset": "sklearn_digits",
       "data_dir": config_dict.placeholder(str),
       "image_size": config_dict.placeholder(int),
+      "resize": "squash",
+      "eval_crop": config_dict.placeholder(int),
       "val_fraction": 0.2,
       "redraw_val_each_epoch": False,
       "train_examples": config_dict.placeholder(int),
@@ -106,26 +114,65 @@ def check_labels(labels: np.ndarray, num_classes: int, where: str) -> None:
     raise ValueError(f"{where}: label {int(bad[0])} is outside [0, {num_classes})")
 
 
-def resize_pil(image: Image.Image, image_size: int) -> Image.Image:
-  """`image` resized (bilinear, antialiased) to image_size x image_size pixels."""
-  if image.size == (image_size, image_size):
-    return image
-  return image.resize((image_size, image_size), Image.BILINEAR)
+RESIZE_MODES = ("squash", "center_crop")
 
 
-def resize_array(image: np.ndarray, image_size: int) -> np.ndarray:
-  """uint8 [H, W, C] -> uint8 [image_size, image_size, C], bilinear as `resize_pil`."""
-  if image.shape[:2] == (image_size, image_size):
-    return image
-  pil = Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)
-  return np.asarray(resize_pil(pil, image_size)).reshape(image_size, image_size, -1)
+@dataclasses.dataclass(frozen=True)
+class Resize:
+  """How every image is brought to size x size pixels (PIL, bilinear, antialiased).
+
+  mode "squash": both sides to `size`; the aspect ratio changes (the DABO paper's ImageNet
+  setting). Mode "center_crop": the shorter side to `size`, keeping the aspect ratio, then
+  the centre size x size (torchvision's `Resize(size)` then `CenterCrop(size)`).
+  """
+
+  size: int
+  mode: str = "squash"
+
+  def __post_init__(self):
+    if isinstance(self.size, bool) or not isinstance(self.size, (int, np.integer)) or self.size < 1:
+      raise ValueError(
+          f"config.data.image_size must be a positive number of pixels, got {self.size!r}")
+    if self.mode not in RESIZE_MODES:
+      raise ValueError(f"config.data.resize must be one of {', '.join(RESIZE_MODES)}, "
+                       f"got {self.mode!r}")
+
+  def pil(self, image: Image.Image) -> Image.Image:
+    """`image` (width x height) resized to size x size pixels."""
+    width, height = image.size
+    if (width, height) == (self.size, self.size):
+      return image
+    if self.mode == "squash":
+      return image.resize((self.size, self.size), Image.BILINEAR)
+    # torchvision: the longer side is truncated, the crop offsets rounded.
+    if width <= height:
+      width, height = self.size, int(self.size * height / width)
+    else:
+      width, height = int(self.size * width / height), self.size
+    if (width, height) != image.size:
+      image = image.resize((width, height), Image.BILINEAR)
+    top, left = round((height - self.size) / 2), round((width - self.size) / 2)
+    return image.crop((left, top, left + self.size, top + self.size))
+
+  def array(self, image: np.ndarray) -> np.ndarray:
+    """uint8 [H, W, C] -> uint8 [size, size, C], as `pil`."""
+    if image.shape[:2] == (self.size, self.size):
+      return image
+    pil = Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)
+    return np.asarray(self.pil(pil)).reshape(self.size, self.size, -1)
+
+  def arrays(self, images: np.ndarray) -> np.ndarray:
+    """uint8 [N, H, W, C] -> uint8 [N, size, size, C], as `pil`."""
+    if images.shape[1:3] == (self.size, self.size):
+      return images
+    return np.stack([self.array(image) for image in images])
 
 
-def resize_arrays(images: np.ndarray, image_size: int | None) -> np.ndarray:
-  """uint8 [N, H, W, C] -> uint8 [N, S, S, C] with S = image_size (None: unchanged)."""
-  if image_size is None or images.shape[1:3] == (image_size, image_size):
-    return images
-  return np.stack([resize_array(image, image_size) for image in images])
+def resize_from_config(config: ml_collections.ConfigDict) -> Resize | None:
+  """The `Resize` of config.image_size and config.resize (None: images keep their size)."""
+  if config.image_size is None:
+    return None
+  return Resize(config.image_size, config.resize)
 
 
 class ArraySource:
@@ -154,17 +201,17 @@ class ArraySource:
 class FolderSource:
   """Image files decoded with PIL (as RGB) on every access.
 
-  paths[i] has label labels[i]; every image is resized to image_size when it is
+  paths[i] has label labels[i]; every image is resized by `resize` when it is
   given, else it must be image_shape[:2] in size.
   """
 
   def __init__(self, paths: list[str], labels: np.ndarray, num_classes: int,
-               image_shape: tuple[int, int, int], image_size: int | None):
+               image_shape: tuple[int, int, int], resize: Resize | None):
     self.paths = paths
     self.labels = labels.astype(np.int32)
     self.num_classes = num_classes
     self.image_shape = image_shape
-    self.image_size = image_size
+    self.resize = resize
 
   def __len__(self) -> int:
     return len(self.paths)
@@ -174,8 +221,8 @@ class FolderSource:
     path = self.paths[index]
     with Image.open(path) as image:
       image = image.convert("RGB")
-      if self.image_size is not None:
-        image = resize_pil(image, self.image_size)
+      if self.resize is not None:
+        image = self.resize.pil(image)
       pixels = np.asarray(image)
     if pixels.shape != self.image_shape:
       raise ValueError(
@@ -193,22 +240,22 @@ class TfdsSource:
   """A split of a tfds dataset read by index through `tfds.data_source`."""
 
   def __init__(self, data_source, num_classes: int, image_shape: tuple[int, int, int],
-               image_size: int | None, name: str):
+               resize: Resize | None, name: str):
     self.data_source = data_source
     self.num_classes = num_classes
     self.image_shape = image_shape
-    self.image_size = image_size
+    self.resize = resize
     self.name = name
 
   def __len__(self) -> int:
     return len(self.data_source)
 
   def example(self, index: int) -> tuple[np.ndarray, int]:
-    """(uint8 [H, W, C] image, label) of example `index`, resized to image_size if set."""
+    """(uint8 [H, W, C] image, label) of example `index`, resized if a `resize` is set."""
     record = self.data_source[index]
     image = np.asarray(record["image"], np.uint8)
-    if self.image_size is not None:
-      image = resize_array(image, self.image_size)
+    if self.resize is not None:
+      image = self.resize.array(image)
     if image.shape != self.image_shape:
       raise ValueError(
           f"{self.name}[{index}]: image shape {image.shape}, expected {self.image_shape}")
@@ -251,14 +298,16 @@ def as_labels(labels: np.ndarray, where: str) -> np.ndarray:
 
 
 def dataset_from_arrays(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray,
-                        y_test: np.ndarray, num_classes: int | None, image_size: int | None,
+                        y_test: np.ndarray, num_classes: int | None, resize: Resize | None,
                         name: str) -> Dataset:
   """In-memory Dataset from image arrays (see `as_uint8_nhwc`) and integer labels.
 
   num_classes: None means 1 + the largest train label; test labels must lie below it.
   """
-  train_images = resize_arrays(as_uint8_nhwc(x_train, f"{name} x_train"), image_size)
-  test_images = resize_arrays(as_uint8_nhwc(x_test, f"{name} x_test"), image_size)
+  train_images = as_uint8_nhwc(x_train, f"{name} x_train")
+  test_images = as_uint8_nhwc(x_test, f"{name} x_test")
+  if resize is not None:
+    train_images, test_images = resize.arrays(train_images), resize.arrays(test_images)
   train_labels = as_labels(y_train, f"{name} y_train")
   test_labels = as_labels(y_test, f"{name} y_test")
   if num_classes is None:
@@ -286,7 +335,7 @@ def load_npz(path: str, config: ml_collections.ConfigDict) -> Dataset:
       raise ValueError(f"{path} lacks arrays {missing}; it has {sorted(arrays.files)}")
     num_classes = int(arrays["num_classes"]) if "num_classes" in arrays.files else None
     return dataset_from_arrays(arrays["x_train"], arrays["y_train"], arrays["x_test"],
-                               arrays["y_test"], num_classes, config.image_size, path)
+                               arrays["y_test"], num_classes, resize_from_config(config), path)
 
 
 @LOADERS.register("sklearn_digits")
@@ -303,7 +352,8 @@ def load_sklearn_digits(_: str, config: ml_collections.ConfigDict) -> Dataset:
   num_train = round(SKLEARN_DIGITS_TRAIN_FRACTION * len(images))
   train, test = order[:num_train], order[num_train:]
   return dataset_from_arrays(images[train], digits.target[train], images[test],
-                             digits.target[test], 10, config.image_size, "sklearn_digits")
+                             digits.target[test], 10, resize_from_config(config),
+                             "sklearn_digits")
 
 
 def class_folders(split_dir: str) -> list[str]:
@@ -333,16 +383,16 @@ def list_image_files(split_dir: str, classes: list[str]) -> tuple[list[str], np.
   return paths, np.array(labels, np.int32)
 
 
-def folder_split(split_dir: str, classes: list[str], image_size: int | None,
+def folder_split(split_dir: str, classes: list[str], resize: Resize | None,
                  in_memory_max_bytes: int) -> Source:
   """Source over split_dir/<class>/*; decoded into memory once if it fits in_memory_max_bytes."""
   paths, labels = list_image_files(split_dir, classes)
-  if image_size is None:
+  if resize is None:
     with Image.open(paths[0]) as first:
       width, height = first.size
   else:
-    width = height = image_size
-  source = FolderSource(paths, labels, len(classes), (height, width, 3), image_size)
+    width = height = resize.size
+  source = FolderSource(paths, labels, len(classes), (height, width, 3), resize)
   if len(source) * height * width * 3 > in_memory_max_bytes:
     return source
   return ArraySource(source.get(np.arange(len(source)))["image"], labels, len(classes), split_dir)
@@ -359,8 +409,9 @@ def load_folder(root: str, config: ml_collections.ConfigDict) -> Dataset:
   classes = class_folders(train_dir)
   if not classes:
     raise ValueError(f"folder {train_dir} holds no class sub-folders, so no images")
-  train = folder_split(train_dir, classes, config.image_size, config.in_memory_max_bytes)
-  test = folder_split(test_dir, classes, config.image_size, config.in_memory_max_bytes)
+  resize = resize_from_config(config)
+  train = folder_split(train_dir, classes, resize, config.in_memory_max_bytes)
+  test = folder_split(test_dir, classes, resize, config.in_memory_max_bytes)
   if train.image_shape != test.image_shape:
     raise ValueError(f"folder {root}: train images are {train.image_shape}, test images "
                      f"{test.image_shape}; set config.data.image_size")
@@ -547,16 +598,14 @@ def load_tfds(name: str, config: ml_collections.ConfigDict) -> Dataset:
     raise ValueError(f"tfds {name} images vary in size ({features['image'].shape}); "
                      "set config.data.image_size")
   image_shape = (height, width, channels)
-  train, test = (TfdsSource(sources[split], num_classes, image_shape, config.image_size,
+  train, test = (TfdsSource(sources[split], num_classes, image_shape, resize_from_config(config),
                             f"{name} {split}") for split in ("train", test_split))
   return Dataset(train, test, num_classes, image_shape)
 
 
 def load_dataset(config: ml_collections.ConfigDict) -> Dataset:
   """The Dataset named by config.dataset (fields: see `default_data_config`)."""
-  if config.image_size is not None and config.image_size < 1:
-    raise ValueError(
-        f"config.data.image_size must be a positive number of pixels, got {config.image_size}")
+  resize_from_config(config)  # checks image_size and resize
   kind, _, argument = config.dataset.partition(":")
   if argument and kind in LOADERS:
     return LOADERS.get(kind)(argument, config)
