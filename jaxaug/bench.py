@@ -79,7 +79,7 @@ flags.DEFINE_integer("augment_batch_size", 256, "Images per augmented batch (aug
 SECTIONS = ("steps", "augment", "input")
 # input section: image side -> (stored height, width) of its JPEG files, global batch size.
 INPUT_SIZES = {32: ((32, 32), 256), 224: ((256, 320), 64)}
-INPUT_BATCHES = 24  # timed batches per worker count, after the first
+INPUT_BATCHES = 48  # timed batches per worker count, after the first
 WARMUP_CALLS = 2
 # jaxaug spec (`fixed.compose`) -> the same policy built from torchvision.transforms.v2.
 TORCHVISION_POLICIES: dict[str, Callable[[Any], Any]] = {
