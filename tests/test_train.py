@@ -235,15 +235,17 @@ def _assert_same_final_state(workdir_a, workdir_b):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["supervised", "bilevel", "hba", "reinforce", "invariant",
-                                    "uncertainty"])
+@pytest.mark.parametrize("method", ["supervised", "bilevel", "hba", "reinforce", "ohl",
+                                    "invariant", "uncertainty"])
 def test_resumed_run_equals_uninterrupted_run(tmp_path, monkeypatch, method):
   """Interrupted after step 4 of 8-step epochs: the resumed run crosses an epoch boundary
-  (REINFORCE: the controller step, new policies and the accumulated rewards)."""
-  config = smoke_config(method, {"checkpoint_every_steps": 3, "hba.warmup_epochs": 0.25,
-                                 "reinforce.num_policies": 2,
-                                 "reinforce.augment_after": "cutout(4)",
-                                 "invariant.augmenter.kind": "affine"})  # grey digits
+  (REINFORCE: the controller step, new policies and the accumulated rewards; OHL: the
+  distribution's step, the accumulated accuracies and the copies set to the best)."""
+  ohl = {"reinforce.reward": "validation", "reinforce.ohl.copies": 2} if method == "ohl" else {}
+  config = smoke_config("reinforce" if method == "ohl" else method, {
+      "checkpoint_every_steps": 3, "hba.warmup_epochs": 0.25, "reinforce.num_policies": 2,
+      "reinforce.augment_after": "cutout(4)",
+      "invariant.augmenter.kind": "affine", **ohl})  # grey digits
   full = train.train_and_evaluate(config, str(tmp_path / "full"))
 
   original = data.Pipeline.train_batches
