@@ -9,11 +9,13 @@ augmentation), a predefined-augmentation step, a step with `config.augment` and 
 for T = 1, 2, 4 (plus T = 1 with plain reverse-over-reverse autodiff, for reference),
 HBA's two kinds of step (with and without a policy update; at `hba.update_every` = 2 a step
 costs their mean) and the REINFORCE family's steps (Adversarial AutoAugment with M = 8,
-OHL with K = 4, uncertainty sampling with C = 4), each in every computation dtype of
+OHL with K = 4, uncertainty sampling with C = 4; `plain_x4` and `plain_x8` are plain steps
+on 4 and 8 times the batch, as many images as those), each in every computation dtype of
 `--dtypes` (`config.dtype`: float32, bfloat16): name, dtype, ms_per_step, ms_per_update (per
 classifier update), ratio_to_plain (per step, to the plain step of the same dtype),
-ratio_to_float32 (to the same variant in float32), copies_per_example and
-ratio_per_image_to_plain, the compiled step's temporary and total memory (XLA's memory
+ratio_to_float32 (to the same variant in float32), copies_per_example,
+ratio_per_image_to_plain and ratio_to_plain_same_images (to `plain_x<copies>`: the method's
+own cost, apart from the larger batch's), batch_size (of the step), the compiled step's temporary and total memory (XLA's memory
 analysis: arguments + outputs - aliased + temporaries) and, where the backend reports it,
 the process's peak device memory so far (not per variant: JAX cannot reset it, so the
 largest variant run so far sets it).
@@ -130,7 +132,11 @@ def variants(config: ml_collections.ConfigDict, truncations: list[int],
   named.append(("hba_with_lambda_update", {"method": "hba", "hba.update_every": 1,
                                            "hba.warmup_epochs": 0.0}))
   named.append(("hba_without_lambda_update", {"method": "hba", "hba.warmup_epochs": 1e9}))
-  # The REINFORCE family trains on copies of each example: COPIES says how many.
+  # The REINFORCE family trains on copies of each example: COPIES says how many. A plain step
+  # on as many images (batch x copies) separates the method's cost from the batch's.
+  for copies in sorted(set(COPIES.values())):
+    named.append((f"plain_x{copies}", {"method": "supervised", "augment": "none",
+                                        "batch_size": config.batch_size * copies}))
   around = {"augment": "crop+hflip", "reinforce.augment_after": "cutout(16)"}
   named.append(("adversarial_M8", {**around, "method": "reinforce",
                                    "reinforce.num_policies": 8}))
@@ -211,9 +217,11 @@ def step_records(config: ml_collections.ConfigDict, dataset: data.Dataset, *, st
   mesh = parallel.make_mesh()
   for name in ("batch_size", "val_batch_size"):
     parallel.check_batch_divisible(name, config[name], mesh)
-  plain_ms, float32_ms = {}, {}
+  wanted = set(names or valid) | {"plain"} | {f"plain_x{COPIES[name]}" for name in names or ()
+                                              if name in COPIES}
+  plain_ms, float32_ms, same_images_ms = {}, {}, {}
   for name, dtype, variant_config in variants(config, truncations, dtypes):
-    if names and name not in names and name != "plain":
+    if name not in wanted:
       continue
     record = {"name": name, "dtype": dtype,
               **time_variant(variant_config, dataset, mesh, steps)}
@@ -223,9 +231,15 @@ def step_records(config: ml_collections.ConfigDict, dataset: data.Dataset, *, st
       float32_ms[name] = ms
     record["ratio_to_plain"] = round(ms / plain_ms[dtype], 3)
     record["ratio_to_float32"] = round(ms / float32_ms[name], 3) if name in float32_ms else None
-    record["copies_per_example"] = COPIES.get(name, 1)
-    record["ratio_per_image_to_plain"] = round(record["ratio_to_plain"] / COPIES.get(name, 1), 3)
-    record.update(model=config.model, batch_size=config.batch_size,
+    # images the step processes per example of config.batch_size (copies, or a larger batch)
+    copies = COPIES.get(name, variant_config.batch_size // config.batch_size)
+    record["copies_per_example"] = copies
+    record["ratio_per_image_to_plain"] = round(record["ratio_to_plain"] / copies, 3)
+    if name.startswith("plain_x"):
+      same_images_ms[(int(name[len("plain_x"):]), dtype)] = ms
+    same_images = same_images_ms.get((COPIES.get(name), dtype))
+    record["ratio_to_plain_same_images"] = round(ms / same_images, 3) if same_images else None
+    record.update(model=config.model, batch_size=variant_config.batch_size,
                   image_shape=list(dataset.image_shape), backend=jax.default_backend(),
                   devices=len(jax.devices()))
     yield record

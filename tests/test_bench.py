@@ -121,8 +121,8 @@ def test_step_section_times_each_variant_against_the_plain_step():
   assert list(by_name) == ["plain", "predefined", "random_transform", "invariant",
                            "bilevel_T1", "bilevel_T2",
                            "bilevel_T1_reverse_over_reverse", "hba_with_lambda_update",
-                           "hba_without_lambda_update", "adversarial_M8", "ohl_K4",
-                           "uncertainty_C4"]
+                           "hba_without_lambda_update", "plain_x4", "plain_x8",
+                           "adversarial_M8", "ohl_K4", "uncertainty_C4"]
   assert by_name["plain"]["ratio_to_plain"] == 1.0
   for record in records:
     assert record["ms_per_step"] > 0
@@ -131,6 +131,12 @@ def test_step_section_times_each_variant_against_the_plain_step():
     assert record["ratio_to_plain"] == pytest.approx(
         record["ms_per_step"] / by_name["plain"]["ms_per_step"], abs=1e-3)
     assert record["compiled_total_mib"] >= record["compiled_temp_mib"] >= 0
+  assert by_name["plain_x8"]["batch_size"] == 8 * by_name["plain"]["batch_size"]
+  assert by_name["plain_x8"]["copies_per_example"] == 8
+  assert by_name["adversarial_M8"]["ratio_to_plain_same_images"] == pytest.approx(
+      by_name["adversarial_M8"]["ms_per_step"] / by_name["plain_x8"]["ms_per_step"], abs=1e-3)
+  assert by_name["ohl_K4"]["ratio_to_plain_same_images"] == pytest.approx(
+      by_name["ohl_K4"]["ms_per_step"] / by_name["plain_x4"]["ms_per_step"], abs=1e-3)
   assert by_name["bilevel_T2"]["ms_per_update"] == pytest.approx(
       by_name["bilevel_T2"]["ms_per_step"] / 2, abs=1e-3)
   # the unroll over two steps needs more memory than over one
@@ -145,7 +151,7 @@ def test_step_section_times_each_variant_in_each_dtype(monkeypatch):
   def fake_time_variant(config, dataset, mesh, steps):
     timed.append((config.method, config.dtype))
     ms = (3.0 if config.dtype == "bfloat16" else 1.0) * (2.0 if config.method == "bilevel" else 1.0)
-    return {"ms_per_step": ms}
+    return {"ms_per_step": ms * config.batch_size / 16}  # in proportion to the batch
 
   monkeypatch.setattr(bench, "time_variant", fake_time_variant)
   records = bench.run(_smoke_config(), steps=1, truncations=[1], dtypes=["bfloat16", "float32"],
@@ -156,19 +162,24 @@ def test_step_section_times_each_variant_in_each_dtype(monkeypatch):
   method = lambda name: {"plain": "supervised", "predefined": "supervised", "random": "supervised",
                          "adversarial": "reinforce", "ohl": "reinforce"}.get(
                              name.split("_")[0], name.split("_")[0])
-  assert len(records) == 2 * 11
+  assert len(records) == 2 * 13
   assert timed == [(method(record["name"]), record["dtype"]) for record in records]
   for record in records:
     bilevel = record["name"].startswith("bilevel")
-    assert record["ratio_to_plain"] == (2.0 if bilevel else 1.0)
+    copies = record["batch_size"] // 16
+    assert record["ratio_to_plain"] == (2.0 if bilevel else copies)
+    assert record["ratio_per_image_to_plain"] == (2.0 if bilevel else copies) / (
+        record["copies_per_example"])
     assert record["ratio_to_float32"] == (3.0 if record["dtype"] == "bfloat16" else 1.0)
   with pytest.raises(ValueError, match="unknown dtype 'float16'"):
     bench.run(_smoke_config(), steps=1, truncations=[1], dtypes=["float16"], sections=["steps"])
   timed.clear()
   records = bench.run(_smoke_config(), steps=1, truncations=[1], dtypes=["float32"],
                       sections=["steps"], variant_names=["ohl_K4"], print_fn=lambda line: None)
-  assert [record["name"] for record in records] == ["plain", "ohl_K4"]
-  assert records[1]["copies_per_example"] == 4
+  assert [record["name"] for record in records] == ["plain", "plain_x4", "ohl_K4"]
+  assert records[2]["copies_per_example"] == 4
+  # the fake's time follows the batch size: ohl_K4 (batch 16) takes a quarter of plain_x4's
+  assert records[2]["ratio_to_plain_same_images"] == 0.25
   with pytest.raises(ValueError, match=r"unknown bench variants \['ohl'\]; valid variants: plain"):
     bench.run(_smoke_config(), steps=1, truncations=[1], dtypes=["float32"], sections=["steps"],
               variant_names=["ohl"])
