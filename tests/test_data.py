@@ -718,6 +718,8 @@ def test_folder_center_crop_resize_is_torchvisions_resize_then_center_crop(
   np.testing.assert_array_equal(images[0], resized[2:17])
   with pytest.raises(ValueError, match="resize must be one of squash, center_crop, got 'crop'"):
     data.load_dataset(data_config(dataset=f"folder:{tmp_path}", image_size=15, resize="crop"))
+  with pytest.raises(ValueError, match="resize='center_crop' needs config.data.image_size"):
+    data.load_dataset(data_config(dataset=f"folder:{tmp_path}", resize="center_crop"))
 
 
 def test_eval_crop_cuts_val_and_test_images_to_their_centre():

@@ -171,6 +171,9 @@ class Resize:
 def resize_from_config(config: ml_collections.ConfigDict) -> Resize | None:
   """The `Resize` of config.image_size and config.resize (None: images keep their size)."""
   if config.image_size is None:
+    if config.resize != "squash":
+      raise ValueError(f"config.data.resize={config.resize!r} needs config.data.image_size "
+                       "(the side to resize to)")
     return None
   return Resize(config.image_size, config.resize)
 
