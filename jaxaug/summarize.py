@@ -153,7 +153,12 @@ def main(argv):
       print(f"skipped {workdir}: no {reporting.RESULTS_FILENAME} (not finished)", file=sys.stderr)
     else:
       runs.append(run)
-  print(format_table(summary_rows(runs, FLAGS.metric, FLAGS.ignore)))
+  try:
+    rows = summary_rows(runs, FLAGS.metric, FLAGS.ignore)
+  except ValueError as rejected:  # e.g. a --metric the runs do not have: one line, status 2
+    print(f"error: {rejected}", file=sys.stderr)
+    sys.exit(2)
+  print(format_table(rows))
 
 
 if __name__ == "__main__":

@@ -86,6 +86,15 @@ def test_command_line_prints_a_markdown_table(runs, tmp_path):
   assert f"skipped {log_file}: not a directory" in completed.stderr
 
 
+def test_command_line_reports_a_missing_metric_in_one_line_with_status_2(runs):
+  completed = subprocess.run(
+      [sys.executable, "-m", "jaxaug.summarize", "--metric=train_accuracy", *runs],
+      capture_output=True, text=True)
+  assert completed.returncode == 2
+  assert completed.stderr.startswith("error: ") and "Traceback" not in completed.stderr
+  assert "has no number 'train_accuracy'" in completed.stderr
+
+
 def test_sections_of_methods_a_run_did_not_use_do_not_split_settings(tmp_path):
   """A supervised run's config.bilevel / config.hba (present in every config) are left out."""
   paths = []
