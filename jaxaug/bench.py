@@ -236,7 +236,7 @@ def step_records(config: ml_collections.ConfigDict, dataset: data.Dataset, *, st
     record["copies_per_example"] = copies
     record["ratio_per_image_to_plain"] = round(record["ratio_to_plain"] / copies, 3)
     if name.startswith("plain_x"):
-      same_images_ms[(int(name[len("plain_x"):]), dtype)] = ms
+      same_images_ms[(copies, dtype)] = ms
     same_images = same_images_ms.get((COPIES.get(name), dtype))
     record["ratio_to_plain_same_images"] = round(ms / same_images, 3) if same_images else None
     record.update(model=config.model, batch_size=variant_config.batch_size,

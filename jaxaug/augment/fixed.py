@@ -79,10 +79,7 @@ def random_resized_crop(size: int, scale: tuple[float, float] = (0.08, 1.0),
   ratio in `ratio`) resized to size x size; see `transforms.resized_crop_boxes`."""
   if isinstance(size, bool) or not isinstance(size, int) or size < 1:
     raise ValueError(f"random_resized_crop size must be a positive integer, got {size!r}")
-  for name, bounds in (("scale", scale), ("ratio", ratio)):
-    if not (isinstance(bounds, tuple) and len(bounds) == 2 and 0 < bounds[0] <= bounds[1]):
-      raise ValueError(f"random_resized_crop {name} must be (low, high) with 0 < low <= high, "
-                       f"got {bounds!r}")
+  transforms.check_crop_bounds(scale=scale, ratio=ratio)
   if scale[1] > 1:
     raise ValueError(f"random_resized_crop scale is a fraction of the image area, at most 1, "
                      f"got {scale!r}")

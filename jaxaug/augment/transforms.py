@@ -205,6 +205,14 @@ def random_pad_and_crop(rng: jax.Array, images: jax.Array, *, padding: int = 4) 
   return geometry.pad_and_crop(images, offsets, padding=padding)
 
 
+def check_crop_bounds(*, scale: tuple[float, float], ratio: tuple[float, float]) -> None:
+  """Raises ValueError unless `scale` and `ratio` are each a pair (low, high) with
+  0 < low <= high."""
+  for name, bounds in (("scale", scale), ("ratio", ratio)):
+    if not (isinstance(bounds, tuple) and len(bounds) == 2 and 0 < bounds[0] <= bounds[1]):
+      raise ValueError(f"{name} must be (low, high) with 0 < low <= high, got {bounds!r}")
+
+
 def resized_crop_boxes(rng: jax.Array, batch: int, height: int, width: int, *,
                        scale: tuple[float, float] = (0.08, 1.0),
                        ratio: tuple[float, float] = (3 / 4, 4 / 3),
@@ -228,10 +236,7 @@ def resized_crop_boxes(rng: jax.Array, batch: int, height: int, width: int, *,
   Returns:
     float32 [B, 4] boxes (top, left, height, width), whole pixels inside the image.
   """
-  if not 0 < scale[0] <= scale[1]:
-    raise ValueError(f"scale must be (low, high) with 0 < low <= high, got {scale!r}")
-  if not 0 < ratio[0] <= ratio[1]:
-    raise ValueError(f"ratio must be (low, high) with 0 < low <= high, got {ratio!r}")
+  check_crop_bounds(scale=scale, ratio=ratio)
   area_rng, ratio_rng, offset_rng = jax.random.split(rng, 3)
   area = height * width * jax.random.uniform(area_rng, (batch, attempts), minval=scale[0],
                                              maxval=scale[1])

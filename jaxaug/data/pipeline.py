@@ -38,7 +38,7 @@ import grain
 import ml_collections
 import numpy as np
 
-from jaxaug.data.sources import ArraySource, Dataset
+from jaxaug.data.sources import ArraySource, Dataset, center_offsets
 
 CAP, SPLIT, TRAIN, VAL = range(4)
 T = TypeVar("T")
@@ -172,11 +172,11 @@ class Pipeline:
 
   def _crop_for_eval(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """`batch` with its images [..., H, W, C] cut to their centre eval_crop x eval_crop pixels
-    (offsets rounded as torchvision's CenterCrop), or unchanged without eval_crop."""
+    (`center_offsets`), or unchanged without eval_crop."""
     if self.eval_crop is None:
       return batch
     height, width = batch["image"].shape[-3:-1]
-    top, left = round((height - self.eval_crop) / 2), round((width - self.eval_crop) / 2)
+    top, left = center_offsets(height, width, self.eval_crop)
     crop = batch["image"][..., top:top + self.eval_crop, left:left + self.eval_crop, :]
     return {**batch, "image": crop}
 

@@ -117,6 +117,12 @@ def check_labels(labels: np.ndarray, num_classes: int, where: str) -> None:
 RESIZE_MODES = ("squash", "center_crop")
 
 
+def center_offsets(height: int, width: int, size: int) -> tuple[int, int]:
+  """(top, left) of the centre size x size square of a height x width image, rounded as
+  torchvision's CenterCrop rounds them."""
+  return round((height - size) / 2), round((width - size) / 2)
+
+
 @dataclasses.dataclass(frozen=True)
 class Resize:
   """How every image is brought to size x size pixels (PIL, bilinear, antialiased).
@@ -151,7 +157,7 @@ class Resize:
       width, height = int(self.size * width / height), self.size
     if (width, height) != image.size:
       image = image.resize((width, height), Image.BILINEAR)
-    top, left = round((height - self.size) / 2), round((width - self.size) / 2)
+    top, left = center_offsets(height, width, self.size)
     return image.crop((left, top, left + self.size, top + self.size))
 
   def array(self, image: np.ndarray) -> np.ndarray:
