@@ -26,6 +26,24 @@ def _flat(tree: Any) -> dict[str, Any]:
           for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
+SHOWN_DIFFERENCES = 4  # leaves named in a StateMismatchError's message
+
+
+class StateMismatchError(ValueError):
+  """A checkpoint's leaves differ in name or shape from the state it should be restored into."""
+
+
+def _differences(saved: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
+  """'path: saved (shape), now (shape)' for each leaf whose shape differs, and the leaves
+  only one side has; [] when the two fit."""
+  differences = [f"{key}: saved {tuple(saved[key].shape)}, now {tuple(wanted[key].shape)}"
+                 for key in sorted(saved.keys() & wanted.keys())
+                 if tuple(saved[key].shape) != tuple(wanted[key].shape)]
+  differences += [f"{key}: saved, not in this run's state" for key in sorted(saved.keys() - wanted.keys())]
+  differences += [f"{key}: not saved" for key in sorted(wanted.keys() - saved.keys())]
+  return differences
+
+
 class Checkpointer:
   """Saves and restores train states under `<workdir>/checkpoints`, keeping the newest `keep`."""
 
@@ -57,6 +75,14 @@ class Checkpointer:
     if step is None:
       raise FileNotFoundError(f"no checkpoint in {self.directory}")
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, _flat(template))
+    differences = _differences(self._saved_leaves(step), abstract)
+    if differences:
+      raise StateMismatchError(
+          f"the checkpoint at step {step} in {self.directory} does not fit this run's state "
+          f"(it was written by a different model, method or num_epochs): "
+          + "; ".join(differences[:SHOWN_DIFFERENCES])
+          + (f"; and {len(differences) - SHOWN_DIFFERENCES} more"
+             if len(differences) > SHOWN_DIFFERENCES else ""))
     restored = self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
     leaves = [restored[key] for key in _flat(template)]
     return jax.tree.unflatten(jax.tree.structure(template), leaves)
@@ -70,14 +96,25 @@ class Checkpointer:
     step = self.latest_step() if step is None else step
     if step is None:
       raise FileNotFoundError(f"no checkpoint in {self.directory}")
-    item = epath.Path(self.directory) / str(step) / "default"
-    reader = ocp.StandardCheckpointHandler()
     on_host = jax.sharding.SingleDeviceSharding(jax.local_devices(backend="cpu")[0])
     target = jax.tree.map(
         lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=on_host),
-        reader.metadata(item))
+        self._saved_leaves(step))
+    reader = ocp.StandardCheckpointHandler()
     try:
-      return jax.tree.map(np.asarray, reader.restore(item, args=ocp.args.StandardRestore(target)))
+      return jax.tree.map(np.asarray, reader.restore(self._item(step),
+                                                     args=ocp.args.StandardRestore(target)))
+    finally:
+      reader.close()
+
+  def _item(self, step: int) -> epath.Path:
+    return epath.Path(self.directory) / str(step) / "default"
+
+  def _saved_leaves(self, step: int) -> dict[str, Any]:
+    """The metadata (`.shape`, `.dtype`) of each leaf saved at `step`, keyed by pytree path."""
+    reader = ocp.StandardCheckpointHandler()
+    try:
+      return dict(reader.metadata(self._item(step)))
     finally:
       reader.close()
 

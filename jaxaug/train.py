@@ -86,11 +86,17 @@ def _check_finite(state, checkpointer: checkpoint.Checkpointer) -> None:
         f"checkpoint (step {checkpointer.latest_step()}) is kept in {checkpointer.directory}")
 
 
+def _changes_since_saved(config: ml_collections.ConfigDict, workdir: str) -> list[str]:
+  """'key: old -> new' for each value of `config` that differs from `<workdir>/config.json`
+  ([] if there is none)."""
+  saved = reporting.read_json(workdir, reporting.CONFIG_FILENAME)
+  return reporting.config_changes(saved, config.to_dict()) if saved is not None else []
+
+
 def _save_config(config: ml_collections.ConfigDict, workdir: str, *, resuming: bool) -> None:
   """Writes `<workdir>/config.json`; when resuming, first prints what changed since it was written."""
   current = config.to_dict()
-  saved = reporting.read_json(workdir, reporting.CONFIG_FILENAME) if resuming else None
-  changes = reporting.config_changes(saved, current) if saved is not None else []
+  changes = _changes_since_saved(config, workdir) if resuming else []
   if changes:
     print(f"warning: resuming with a configuration that differs from the saved "
           f"{epath.Path(workdir) / reporting.CONFIG_FILENAME} (now replaced) in:\n  "
@@ -156,7 +162,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     start_step = checkpointer.latest_step() or 0
     earlier_seconds = 0.0  # wall time of the runs this one resumes
     if start_step:
-      state = checkpointer.restore(state)
+      try:
+        state = checkpointer.restore(state)
+      except checkpoint.StateMismatchError as error:
+        changes = _changes_since_saved(config, workdir)
+        raise SetupError(
+            f"{error}. Resume with the configuration saved in the workdir's "
+            f"{reporting.CONFIG_FILENAME} or start a new --workdir"
+            + (f"; changed since it was saved: {', '.join(changes)}" if changes else "")
+        ) from error
       earlier_seconds = checkpointer.saved_metadata(start_step).get("wall_seconds", 0.0)
 
   def wall_seconds() -> float:

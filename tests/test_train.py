@@ -234,6 +234,20 @@ def _assert_same_final_state(workdir_a, workdir_b):
     np.testing.assert_array_equal(leaves_a[key], leaves_b[key], err_msg=key)
 
 
+def test_resuming_with_a_state_that_does_not_fit_is_a_setup_error(tmp_path):
+  """Another model (or REINFORCE with more epochs: a row per epoch) changes the state's
+  shapes. The error names the leaves, the shapes and the changed setting."""
+  config = smoke_config("supervised", {"num_epochs": 1, "checkpoint_every_steps": 100})
+  train.train_and_evaluate(config, str(tmp_path))
+  config.model = "cnn6"
+  with pytest.raises(train.SetupError, match=r"does not fit this run's state") as error:
+    train.train_and_evaluate(config, str(tmp_path))
+  message = str(error.value)
+  assert re.search(r"\.classifier\.\S+: saved \(.*\), now \(.*\);", message), message
+  assert re.search(r"; and \d+ more\.", message), message
+  assert "model: 'small_cnn' -> 'cnn6'" in message
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["supervised", "bilevel", "hba", "reinforce", "ohl",
                                     "invariant", "uncertainty"])
