@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
+import os
+
 import ml_collections
 
 from jaxaug.data.sources import default_data_config
@@ -130,3 +133,18 @@ def parse_arg(arg: str | None, **spec) -> ml_collections.ConfigDict:
 def given_args(arg: str | None) -> set[str]:
   """The keys that `arg` ('k1=v1,k2') sets."""
   return {item.partition("=")[0].strip() for item in (arg or "").split(",") if item.strip()}
+
+
+def load_config_file(spec: str) -> ml_collections.ConfigDict:
+  """The config of `spec` = 'FILE' or 'FILE:arg': FILE's `get_config()` or `get_config(arg)`,
+  as `--config=spec` builds it (without command-line overrides).
+
+  Raises ValueError if FILE does not exist; the config's own errors pass through.
+  """
+  file, sep, arg = spec.partition(":")
+  loader = importlib.util.spec_from_file_location("jaxaug_config_file", file)
+  if loader is None or not os.path.isfile(file):
+    raise ValueError(f"--config {file!r}: no such config file")
+  module = importlib.util.module_from_spec(loader)
+  loader.loader.exec_module(module)
+  return module.get_config(*([arg] if sep else []))

@@ -31,7 +31,6 @@ validation split was held out (results.json `val_held_out`: true).
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import itertools
 import os
 import shutil
@@ -45,6 +44,7 @@ from typing import Any, Sequence
 from absl import app
 from absl import flags
 
+from jaxaug import config as config_lib
 from jaxaug import summarize
 
 FLAGS = flags.FLAGS
@@ -143,14 +143,8 @@ def check_configs(jobs: Sequence[Job]) -> None:
   """
   for spec in dict.fromkeys(arg[len("--config="):] for job in jobs for arg in job.command
                             if arg.startswith("--config=")):
-    file, sep, arg = spec.partition(":")
-    loader = importlib.util.spec_from_file_location("sweep_config", file)
-    if loader is None or not os.path.isfile(file):
-      raise ValueError(f"--config {file!r}: no such config file")
-    module = importlib.util.module_from_spec(loader)
-    loader.loader.exec_module(module)
     try:
-      module.get_config(*([arg] if sep else []))
+      config_lib.load_config_file(spec)
     except (ValueError, TypeError) as error:
       raise ValueError(f"--config={spec}: {error}") from None
 

@@ -1,20 +1,17 @@
 """get_config(arg): big_vision-style arguments and the DABO comparison's rows and ablations."""
 
-import importlib.util
 import os
 
 import pytest
 
+from jaxaug.config import load_config_file
 from jaxaug.config import parse_arg
 
 CONFIGS = os.path.join(os.path.dirname(__file__), "..", "configs")
 
 
 def _get_config(name, *arg):
-  spec = importlib.util.spec_from_file_location(name, os.path.join(CONFIGS, f"{name}.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(*arg)
+  return load_config_file(os.path.join(CONFIGS, f"{name}.py") + "".join(f":{a}" for a in arg))
 
 
 def test_parse_arg_converts_to_the_defaults_types_and_rejects_the_rest():

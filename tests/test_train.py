@@ -17,18 +17,16 @@ from jaxaug import checkpoint
 from jaxaug import data
 from jaxaug import stopping
 from jaxaug import train
+from jaxaug.config import load_config_file
 
 import tfds_fakes
+
+CONFIGS = os.path.join(os.path.dirname(__file__), "..", "configs")
 
 
 def smoke_config(method="supervised", overrides=None):
   """configs/smoke.py with `method` and a dict of dotted-key overrides."""
-  import importlib.util
-  path = os.path.join(os.path.dirname(__file__), "..", "configs", "smoke.py")
-  spec = importlib.util.spec_from_file_location("smoke_config", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config()
+  config = load_config_file(os.path.join(CONFIGS, "smoke.py"))
   config.method = method
   for key, value in (overrides or {}).items():
     target = config
@@ -151,20 +149,16 @@ def test_end_to_end_on_image_folder(tmp_path):
 def test_imagenet_config_trains_on_standard_crops_of_mock_imagenet(tmp_path):
   """configs/imagenet_bilevel.py's crops, scaled down: images of mixed sizes read as 20 x 20
   centre squares, a random-resized crop to 16 in training, the centre 16 x 16 in evaluation."""
-  import importlib.util
-  path = os.path.join(os.path.dirname(__file__), "..", "configs", "imagenet_bilevel.py")
-  spec = importlib.util.spec_from_file_location("imagenet_config", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config()
+  path = os.path.join(CONFIGS, "imagenet_bilevel.py")
+  config = load_config_file(path)
   assert (config.data.resize, config.data.image_size, config.data.eval_crop) == (
       "center_crop", 256, 224)
   assert config.augment == "random_resized_crop(224)+hflip"
-  paper = module.get_config("paper")
+  paper = load_config_file(f"{path}:paper")
   assert (paper.data.resize, paper.data.image_size, paper.data.eval_crop, paper.augment) == (
       "squash", 224, None, "hflip")
   with pytest.raises(ValueError, match="one of standard, paper"):
-    module.get_config("crops")
+    load_config_file(f"{path}:crops")
   smoke = smoke_config()
   config.update(model="small_cnn", batch_size=8, val_batch_size=8, eval_batch_size=8,
                 num_epochs=1, log_every_steps=1, checkpoint_every_steps=100,
