@@ -216,20 +216,25 @@ def test_bilevel_augmenter_schedule_spans_its_updates_not_the_train_steps():
   np.testing.assert_allclose(step_sizes, [expected(i) for i in range(4)], rtol=1e-5, atol=1e-6)
 
 
-def test_bilevel_augmenter_bounds_and_init_scale_from_the_command_line():
-  """--config.bilevel.augmenter.bounds.max_* and .init_scale reach the augmenter bilevel builds."""
+def _smoke_config_from_command_line(*overrides):
+  """configs/smoke.py with `--config.x=y` overrides parsed as `jaxaug.main` parses them."""
   from absl import flags
   from ml_collections import config_flags
 
+  smoke = os.path.join(os.path.dirname(__file__), "..", "configs", "smoke.py")
+  argv = ["prog", f"--config={smoke}", *overrides]
+  flag_values = flags.FlagValues()
+  config_flags.DEFINE_config_file("config", None, "", flag_values=flag_values,
+                                  lock_config=True, sys_argv=argv)
+  flag_values(argv)
+  return flag_values.config
+
+
+def test_bilevel_augmenter_bounds_and_init_scale_from_the_command_line():
+  """--config.bilevel.augmenter.bounds.max_* and .init_scale reach the augmenter bilevel builds."""
   def augmenter_params(*overrides):
-    smoke = os.path.join(os.path.dirname(__file__), "..", "configs", "smoke.py")
-    argv = ["prog", f"--config={smoke}", "--config.method=bilevel",
-            "--config.bilevel.augmenter.kind=translation", *overrides]
-    flag_values = flags.FlagValues()
-    config_flags.DEFINE_config_file("config", None, "", flag_values=flag_values,
-                                    lock_config=True, sys_argv=argv)
-    flag_values(argv)
-    state = _init(flag_values.config)
+    state = _init(_smoke_config_from_command_line(
+        "--config.method=bilevel", "--config.bilevel.augmenter.kind=translation", *overrides))
     noise = jax.random.normal(jax.random.key(0), (4096, state.augmenter_settings.noise_dim))
     params = lambda scale: np.asarray(
         state.augmenter.apply(state.augmenter.params, state.augmenter.rest, scale * noise)[0])
@@ -298,19 +303,12 @@ def test_every_method_keeps_the_contract(name, tmp_path):
 
 def test_hba_command_line_sets_its_strategy():
   """--config.hba.* overrides reach the method (the section is config.py's, owned by hba)."""
-  from absl import flags
-  from ml_collections import config_flags
   from jaxaug.models import hyper
 
-  smoke = os.path.join(os.path.dirname(__file__), "..", "configs", "smoke.py")
-  argv = ["prog", f"--config={smoke}", "--config.method=hba", "--config.hba.strategy=conv+bn"]
-  flag_values = flags.FlagValues()
-  config_flags.DEFINE_config_file("config", None, "", flag_values=flag_values,
-                                  lock_config=True, sys_argv=argv)
-  flag_values(argv)
+  config = _smoke_config_from_command_line("--config.method=hba", "--config.hba.strategy=conv+bn")
   info = common.DataInfo.create(num_classes=10, image_shape=(8, 8, 1), batches_per_epoch=8,
                                 num_epochs=2)
-  classifier = METHODS.get("hba").init(flag_values.config, jax.random.PRNGKey(0), info).classifier
+  classifier = METHODS.get("hba").init(config, jax.random.PRNGKey(0), info).classifier
   module = nnx.merge(classifier.graphdef, classifier.params, classifier.rest)
   counts = hyper.count_hyper_layers(module)
   assert counts["HyperConv"] == 3 and counts["HyperBN"] == 3, counts  # small_cnn: 3 conv + BN
