@@ -36,9 +36,9 @@ class StateMismatchError(ValueError):
 def _differences(saved: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
   """'path: saved (shape), now (shape)' for each leaf whose shape differs, and the leaves
   only one side has; [] when the two fit."""
-  differences = [f"{key}: saved {tuple(saved[key].shape)}, now {tuple(wanted[key].shape)}"
+  differences = [f"{key}: saved {np.shape(saved[key])}, now {np.shape(wanted[key])}"
                  for key in sorted(saved.keys() & wanted.keys())
-                 if tuple(saved[key].shape) != tuple(wanted[key].shape)]
+                 if np.shape(saved[key]) != np.shape(wanted[key])]
   differences += [f"{key}: saved, not in this run's state" for key in sorted(saved.keys() - wanted.keys())]
   differences += [f"{key}: not saved" for key in sorted(wanted.keys() - saved.keys())]
   return differences
@@ -70,7 +70,13 @@ class Checkpointer:
     return dict(self._manager.metadata(step).custom_metadata or {})
 
   def restore(self, template: Any, step: int | None = None) -> Any:
-    """The state saved at `step` (default: newest), with the structure and shardings of `template`."""
+    """The state saved at `step` (default: newest), with the structure and shardings of `template`.
+
+    Raises:
+      FileNotFoundError: there is no checkpoint.
+      StateMismatchError (a ValueError): the saved leaves differ from `template`'s in name
+        or shape (the message names up to SHOWN_DIFFERENCES of them).
+    """
     step = self.latest_step() if step is None else step
     if step is None:
       raise FileNotFoundError(f"no checkpoint in {self.directory}")
@@ -78,8 +84,7 @@ class Checkpointer:
     differences = _differences(self._saved_leaves(step), abstract)
     if differences:
       raise StateMismatchError(
-          f"the checkpoint at step {step} in {self.directory} does not fit this run's state "
-          f"(it was written by a different model, method or num_epochs): "
+          f"the checkpoint at step {step} in {self.directory} does not fit this run's state: "
           + "; ".join(differences[:SHOWN_DIFFERENCES])
           + (f"; and {len(differences) - SHOWN_DIFFERENCES} more"
              if len(differences) > SHOWN_DIFFERENCES else ""))

@@ -136,15 +136,15 @@ def given_args(arg: str | None) -> set[str]:
 
 
 def load_config_file(spec: str) -> ml_collections.ConfigDict:
-  """The config of `spec` = 'FILE' or 'FILE:arg': FILE's `get_config()` or `get_config(arg)`,
-  as `--config=spec` builds it (without command-line overrides).
+  """The config of `spec` = 'FILE' or 'FILE:arg': FILE's `get_config()` or `get_config(arg)`
+  (what `--config=spec` gives before command-line overrides, unlocked).
 
   Raises ValueError if FILE does not exist; the config's own errors pass through.
   """
   file, sep, arg = spec.partition(":")
+  if not os.path.isfile(file):
+    raise ValueError(f"no such config file: {file!r}")
   loader = importlib.util.spec_from_file_location("jaxaug_config_file", file)
-  if loader is None or not os.path.isfile(file):
-    raise ValueError(f"--config {file!r}: no such config file")
   module = importlib.util.module_from_spec(loader)
   loader.loader.exec_module(module)
   return module.get_config(*([arg] if sep else []))

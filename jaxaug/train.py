@@ -165,12 +165,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       try:
         state = checkpointer.restore(state)
       except checkpoint.StateMismatchError as error:
+        checkpointer.close()
         changes = _changes_since_saved(config, workdir)
-        raise SetupError(
-            f"{error}. Resume with the configuration saved in the workdir's "
-            f"{reporting.CONFIG_FILENAME} or start a new --workdir"
-            + (f"; changed since it was saved: {', '.join(changes)}" if changes else "")
-        ) from error
+        cause = (f"changed since it was saved: {', '.join(changes)}" if changes else
+                 "no config value changed since it was saved, so the code that builds the "
+                 "state did")
+        raise SetupError(f"{error}. {cause}. Resume with the configuration saved in the "
+                         f"workdir's {reporting.CONFIG_FILENAME} or start a new --workdir"
+                         ) from error
       earlier_seconds = checkpointer.saved_metadata(start_step).get("wall_seconds", 0.0)
 
   def wall_seconds() -> float:

@@ -10,8 +10,8 @@ from jaxaug.config import parse_arg
 CONFIGS = os.path.join(os.path.dirname(__file__), "..", "configs")
 
 
-def _get_config(name, *arg):
-  return load_config_file(os.path.join(CONFIGS, f"{name}.py") + "".join(f":{a}" for a in arg))
+def _get_config(name, arg=None):
+  return load_config_file(os.path.join(CONFIGS, f"{name}.py") + (f":{arg}" if arg else ""))
 
 
 def test_parse_arg_converts_to_the_defaults_types_and_rejects_the_rest():

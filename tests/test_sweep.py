@@ -43,6 +43,15 @@ def test_expand_rejects_bad_grids(tmp_path, grids, sets, message):
     sweep.expand(f"{SMOKE}:method=magnitude,magnitude=1", grids, sets, 1, str(tmp_path))
 
 
+@pytest.mark.parametrize("config,message", [
+    ("no_such_config.py", r"^--config=no_such_config.py: no such config file: 'no_such_config.py'$"),
+    (f"{SMOKE}:method=nope", r"^--config=.*smoke.py:method=nope: unknown method='nope'; valid: "),
+])
+def test_check_configs_names_the_config_that_is_rejected(tmp_path, config, message):
+  with pytest.raises(ValueError, match=message):
+    sweep.check_configs(sweep.expand(config, [], [], 1, str(tmp_path)))
+
+
 def _script_job(workdir, code):
   return sweep.Job(point=(("x", os.path.basename(workdir)),), seed=0, workdir=str(workdir),
                    command=(sys.executable, "-c", code))
