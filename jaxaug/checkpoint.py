@@ -39,7 +39,8 @@ def _differences(saved: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
   differences = [f"{key}: saved {np.shape(saved[key])}, now {np.shape(wanted[key])}"
                  for key in sorted(saved.keys() & wanted.keys())
                  if np.shape(saved[key]) != np.shape(wanted[key])]
-  differences += [f"{key}: saved, not in this run's state" for key in sorted(saved.keys() - wanted.keys())]
+  differences += [f"{key}: saved, not in this run's state"
+                  for key in sorted(saved.keys() - wanted.keys())]
   differences += [f"{key}: not saved" for key in sorted(wanted.keys() - saved.keys())]
   return differences
 
