@@ -18,6 +18,13 @@ gradient `(d loss / d params, d loss / d inputs)`, linearised while the inner
 step computes its gradient (see `inner_grad_fn`). `second_order="reverse"`
 keeps the plain autodiff path, used as the reference in tests and benchmarks.
 
+`implicit_hypergradient` is the other estimate: the implicit-function hypergradient at
+the current parameters, with the inverse Hessian of the training loss approximated by a
+truncated Neumann series (Lorraine, Vicol and Duvenaud, AISTATS 2020). It sees past one
+step: where the one-step unroll weighs the validation gradient by the learning rate,
+the series weighs each Hessian eigendirection by up to alpha (K + 1) (its inverse
+eigenvalue in the limit), so directions of small curvature, slow to train, count more.
+
 Nothing here knows about images or models: `loss_fn` is any
 `(params, aux, inputs) -> (loss, (aux, metrics))`, where `aux` is carried state
 that is not differentiated (e.g. batch-norm statistics). Cotangents take the dtypes
@@ -68,6 +75,42 @@ def inner_grad_fn(loss_fn: LossFn, *, second_order: str = "forward",
   return _with_linearized_second_order(plain_grad, loss_fn, params_are_constant)
 
 
+def _split_float_leaves(inputs: PyTree) -> tuple[list, Callable]:
+  """(the differentiable (inexact) leaves of `inputs`, `rebuild(float_leaves, fill=)`
+  giving `inputs` back with them, the other leaves kept or replaced by `fill(leaf)`)."""
+  leaves, treedef = jax.tree.flatten(inputs)
+  is_float = [jax.numpy.issubdtype(leaf.dtype, jax.numpy.inexact) for leaf in leaves]
+
+  def rebuild(float_leaves, fill=lambda leaf: leaf):
+    float_leaves = iter(float_leaves)
+    return treedef.unflatten([next(float_leaves) if flag else fill(leaf)
+                              for leaf, flag in zip(leaves, is_float)])
+
+  return [leaf for leaf, flag in zip(leaves, is_float) if flag], rebuild
+
+
+def _linearized_gradients(loss_fn: LossFn, params: PyTree, aux: PyTree, inputs: PyTree):
+  """`loss_fn`'s parameter gradient at (params, inputs), linearised in the parameters.
+
+  Returns `(param_grads, tangent_fn, (loss, new_aux, metrics))`; `tangent_fn(u)` is
+  `(H_pp u, H_xp u)`: the parameter and float-input parts of the tangent of the full
+  gradient `(dL/dp, dL/dx)` along the parameter direction `u`, i.e. the Hessian-vector
+  product and, by the symmetry of second derivatives, `d/dx <dL/dp, u>` (a list over the
+  float leaves of `inputs`). The forward and backward passes run once; each call of
+  `tangent_fn` is one forward-over-reverse evaluation.
+  """
+  float_leaves, rebuild = _split_float_leaves(inputs)
+
+  def gradients(params):
+    (loss, (new_aux, metrics)), grads = jax.value_and_grad(
+        lambda p, x: loss_fn(p, aux, rebuild(x)), argnums=(0, 1), has_aux=True)(
+            params, float_leaves)
+    return grads, jax.lax.stop_gradient((loss, new_aux, metrics))
+
+  (param_grads, _), tangent_fn, extras = jax.linearize(gradients, params, has_aux=True)
+  return param_grads, tangent_fn, extras
+
+
 def _with_linearized_second_order(plain_grad, loss_fn: LossFn, params_are_constant: bool):
   """`plain_grad` with a VJP computed as a tangent of the gradient, linearised in the forward.
 
@@ -80,28 +123,8 @@ def _with_linearized_second_order(plain_grad, loss_fn: LossFn, params_are_consta
   step's forward and backward passes instead of recomputing them.
   Undifferentiated calls run `plain_grad`.
   """
-  def split(inputs):
-    # Differentiable (inexact) leaves, and a function rebuilding `inputs` from them.
-    leaves, treedef = jax.tree.flatten(inputs)
-    is_float = [jax.numpy.issubdtype(leaf.dtype, jax.numpy.inexact) for leaf in leaves]
-
-    def rebuild(float_leaves, fill=lambda leaf: leaf):
-      float_leaves = iter(float_leaves)
-      return treedef.unflatten([next(float_leaves) if flag else fill(leaf)
-                                for leaf, flag in zip(leaves, is_float)])
-
-    return [leaf for leaf, flag in zip(leaves, is_float) if flag], rebuild
-
   def linearized(params, aux, inputs):
-    float_leaves, rebuild = split(inputs)
-
-    def gradients(params):
-      (loss, (new_aux, metrics)), grads = jax.value_and_grad(
-          lambda p, x: loss_fn(p, aux, rebuild(x)), argnums=(0, 1), has_aux=True)(
-              params, float_leaves)
-      return grads, jax.lax.stop_gradient((loss, new_aux, metrics))
-
-    (param_grads, _), tangent_fn, extras = jax.linearize(gradients, params, has_aux=True)
+    param_grads, tangent_fn, extras = _linearized_gradients(loss_fn, params, aux, inputs)
     return (param_grads, extras), tangent_fn
 
   @jax.custom_vjp
@@ -117,7 +140,7 @@ def _with_linearized_second_order(plain_grad, loss_fn: LossFn, params_are_consta
     params_cotangent, float_cotangents = tangent_fn(cotangents[0])
     if params_are_constant:  # shapes only: XLA drops the unused parameter tangent
       params_cotangent = jax.tree.map(jax.numpy.zeros_like, params_cotangent)
-    _, rebuild = split(inputs)
+    _, rebuild = _split_float_leaves(inputs)
     zero = lambda leaf: np.zeros(leaf.shape, jax.dtypes.float0)
     return params_cotangent, None, rebuild(float_cotangents, fill=zero)
 
@@ -192,3 +215,68 @@ def unrolled_updates(
     carry, output = later_step(carry, jax.tree.map(lambda leaf: leaf[t], later_inputs))
     step_outputs.append(output)
   return carry, jax.tree.map(lambda *leaves: jax.numpy.stack(leaves), *step_outputs)
+
+
+def check_neumann(terms: int, scale: float, *, prefix: str = "") -> None:
+  """ValueError naming the value unless `terms` (K) is an integer >= 0 and `scale` (alpha)
+  a finite number > 0. `prefix` names them in the message (e.g. 'config.bilevel.')."""
+  if isinstance(terms, bool) or not isinstance(terms, (int, np.integer)) or terms < 0:
+    raise ValueError(f"{prefix}neumann_terms={terms!r} must be an integer >= 0 (K, the "
+                     f"terms of the Neumann series after the first)")
+  if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not (
+      np.isfinite(scale) and scale > 0):
+    raise ValueError(f"{prefix}neumann_scale={scale!r} must be a finite number > 0 (alpha; the "
+                     f"series converges for alpha below 2 / the largest Hessian eigenvalue)")
+
+
+def neumann_inverse_hvp(hvp: Callable[[PyTree], PyTree], vector: PyTree, *, terms: int,
+                        scale: float) -> PyTree:
+  """`alpha * sum_{j=0..K} (I - alpha H)^j v`, the truncated Neumann series of `H^-1 v`.
+
+  Args:
+    hvp: `u -> H u`, a symmetric linear map on pytrees shaped like `vector`.
+    vector: v.
+    terms: K >= 0 (K = 0 gives alpha v). The series converges to `H^-1 v` as K grows
+      when every eigenvalue of H lies in (0, 2 / alpha).
+    scale: alpha > 0.
+  Each term costs one `hvp`; the K terms are written out (no loop construct, see
+  `unrolled_updates` on XLA:CPU).
+  """
+  check_neumann(terms, scale)
+  term, total = vector, vector
+  for _ in range(terms):
+    term = jax.tree.map(lambda t, ht: t - scale * ht, term, hvp(term))
+    total = jax.tree.map(jax.numpy.add, total, term)
+  return jax.tree.map(lambda t: scale * t, total)
+
+
+def implicit_hypergradient(loss_fn: LossFn, params: PyTree, aux: PyTree, inputs: PyTree,
+                           outer_grads: PyTree, *, terms: int, scale: float):
+  """The training gradient at `params` and the implicit hypergradient's cotangent on `inputs`.
+
+  At parameters theta taken as the inner optimum of the training loss L_T(theta, x) with x
+  the inputs (which depend on the hyper-parameters lambda), the implicit function theorem
+  gives `dL_V/dlambda = -dL_V/dtheta . H^-1 . d2L_T/(dtheta dx) . dx/dlambda`, H the Hessian
+  of L_T in theta. Here `H^-1 dL_V/dtheta` is `neumann_inverse_hvp` (K Hessian-vector
+  products, forward-over-reverse) and the mixed term one more forward-over-reverse
+  evaluation; the caller finishes with the VJP of x(lambda) along the returned cotangent.
+
+  Args:
+    loss_fn: `(params, aux, inputs) -> (loss, (new_aux, metrics))`, the training loss.
+    params, aux: the current parameters and carried state (not differentiated).
+    inputs: a pytree; its inexact leaves get cotangents.
+    outer_grads: `dL_V/dtheta` at `params`, shaped like `params`.
+    terms, scale: K and alpha of the series (`neumann_inverse_hvp`).
+
+  Returns:
+    `(grads, input_cotangents, (loss, new_aux, metrics))`: grads `dL_T/dtheta` (the
+    classifier's own update), and `-d/dx <dL_T/dtheta, H^-1 dL_V/dtheta>` shaped like
+    `inputs` (None for leaves that are not inexact).
+  """
+  grads, tangent_fn, extras = _linearized_gradients(loss_fn, params, aux, inputs)
+  inverse_hvp = neumann_inverse_hvp(lambda u: tangent_fn(u)[0], outer_grads, terms=terms,
+                                    scale=scale)
+  _, input_tangents = tangent_fn(inverse_hvp)
+  _, rebuild = _split_float_leaves(inputs)
+  cotangents = rebuild([-tangent for tangent in input_tangents], fill=lambda leaf: None)
+  return grads, cotangents, extras

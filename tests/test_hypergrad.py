@@ -1,6 +1,7 @@
 """Hypergradients through the unroll: forward-over-reverse (linearised) vs plain autodiff vs finite differences."""
 
 import jax
+import jax.flatten_util
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -167,3 +168,143 @@ def test_scan_and_inlined_unrolls_agree():
     np.testing.assert_allclose(scanned, inlined, rtol=1e-6)
     np.testing.assert_allclose(scanned_losses, inlined_losses, rtol=1e-6)
     np.testing.assert_allclose(scanned_grad, inlined_grad, rtol=1e-5)
+
+
+# The implicit (Neumann) hypergradient.
+
+
+def _ridge_problem(seed=0, n=40, features=4):
+  """Ridge regression on features scaled per column by lambda: theta*(lambda) in closed form."""
+  keys = jax.random.split(jax.random.PRNGKey(seed), 4)
+  x = jax.random.normal(keys[0], (n, features), jnp.float64)
+  y = x @ jnp.arange(1.0, features + 1, dtype=jnp.float64) + jax.random.normal(
+      keys[1], (n,), jnp.float64)
+  val_x = jax.random.normal(keys[2], (n, features), jnp.float64)
+  val_y = val_x @ jnp.arange(1.0, features + 1, dtype=jnp.float64) * 0.8
+  hyper = jnp.linspace(0.6, 1.4, features, dtype=jnp.float64)
+  return x, y, val_x, val_y, hyper
+
+
+RIDGE = 0.1
+
+
+def _ridge_loss(theta, aux, inputs):
+  features, targets = inputs
+  loss = 0.5 * jnp.mean((features @ theta - targets) ** 2) + 0.5 * RIDGE * theta @ theta
+  return loss, (aux, {})
+
+
+def _ridge_val_loss(theta, val_x, val_y):
+  return 0.5 * jnp.mean((val_x @ theta - val_y) ** 2)
+
+
+def _ridge_optimum(features, targets):
+  n, d = features.shape
+  return jnp.linalg.solve(features.T @ features / n + RIDGE * jnp.eye(d),
+                          features.T @ targets / n)
+
+
+def test_implicit_hypergradient_at_the_optimum_approaches_the_exact_one():
+  """Ridge regression: at theta*(lambda) the implicit hypergradient tends, as K grows, to
+  d L_V(theta*(lambda)) / d lambda computed through the closed-form solution."""
+  with jax.enable_x64(True):
+    x, y, val_x, val_y, hyper = _ridge_problem()
+    features_of = lambda lam: x * lam
+    exact = jax.grad(lambda lam: _ridge_val_loss(_ridge_optimum(features_of(lam), y),
+                                                 val_x, val_y))(hyper)
+    theta = _ridge_optimum(features_of(hyper), y)
+    outer = jax.grad(_ridge_val_loss)(theta, val_x, val_y)
+    hessian = (features_of(hyper).T @ features_of(hyper)) / x.shape[0] + RIDGE * jnp.eye(4)
+    scale = 1.0 / float(jnp.linalg.eigvalsh(hessian).max())  # below 2 / largest eigenvalue
+
+    def loss_fn(theta, aux, inputs):
+      return _ridge_loss(theta, aux, (inputs[0], y))
+
+    errors = []
+    for terms in (0, 5, 50, 2000):
+      features, vjp = jax.vjp(features_of, hyper)
+      _, (cotangent,), _ = hypergrad.implicit_hypergradient(
+          loss_fn, theta, None, (features,), outer, terms=terms, scale=scale)
+      errors.append(float(jnp.abs(vjp(cotangent)[0] - exact).max()))
+    assert float(jnp.abs(exact).max()) > 1e-2  # not trivially zero
+    assert errors == sorted(errors, reverse=True) and errors[0] > 10 * errors[2]
+    assert errors[-1] < 1e-10 * float(jnp.abs(exact).max()) + 1e-12
+
+
+def _flat_hessian(loss_fn, params, aux, inputs):
+  flat, unravel = jax.flatten_util.ravel_pytree(params)
+  return jax.hessian(lambda f: loss_fn(unravel(f), aux, inputs)[0])(flat), unravel
+
+
+def _regularised_loss(params, aux, inputs):
+  """`_loss` plus an L2 term that makes its Hessian positive definite."""
+  loss, rest = _loss(params, aux, inputs)
+  l2 = sum(jnp.sum(leaf ** 2) for leaf in jax.tree.leaves(params))
+  return loss + 0.5 * l2, rest
+
+
+def test_implicit_hypergradient_approaches_the_exact_inverse_hessian_one():
+  """A tiny network whose Hessian fits in memory: as K grows, the Neumann hypergradient tends
+  to -dL_V/dtheta . solve(H, d2L_T/dtheta dlambda), for alpha below 2 / the largest eigenvalue."""
+  with jax.enable_x64(True):
+    params, (x, y), val, hyper = _problem()
+    aux = jnp.full((4,), 0.1, jnp.float64)
+    inputs_of = lambda lam: (x[0] * lam, y[0])
+    hessian, unravel = _flat_hessian(_regularised_loss, params, aux, inputs_of(hyper))
+    eigenvalues = jnp.linalg.eigvalsh(hessian)
+    assert float(eigenvalues.min()) > 0
+    outer = jax.grad(lambda p: _loss(p, aux, val)[0])(params)
+    outer_flat, _ = jax.flatten_util.ravel_pytree(outer)
+    solved = unravel(jnp.linalg.solve(hessian, outer_flat))
+
+    def mixed(lam):  # <dL_T/dtheta (theta, x(lambda)), H^-1 v>, H^-1 v held fixed
+      grads = jax.grad(_regularised_loss, has_aux=True)(params, aux, inputs_of(lam))[0]
+      return sum(jnp.vdot(g, s) for g, s in zip(jax.tree.leaves(grads),
+                                               jax.tree.leaves(solved)))
+
+    exact = -jax.grad(mixed)(hyper)
+    scale = 1.5 / float(eigenvalues.max())
+    errors = []
+    for terms in (0, 10, 100, 3000):
+      inputs, vjp = jax.vjp(inputs_of, hyper)
+      grads, cotangents, (loss, new_aux, _) = hypergrad.implicit_hypergradient(
+          _regularised_loss, params, aux, inputs, outer, terms=terms, scale=scale)
+      assert cotangents[1] is None  # integer labels get no cotangent
+      errors.append(float(jnp.abs(vjp((cotangents[0], np.zeros(y[0].shape,
+                                                                 jax.dtypes.float0)))[0]
+                                  - exact).max()))
+    # The training gradient and outputs are those of the plain loss.
+    (plain_loss, (plain_aux, _)), plain_grads = jax.value_and_grad(
+        _regularised_loss, has_aux=True)(params, aux, inputs_of(hyper))
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-12), grads, plain_grads)
+    np.testing.assert_allclose(loss, plain_loss, rtol=1e-12)
+    np.testing.assert_allclose(new_aux, plain_aux, rtol=1e-12)
+    assert float(jnp.abs(exact).max()) > 1e-3
+    assert errors == sorted(errors, reverse=True) and errors[0] > 10 * errors[2]
+    assert errors[-1] < 1e-8 * float(jnp.abs(exact).max())
+
+
+def test_neumann_series_is_alpha_times_the_partial_sums():
+  """K = 0 gives alpha v; K = 2 gives alpha (v + (I - aH) v + (I - aH)^2 v), by hand."""
+  with jax.enable_x64(True):
+    matrix = jnp.array([[2.0, 0.5], [0.5, 1.0]], jnp.float64)
+    v = jnp.array([1.0, -2.0], jnp.float64)
+    hvp = lambda u: matrix @ u
+    np.testing.assert_allclose(hypergrad.neumann_inverse_hvp(hvp, v, terms=0, scale=0.3), 0.3 * v)
+    step = jnp.eye(2) - 0.3 * matrix
+    expected = 0.3 * (v + step @ v + step @ step @ v)
+    np.testing.assert_allclose(hypergrad.neumann_inverse_hvp(hvp, v, terms=2, scale=0.3),
+                               expected, rtol=1e-12)
+
+
+@pytest.mark.parametrize("terms, scale, message", [
+    (-1, 0.1, "neumann_terms=-1 must be an integer >= 0"),
+    (2.5, 0.1, "neumann_terms=2.5 must be an integer >= 0"),
+    (True, 0.1, "neumann_terms=True must be an integer >= 0"),
+    (3, 0.0, "neumann_scale=0.0 must be a finite number > 0"),
+    (3, -1.0, "neumann_scale=-1.0 must be a finite number > 0"),
+    (3, float("nan"), "neumann_scale=nan must be a finite number > 0"),
+])
+def test_bad_neumann_settings_are_rejected(terms, scale, message):
+  with pytest.raises(ValueError, match=message):
+    hypergrad.check_neumann(terms, scale)
