@@ -61,7 +61,6 @@ from jaxaug.augment import fixed
 from jaxaug.augment import policies
 from jaxaug.methods import METHODS
 from jaxaug.methods import common
-from jaxaug.train import to_float_images
 
 FLAGS = flags.FLAGS
 DTYPES = ("float32", "bfloat16")  # `--dtypes` default
@@ -127,6 +126,12 @@ def variants(config: ml_collections.ConfigDict, truncations: list[int],
             for truncation in truncations]
   named.append(("bilevel_T1_reverse_over_reverse", {
       "method": "bilevel", "bilevel.truncation": 1, "bilevel.second_order": "reverse"}))
+  # The implicit hypergradient's update step per Neumann K, and its step without an update.
+  implicit = {"method": "bilevel", "bilevel.truncation": 1, "bilevel.hypergradient": "implicit"}
+  named += [(f"bilevel_implicit_K{terms}", {**implicit, "bilevel.neumann_terms": terms,
+                                            "bilevel.update_every": 1})
+            for terms in (1, 5)]
+  named.append(("bilevel_implicit_without_update", {**implicit, "bilevel.update_every": 2}))
   # HBA's two kinds of step: with a lambda update (every `hba.update_every` steps after the
   # warm-up) and without; the mean of the two is the cost per step at update_every = 2.
   named.append(("hba_with_lambda_update", {"method": "hba", "hba.update_every": 1,
@@ -140,8 +145,8 @@ def variants(config: ml_collections.ConfigDict, truncations: list[int],
   around = {"augment": "crop+hflip", "reinforce.augment_after": "cutout(16)"}
   named.append(("adversarial_M8", {**around, "method": "reinforce",
                                    "reinforce.num_policies": 8}))
-  named.append(("ohl_K4", {**around, "method": "reinforce", "reinforce.reward": "validation",
-                           "reinforce.ohl.copies": 4}))
+  named.append(("ohl_K4", {"augment": "crop+hflip", "ohl.augment_after": "cutout(16)",
+                           "method": "ohl", "ohl.copies": 4}))
   named.append(("uncertainty_C4", {"augment": "crop+hflip", "method": "uncertainty",
                                    "uncertainty.candidates": 4}))
   for name, changes in named:
@@ -154,8 +159,9 @@ COPIES = {"adversarial_M8": 8, "ohl_K4": 4, "uncertainty_C4": 4}
 
 
 def time_variant(config: ml_collections.ConfigDict, dataset: data.Dataset, mesh,
-                 steps: int) -> dict[str, Any]:
-  """Milliseconds per jitted train step (median of `steps`) and memory figures."""
+                 steps: int, timed_step: int = 0) -> dict[str, Any]:
+  """Milliseconds per jitted train step (median of `steps`, each running the program of
+  train step number `timed_step`) and memory figures."""
   method = METHODS.get(config.method)
   batches_per_step = method.train_batches_per_step(config)
   pipeline = data.pipeline_from_config(dataset, config.data, global_batch_size=config.batch_size,
@@ -167,20 +173,17 @@ def time_variant(config: ml_collections.ConfigDict, dataset: data.Dataset, mesh,
   state = parallel.put_replicated(method.init(config, jax.random.PRNGKey(0), info), mesh)
   train_batch = parallel.put_batch(pipeline.train_batches(0, batches_per_step), mesh, batch_axis=1)
   val_batch = (parallel.put_batch(pipeline.val_batch(0, epoch=0), mesh)
-               if method.uses_val_batch else None)
+               if method.uses_val_batch(config) else None)
 
-  def step_fn(state, train_batch, val_batch, rng):
-    return method.train_step(state, to_float_images(train_batch), to_float_images(val_batch), rng)
-
-  step = jax.jit(step_fn, donate_argnums=0)
-  compiled = step.lower(state, train_batch, val_batch, jax.random.PRNGKey(0)).compile()
+  step = method.compile_train_step(config, info)
+  compiled = step.lower(state, train_batch, val_batch, jax.random.PRNGKey(0), timed_step).compile()
   memory = compiled.memory_analysis()
-  state, _ = step(state, train_batch, val_batch, jax.random.PRNGKey(0))  # warm-up
+  state, _ = step(state, train_batch, val_batch, jax.random.PRNGKey(0), timed_step)  # warm-up
   jax.block_until_ready(state)
   durations = []
   for i in range(steps):
     start = time.perf_counter()
-    state, metrics = step(state, train_batch, val_batch, jax.random.PRNGKey(i + 1))
+    state, metrics = step(state, train_batch, val_batch, jax.random.PRNGKey(i + 1), timed_step)
     jax.block_until_ready((state, metrics))
     durations.append(time.perf_counter() - start)
   ms_per_step = 1000 * float(np.median(durations))
@@ -224,7 +227,8 @@ def step_records(config: ml_collections.ConfigDict, dataset: data.Dataset, *, st
     if name not in wanted:
       continue
     record = {"name": name, "dtype": dtype,
-              **time_variant(variant_config, dataset, mesh, steps)}
+              **time_variant(variant_config, dataset, mesh, steps,
+                             timed_step=1 if name.endswith("without_update") else 0)}
     ms = record["ms_per_step"]
     plain_ms.setdefault(dtype, ms)
     if dtype == "float32":

@@ -23,6 +23,7 @@ from jaxaug import reporting
 from jaxaug import stopping
 from jaxaug.augment import learned
 from jaxaug.methods import METHODS
+from jaxaug.methods import to_float_images
 from jaxaug.methods import common
 
 GRID_IMAGES = 8
@@ -35,13 +36,6 @@ class NonFiniteError(FloatingPointError):
 class SetupError(ValueError):
   """The configuration or the data was rejected before training started (a user's mistake:
   `jaxaug.main` prints the message alone and exits with status 2)."""
-
-
-def to_float_images(batch: dict | None) -> dict | None:
-  """uint8 images -> float32 in [0, 1]; other entries unchanged (None stays None)."""
-  if batch is None:
-    return None
-  return {**batch, "image": batch["image"].astype(jnp.float32) / 255.0}
 
 
 def _mean_metrics(history: list[dict]) -> dict[str, float]:
@@ -140,6 +134,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   with _rejections_are_setup_errors():
     method = METHODS.get(config.method)
     batches_per_step = method.train_batches_per_step(config)
+    uses_val_batch = method.uses_val_batch(config)
+    if uses_val_batch and not config.data.val_fraction:
+      raise SetupError(f"config.method={config.method!r} learns from validation images: "
+                       f"config.data.val_fraction must be > 0, got {config.data.val_fraction}")
     mesh = parallel.make_mesh()
     for name in ("batch_size", "val_batch_size", "eval_batch_size"):
       parallel.check_batch_divisible(name, config[name], mesh)
@@ -191,15 +189,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     if start_step >= total_steps:
       print("all steps are done: evaluating the final checkpoint again")
 
-  def step_fn(state, train_batch, val_batch, rng):
-    return method.train_step(state, to_float_images(train_batch), to_float_images(val_batch), rng)
-
-  train_step = jax.jit(step_fn, donate_argnums=0)
+  train_step = method.compile_train_step(config, info)
   eval_step = jax.jit(lambda state, batch: method.eval_step(state, to_float_images(batch)))
   augment = jax.jit(lambda state, images, rng: method.augment(state, images / 255.0, rng))
   summaries = jax.jit(method.summaries)
   grid_images = pipeline.train_batches(0, 1)["image"][0, :GRID_IMAGES]
 
+  eval_splits = ("val", "test") if pipeline.num_val_examples else ("test",)
   eval_every = _interval(config.eval_every_epochs, steps_per_epoch)
   image_every = _interval(config.image_every_epochs, steps_per_epoch)
 
@@ -212,7 +208,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   def eval_and_report(step):
     results = {}
     epoch = pipeline.epoch_of_batch(max(0, step * batches_per_step - 1))  # of the last batch
-    for split in ("val", "test"):
+    for split in eval_splits:
       results[split] = evaluate(eval_step, state, pipeline, split, config.eval_batch_size, mesh,
                                 epoch=epoch)
       reporter.write(step, split, results[split])
@@ -231,10 +227,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     try:
       for step, train_batch, val_batch in pipeline.step_batches(
           start_step, total_steps, batches_per_step=batches_per_step,
-          with_val=method.uses_val_batch):
+          with_val=uses_val_batch):
         val_batch = None if val_batch is None else parallel.put_batch(val_batch, mesh)
         state, metrics = train_step(state, parallel.put_batch(train_batch, mesh, batch_axis=1),
-                                    val_batch, jax.random.fold_in(train_rng, step))
+                                    val_batch, jax.random.fold_in(train_rng, step), step)
         history.append(metrics)
         done = step + 1
         last = done == total_steps
@@ -280,9 +276,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       "model": config.model,
       "test_accuracy": final["test"]["accuracy"],
       "test_loss": final["test"]["loss"],
-      "val_accuracy": final["val"]["accuracy"],
-      "val_loss": final["val"]["loss"],
-      "val_held_out": not config.data.redraw_val_each_epoch,  # else earlier epochs trained on it
+      **({"val_accuracy": final["val"]["accuracy"], "val_loss": final["val"]["loss"],
+          # else earlier epochs trained on the validation images
+          "val_held_out": not config.data.redraw_val_each_epoch} if "val" in final else {}),
       "steps": total_steps,
       "epochs": config.num_epochs,
       "wall_seconds": wall_seconds(),  # of every run that led here (resumed runs add up)

@@ -120,7 +120,9 @@ def test_step_section_times_each_variant_against_the_plain_step():
   by_name = {record["name"]: record for record in records}
   assert list(by_name) == ["plain", "predefined", "random_transform", "invariant",
                            "bilevel_T1", "bilevel_T2",
-                           "bilevel_T1_reverse_over_reverse", "hba_with_lambda_update",
+                           "bilevel_T1_reverse_over_reverse", "bilevel_implicit_K1",
+                           "bilevel_implicit_K5", "bilevel_implicit_without_update",
+                           "hba_with_lambda_update",
                            "hba_without_lambda_update", "plain_x4", "plain_x8",
                            "adversarial_M8", "ohl_K4", "uncertainty_C4"]
   assert by_name["plain"]["ratio_to_plain"] == 1.0
@@ -148,7 +150,7 @@ def test_step_section_times_each_variant_in_each_dtype(monkeypatch):
   # dtype, and the ratios, without compiling anything.
   timed = []
 
-  def fake_time_variant(config, dataset, mesh, steps):
+  def fake_time_variant(config, dataset, mesh, steps, timed_step=0):
     timed.append((config.method, config.dtype))
     ms = (3.0 if config.dtype == "bfloat16" else 1.0) * (2.0 if config.method == "bilevel" else 1.0)
     return {"ms_per_step": ms * config.batch_size / 16}  # in proportion to the batch
@@ -160,9 +162,9 @@ def test_step_section_times_each_variant_in_each_dtype(monkeypatch):
       ("plain", "float32"), ("plain", "bfloat16"), ("predefined", "float32"),
       ("predefined", "bfloat16")]
   method = lambda name: {"plain": "supervised", "predefined": "supervised", "random": "supervised",
-                         "adversarial": "reinforce", "ohl": "reinforce"}.get(
+                         "adversarial": "reinforce"}.get(
                              name.split("_")[0], name.split("_")[0])
-  assert len(records) == 2 * 13
+  assert len(records) == 2 * 16
   assert timed == [(method(record["name"]), record["dtype"]) for record in records]
   for record in records:
     bilevel = record["name"].startswith("bilevel")

@@ -623,8 +623,19 @@ def test_prefetch_yields_in_order_and_reraises():
 # ----------------------------------------------------------------------------- bad input
 
 
+def test_val_fraction_zero_holds_nothing_out():
+  pipe = make_pipeline(val_fraction=0.0)
+  assert pipe.num_val_examples == 0 and pipe.num_train_examples == len(pipe.pool)
+  train, val = pipe.split(0)
+  assert len(val) == 0 and sorted(train) == sorted(pipe.pool)
+  with pytest.raises(ValueError, match="no validation examples: val_fraction is 0"):
+    pipe.val_batch(0, epoch=0)
+  step, batches, no_val = pipe.host_step(0, batches_per_step=1, with_val=False)
+  assert no_val is None and batches["image"].shape[0] == 1
+
+
 @pytest.mark.parametrize("overrides,bad_value", [
-    (dict(val_fraction=0.0), "0.0"),
+    (dict(val_fraction=0.001), "leaves no validation example"),
     (dict(val_fraction=1.0), "1.0"),
     (dict(val_fraction=-0.5), "-0.5"),
     (dict(train_examples=0), "0"),

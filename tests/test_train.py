@@ -253,17 +253,20 @@ def test_resuming_with_a_state_that_does_not_fit_is_a_setup_error(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["supervised", "bilevel", "hba", "reinforce", "ohl",
-                                    "invariant", "uncertainty"])
+@pytest.mark.parametrize("method", ["supervised", "bilevel", "bilevel_implicit", "hba",
+                                    "reinforce", "ohl", "invariant", "uncertainty"])
 def test_resumed_run_equals_uninterrupted_run(tmp_path, monkeypatch, method):
   """Interrupted after step 4 of 8-step epochs: the resumed run crosses an epoch boundary
   (REINFORCE: the controller step, new policies and the accumulated rewards; OHL: the
-  distribution's step, the accumulated accuracies and the copies set to the best)."""
-  ohl = {"reinforce.reward": "validation", "reinforce.ohl.copies": 2} if method == "ohl" else {}
-  config = smoke_config("reinforce" if method == "ohl" else method, {
+  distribution's step, the accumulated element counts and the copies set to the best;
+  bilevel_implicit: steps with and without an augmenter update, compiled apart)."""
+  implicit = {"bilevel.hypergradient": "implicit", "bilevel.update_every": 3}
+  config = smoke_config(method.removesuffix("_implicit"), {
+      **(implicit if method == "bilevel_implicit" else {}),
       "checkpoint_every_steps": 3, "hba.warmup_epochs": 0.25, "reinforce.num_policies": 2,
-      "reinforce.augment_after": "cutout(4)",
-      "invariant.augmenter.kind": "affine", **ohl})  # grey digits
+      "reinforce.augment_after": "cutout(4)", "ohl.copies": 2, "ohl.augment_after": "cutout(4)",
+      "uncertainty.augment_after": "cutout(4)",
+      "invariant.augmenter.kind": "affine"})  # grey digits
   full = train.train_and_evaluate(config, str(tmp_path / "full"))
 
   original = data.Pipeline.train_batches
@@ -445,7 +448,8 @@ def test_main_exits_with_128_plus_signal_after_saving_on_sigint(tmp_path, sigint
 
 
 @pytest.mark.parametrize("key,value,message", [
-    ("method", "dabo", "unknown method 'dabo'.*bilevel, hba, invariant, reinforce, supervised, uncertainty"),
+    ("method", "dabo", "unknown method 'dabo'.*bilevel, hba, invariant, ohl, reinforce, supervised, "
+     "uncertainty"),
     ("model", "vgg", "unknown model 'vgg'.*resnet18"),
     ("augment", "hflip+warp", "unknown augmentation 'warp'.*predefined"),
     ("data.dataset", "cifar11", "cifar11"),
@@ -462,6 +466,29 @@ def test_bad_input_is_rejected_at_start_up(tmp_path, key, value, message):
   config = smoke_config(method, {key: value})
   with pytest.raises(ValueError, match=message):
     train.train_and_evaluate(config, str(tmp_path))
+
+
+def test_a_method_that_reads_validation_batches_needs_a_validation_split(tmp_path):
+  config = smoke_config("bilevel", {"data.val_fraction": 0.0})
+  with pytest.raises(train.SetupError, match="config.method='bilevel' learns from validation "
+                     "images: config.data.val_fraction must be > 0, got 0.0"):
+    train.train_and_evaluate(config, str(tmp_path))
+
+
+@pytest.mark.slow
+def test_adversarial_autoaugment_trains_on_the_whole_training_set(tmp_path, monkeypatch):
+  """val_fraction 0: no validation batch is read, no val metrics are reported."""
+  def fail(*args, **kwargs):
+    raise AssertionError("reinforce reads no validation batch")
+
+  monkeypatch.setattr(data.Pipeline, "val_batch", fail)
+  config = smoke_config("reinforce", {"data.val_fraction": 0.0, "reinforce.num_policies": 2,
+                                      "reinforce.augment_after": "none", "num_epochs": 1})
+  results = train.train_and_evaluate(config, str(tmp_path))
+  assert "val_accuracy" not in results and "val_held_out" not in results
+  records = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+  assert {r["split"] for r in records} >= {"train", "test"}
+  assert "val" not in {r["split"] for r in records}
 
 
 @pytest.mark.parametrize("override,message", [
@@ -526,6 +553,15 @@ def test_labels_out_of_range_are_rejected(tmp_path):
   config = smoke_config("supervised", {"data.dataset": f"npz:{path}", "data.train_examples": None})
   with pytest.raises(ValueError, match="-2"):
     train.train_and_evaluate(config, str(tmp_path / "run"))
+
+
+def test_a_nonfinite_implicit_hypergradient_stops_the_run_with_its_step(tmp_path):
+  config = smoke_config("bilevel", {"bilevel.hypergradient": "implicit",
+                                    "bilevel.neumann_scale": 1e38, "bilevel.neumann_terms": 3,
+                                    "checkpoint_every_steps": 1, "log_every_steps": 1})
+  with pytest.raises(train.NonFiniteError, match=r"non-finite loss or hypergradient at train "
+                     r"step 0; stopping"):
+    train.train_and_evaluate(config, str(tmp_path))
 
 
 def test_nonfinite_loss_stops_with_step_and_keeps_last_good_checkpoint(tmp_path):

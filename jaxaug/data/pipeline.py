@@ -6,7 +6,8 @@ compute the same global batch and a resumed run asks for the same batch numbers.
 
   cap     the first `train_examples` of a permutation of the train source (seed, CAP)
   split   a permutation of the capped set: val = first round(val_fraction * n), train =
-          the rest; drawn once (epoch 0) or per train epoch with redraw_val_each_epoch
+          the rest; drawn once (epoch 0) or per train epoch with redraw_val_each_epoch;
+          val_fraction 0 holds nothing out (for methods that read no validation batch)
   train   batch b is in epoch e = b // batches_per_epoch, at position b % batches_per_epoch
           of a permutation of that epoch's train part (seed, TRAIN, e); remainder dropped
   val     an endless stream over the val part of train epoch e: val epoch v is a
@@ -88,8 +89,8 @@ class Pipeline:
       raise ValueError(f"process_index {process_index} is outside [0, {process_count})")
     if not isinstance(seed, (int, np.integer)) or seed < 0:
       raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
-    if not 0.0 < val_fraction < 1.0:
-      raise ValueError(f"val_fraction must lie in (0, 1), got {val_fraction}")
+    if not 0.0 <= val_fraction < 1.0:
+      raise ValueError(f"val_fraction must lie in [0, 1), got {val_fraction}")
     available = len(dataset.train)
     if train_examples is not None:
       check_positive("train_examples", train_examples)
@@ -109,9 +110,9 @@ class Pipeline:
                  else seeded_permutation(available, seed, CAP)[:train_examples])
     self.num_val_examples = round(val_fraction * len(self.pool))
     self.num_train_examples = len(self.pool) - self.num_val_examples
-    if self.num_val_examples < 1:
+    if val_fraction > 0 and self.num_val_examples < 1:
       raise ValueError(f"val_fraction {val_fraction} of {len(self.pool)} examples leaves "
-                       "no validation example")
+                       "no validation example (0 holds none out on purpose)")
     full_batches = self.num_train_examples // global_batch_size
     self.batches_per_epoch = full_batches // train_batches_per_step * train_batches_per_step
     if self.batches_per_epoch < 1:
@@ -210,6 +211,8 @@ class Pipeline:
     """
     if index < 0:
       raise ValueError(f"val batch index must be >= 0, got {index}")
+    if not self.num_val_examples:
+      raise ValueError("no validation examples: val_fraction is 0")
     if self.redraw_val_each_epoch and epoch is None:
       raise ValueError("redraw_val_each_epoch needs the train epoch: val_batch(index, epoch=...)")
     train_epoch = epoch if self.redraw_val_each_epoch else 0

@@ -82,7 +82,9 @@ def default_data_config() -> ml_collections.ConfigDict:
     (None: the whole image). With config.augment
     "random_resized_crop(224)+hflip", image_size 256 and "center_crop", eval_crop 224 is
     the standard ImageNet evaluation (resize to 256, centre crop 224).
-  val_fraction: part of the (capped) train set held out for validation, in (0, 1).
+  val_fraction: part of the (capped) train set held out for validation, in [0, 1) (0 only
+    for methods that read no validation batch: then nothing is held out and no validation
+    metrics are reported).
   redraw_val_each_epoch: re-draw the train/val split every train epoch.
   train_examples: use only this many train examples (None: all).
   seed: seeds the cap, the split and every epoch's order.

@@ -50,7 +50,6 @@ from jaxaug.methods import common
 from jaxaug.methods import supervised
 from jaxaug.models import hyper
 
-USES_VAL_BATCH = True  # lambda learns from the validation loss
 
 
 @dataclasses.dataclass(frozen=True)
@@ -167,6 +166,12 @@ def train_batches_per_step(config: ml_collections.ConfigDict) -> int:
   del config
   return 1
 
+
+
+def uses_val_batch(config: ml_collections.ConfigDict) -> bool:
+  """Yes: lambda learns from the validation loss."""
+  del config
+  return True
 
 def _check_config(cfg: ml_collections.ConfigDict) -> None:
   """ValueError naming the first out-of-range value of `config.hba`."""

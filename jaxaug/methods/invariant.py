@@ -45,7 +45,6 @@ class State:
   augmenter_settings: bilevel.AugmenterSettings = struct.field(pytree_node=False)
 
 
-USES_VAL_BATCH = False  # the augmenter learns from the training loss
 augment = bilevel.augment
 summaries = bilevel.summaries
 export_policy = bilevel.export_policy
@@ -61,6 +60,12 @@ def train_batches_per_step(config: ml_collections.ConfigDict) -> int:
   del config
   return 1
 
+
+
+def uses_val_batch(config: ml_collections.ConfigDict) -> bool:
+  """No: the augmenter learns from the training loss."""
+  del config
+  return False
 
 def init(config: ml_collections.ConfigDict, rng: jax.Array, info: common.DataInfo) -> State:
   """Classifier, augmenter and their optimisers."""

@@ -23,7 +23,6 @@ class State:
   settings: common.Settings = struct.field(pytree_node=False)
 
 
-USES_VAL_BATCH = False  # the loop passes val_batch=None: no validation images read
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -36,6 +35,12 @@ def train_batches_per_step(config: ml_collections.ConfigDict) -> int:
   del config
   return 1
 
+
+
+def uses_val_batch(config: ml_collections.ConfigDict) -> bool:
+  """No: the loop passes val_batch=None and reads no validation images."""
+  del config
+  return False
 
 def init(config: ml_collections.ConfigDict, rng: jax.Array, info: common.DataInfo) -> State:
   """Classifier and optimiser state."""
