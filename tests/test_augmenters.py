@@ -291,3 +291,21 @@ def test_random_transform_rejects_bad_kinds_and_magnitudes():
     augmenters.random_transform("translation", -0.1)
   with pytest.raises(ValueError, match="got '1'"):
     augmenters.random_transform("color", "1")
+
+
+def test_mean_displacement_in_pixels():
+  """A translation by t (normalised) moves every pixel by |t| * size / 2; a zoom by s moves a
+  point p (normalised) by |s - 1| |p| * size / 2, averaged here over the 8 x 8 grid by hand."""
+  translation = jnp.array([[0.25, 0.0], [0.0, -0.5]])  # 4 px, then 8 px on 32 x 32
+  np.testing.assert_allclose(
+      augmenters.mean_displacement_px("translation", translation, (32, 32)), 6.0, rtol=1e-6)
+  identity = jnp.array([[1.0, 0.0, 0.0, 0.0, 1.0, 0.0]])
+  assert float(augmenters.mean_displacement_px("affine", identity, (32, 32))) == 0.0
+  zoom = jnp.array([[1.1, 0.0, 0.0, 0.0, 1.1, 0.0]])
+  centres = (np.arange(8) + 0.5) / 8 * 2 - 1
+  radius = np.hypot(*np.meshgrid(centres, centres))
+  np.testing.assert_allclose(augmenters.mean_displacement_px("affine", zoom, (32, 32)),
+                             np.mean(0.1 * radius * 16), rtol=1e-5)
+  described = augmenters.describe_params("affine", zoom, image_shape=(32, 32))
+  assert "displacement_px_mean" in described
+  assert "displacement_px_mean" not in augmenters.describe_params("affine", zoom)

@@ -88,8 +88,9 @@ def _steps_on_mesh(config, devices, steps):
     ("supervised", 1, {}),
     *(pytest.param(*case, marks=pytest.mark.slow) for case in (
         ("bilevel", 1, {}), ("bilevel", 2, {}), ("hba", 1, {}), ("invariant", 1, {}),
+        ("bilevel", 1, {"bilevel.hypergradient": "implicit", "bilevel.update_every": 2}),
         ("reinforce", 1, {"reinforce.num_policies": 2, "reinforce.augment_after": "cutout(4)"}),
-        ("reinforce", 1, {"reinforce.reward": "validation", "reinforce.ohl.copies": 2}),
+        ("ohl", 1, {"ohl.copies": 2}),
         ("uncertainty", 1, {"uncertainty.candidates": 2}))),
 ])
 def test_eight_devices_match_one_device(method, truncation, overrides):
@@ -178,6 +179,67 @@ def test_bilevel_augmenter_takes_every_schedule(schedule):
   state = _init(config)
   state, metrics = jax.jit(bilevel.train_step)(state, *_batches(1), jax.random.PRNGKey(0))
   assert float(metrics["hypergrad_norm"].value) > 0
+
+
+def _tree_vdot(a, b):
+  return sum(jnp.vdot(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+def test_bilevel_implicit_step_is_the_neumann_hypergradient_at_the_current_classifier():
+  """hypergradient='implicit': the classifier takes the plain update on the augmented batch,
+  and the augmenter's SGD step (lr 1) is -(-d/dlambda <dL_T/dtheta, p>) with
+  p = alpha sum_j (I - alpha H)^j dL_V/dtheta, all at the classifier before its update,
+  computed here by plain autodiff (reverse-over-reverse Hessian-vector products)."""
+  config = _config("bilevel", hypergradient="implicit", neumann_terms=2, neumann_scale=0.05)
+  config.bilevel.optim.update(name="sgd", learning_rate=1.0, grad_clip=0.0)
+  config.augment = "none"
+  state = _init(config)
+  train, val = _batches(1)
+  rng = jax.random.PRNGKey(3)
+  new_state, metrics = jax.jit(bilevel.train_step)(state, train, val, rng)
+
+  _, noise_rng = jax.random.split(rng)
+  classifier, settings = state.classifier, state.settings
+  loss = lambda params, images, labels: common.classifier_loss(
+      classifier, params, classifier.rest, images, labels, mean=settings.mean,
+      std=settings.std)[0]
+  images_of = lambda lam: bilevel.learned_augment(state, lam, jnp.asarray(train["image"][0]),
+                                                  noise_rng)[0]
+  labels = train["label"][0]
+  images = images_of(state.augmenter.params)
+  hvp = lambda u: jax.grad(lambda p: _tree_vdot(jax.grad(loss)(p, images, labels), u))(
+      classifier.params)
+  v = jax.grad(loss)(classifier.params, val["image"], val["label"])
+  term, total = v, v
+  for _ in range(2):
+    term = jax.tree.map(lambda t, h: t - 0.05 * h, term, hvp(term))
+    total = jax.tree.map(jnp.add, total, term)
+  p = jax.tree.map(lambda t: 0.05 * t, total)
+  hypergrads = jax.grad(lambda lam: -_tree_vdot(
+      jax.grad(loss)(classifier.params, images_of(lam), labels), p))(state.augmenter.params)
+  moved = jax.tree.map(jnp.subtract, new_state.augmenter.params, state.augmenter.params)
+  _assert_leaves_close(moved, jax.tree.map(jnp.negative, hypergrads), rtol=2e-3, atol=1e-7)
+  assert float(metrics["hypergrad_norm"].value) > 0
+  (_, (rest, _)), grads = jax.value_and_grad(common.classifier_loss, argnums=1, has_aux=True)(
+      classifier, classifier.params, classifier.rest, images, labels, mean=settings.mean,
+      std=settings.std)
+  _assert_leaves_close(new_state.classifier, classifier.apply_update(grads, rest), rtol=1e-5,
+                       atol=1e-6)
+
+
+@pytest.mark.parametrize("changes,message", [
+    ({"hypergradient": "greedy"}, "unknown config.bilevel.hypergradient 'greedy'; valid: unroll, "
+     "implicit"),
+    ({"hypergradient": "implicit", "neumann_terms": -2}, "config.bilevel.neumann_terms=-2 must "
+     "be an integer >= 0"),
+    ({"hypergradient": "implicit", "neumann_scale": 0.0}, "config.bilevel.neumann_scale=0.0 "
+     "must be a finite number > 0"),
+    ({"hypergradient": "implicit", "truncation": 2}, "config.bilevel.truncation=2 is the "
+     "unroll's"),
+])
+def test_bilevel_rejects_bad_hypergradient_settings_at_init(changes, message):
+  with pytest.raises(ValueError, match=message):
+    _init(_config("bilevel", **changes))
 
 
 def test_bilevel_rejects_an_unknown_second_order_mode_at_init():
@@ -274,7 +336,7 @@ def test_every_method_keeps_the_contract(name, tmp_path):
   assert int(state.step) == 0 and int(state.nonfinite_step) == -1
   train, val = _batches(batches)
   step = jax.jit(method.train_step)
-  new_state, metrics = step(state, train, val if method.uses_val_batch else None,
+  new_state, metrics = step(state, train, val if method.uses_val_batch(config) else None,
                             jax.random.PRNGKey(1))
   assert int(new_state.step) == 1 and int(new_state.nonfinite_step) == -1
   assert jax.tree.structure(new_state) == jax.tree.structure(state)  # one compilation
@@ -445,7 +507,7 @@ def test_every_method_computes_in_config_dtype_and_keeps_float32_state(name):
     config.dtype = dtype
     state = jax.eval_shape(lambda: _init(config))
     train, val = _batches(method.train_batches_per_step(config))
-    args = (state, train, val if method.uses_val_batch else None, jax.random.PRNGKey(1))
+    args = (state, train, val if method.uses_val_batch(config) else None, jax.random.PRNGKey(1))
     for jaxpr in (jax.make_jaxpr(method.train_step)(*args),
                   jax.make_jaxpr(method.eval_step)(state, {**val, "mask": np.ones(16, bool)})):
       convs = conv_dtypes(jaxpr)

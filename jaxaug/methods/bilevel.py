@@ -12,9 +12,21 @@ for Image Classification", WACV 2021. Each train step:
    held-out batch is differentiated back through the T updates into the
    augmenter's parameters, which take one optimiser step.
 
-config.bilevel: truncation (T), update_every (K), augmenter (kind, size, bounds,
-init_scale, symmetric), optim (the augmenter's optimiser), second_order ('forward' |
-'reverse'), remat.
+That is `hypergradient='unroll'`, the paper's. With `hypergradient='implicit'` (T = 1)
+the augmenter's gradient is instead the implicit-function hypergradient at the current
+classifier (Lorraine, Vicol and Duvenaud, AISTATS 2020; for augmentation, MADAO, Hataya
+et al., arXiv 2006.07965): `-dL_V/dtheta . H^-1 . d2L_T/(dtheta dlambda)` with `H^-1`
+approximated by `neumann_terms` (K) terms of the Neumann series at scale
+`neumann_scale` (alpha) (`hypergrad.implicit_hypergradient`), on the step's training and
+validation batches, before the classifier's update on that training batch. A one-step
+unroll weighs the validation gradient by the learning rate alone (short-horizon bias:
+it favours the augmentation whose training gradient points where the validation
+gradient points now); the series weighs each curvature direction by up to alpha (K + 1).
+
+config.bilevel: truncation (T), update_every, hypergradient ('unroll' | 'implicit'),
+neumann_terms, neumann_scale, augmenter (kind, size, bounds, init_scale, symmetric),
+optim (the augmenter's optimiser), second_order ('forward' | 'reverse', the unroll's),
+remat.
 The validation loss uses batch statistics (train-mode batch norm) without
 keeping them. The augmenter's pieces (`augmenter_config`, `create_augmenter`,
 `learned_augment`, `augment`, `summaries`, `export_policy`) also serve `invariant`.
@@ -48,9 +60,13 @@ class AugmenterSettings:
   """Static settings of a learned augmenter (hashable); shared with `invariant`."""
   kind: str = struct.field(pytree_node=False)
   noise_dim: int = struct.field(pytree_node=False)
+  image_shape: tuple[int, int] = struct.field(pytree_node=False)  # (height, width), pixels
   steps_per_epoch: int = struct.field(pytree_node=False)  # rows of `trajectory` are epochs
   augmenter_json: str = struct.field(pytree_node=False)  # `_augmenter_settings`, for export
   learned_by: str = struct.field(pytree_node=False)  # how it is trained, for the export
+
+
+HYPERGRADIENTS = ("unroll", "implicit")
 
 
 @struct.dataclass
@@ -59,6 +75,9 @@ class Settings:
   update_every: int = struct.field(pytree_node=False)
   second_order: str = struct.field(pytree_node=False)
   remat: bool = struct.field(pytree_node=False)
+  hypergradient: str = struct.field(pytree_node=False)
+  neumann_terms: int = struct.field(pytree_node=False)
+  neumann_scale: float = struct.field(pytree_node=False)
 
 
 @struct.dataclass
@@ -73,7 +92,6 @@ class State:
   bilevel: Settings = struct.field(pytree_node=False)
 
 
-USES_VAL_BATCH = True  # the augmenter learns from the validation loss
 SUMMARY_DRAWS = 512  # noise draws behind the summaries of the learned distribution
 
 
@@ -99,9 +117,14 @@ def default_config() -> ml_collections.ConfigDict:
   """`config.bilevel`: truncation, update frequency, augmenter and its optimiser."""
   config = ml_collections.ConfigDict({
       "truncation": 1,          # T: classifier updates back-propagated through per augmenter update
-      "update_every": 1,        # K: augmenter update every K train steps
-      "second_order": "forward",  # forward (forward-over-reverse, fast) | reverse (plain autodiff)
-      "remat": False,           # rematerialise inner steps: memory O(1) in T
+      "update_every": 1,        # an augmenter update every this many train steps
+      # unroll (through T classifier updates, the paper's) | implicit (implicit function
+      # theorem at the current classifier, Neumann series; T = 1)
+      "hypergradient": "unroll",
+      "neumann_terms": 5,       # K: Hessian-vector products of the implicit hypergradient
+      "neumann_scale": 0.01,    # alpha: below 2 / the training loss's largest Hessian eigenvalue
+      "second_order": "forward",  # the unroll's: forward (forward-over-reverse, fast) | reverse
+      "remat": False,           # rematerialise the unroll's inner steps: memory O(1) in T
   })
   config.update(augmenter_config())
   return config
@@ -113,6 +136,12 @@ def train_batches_per_step(config: ml_collections.ConfigDict) -> int:
   common.check_integer("config.bilevel.truncation", truncation)
   return truncation
 
+
+
+def uses_val_batch(config: ml_collections.ConfigDict) -> bool:
+  """Yes: the augmenter learns from the validation loss."""
+  del config
+  return True
 
 def _augmenter_settings(cfg: ml_collections.ConfigDict) -> dict:
   """What rebuilds the augmenter module (exported with its policy)."""
@@ -145,6 +174,7 @@ def create_augmenter(section: str, config: ml_collections.ConfigDict, rng: jax.A
   tx = common.make_optimizer(cfg.optim, steps_per_epoch=updates_per_epoch, total_steps=updates)
   augmenter = common.Learner.create(module, tx)
   settings = AugmenterSettings(kind=cfg.augmenter.kind, noise_dim=module.noise_dim,
+                               image_shape=tuple(info.image_shape[:2]),
                                steps_per_epoch=info.steps_per_epoch,
                                augmenter_json=json.dumps(_augmenter_settings(cfg), sort_keys=True),
                                learned_by=learned_by)
@@ -158,6 +188,15 @@ def init(config: ml_collections.ConfigDict, rng: jax.Array, info: common.DataInf
   if cfg.second_order not in hypergrad.SECOND_ORDER_MODES:
     raise ValueError(f"unknown config.bilevel.second_order {cfg.second_order!r}; valid: "
                      f"{', '.join(hypergrad.SECOND_ORDER_MODES)}")
+  if cfg.hypergradient not in HYPERGRADIENTS:
+    raise ValueError(f"unknown config.bilevel.hypergradient {cfg.hypergradient!r}; valid: "
+                     f"{', '.join(HYPERGRADIENTS)}")
+  if cfg.hypergradient == "implicit":
+    hypergrad.check_neumann(cfg.neumann_terms, cfg.neumann_scale, prefix="config.bilevel.")
+    if cfg.truncation != 1:
+      raise ValueError(f"config.bilevel.truncation={cfg.truncation} is the unroll's: "
+                       f"hypergradient='implicit' takes one training batch per step (set "
+                       f"truncation=1)")
   classifier_rng, augmenter_rng = jax.random.split(rng)
   augmenter, augmenter_settings, trajectory = create_augmenter(
       "bilevel", config, augmenter_rng, info, update_every=cfg.update_every,
@@ -172,7 +211,9 @@ def init(config: ml_collections.ConfigDict, rng: jax.Array, info: common.DataInf
       settings=common.Settings.from_config(config, info),
       augmenter_settings=augmenter_settings,
       bilevel=Settings(update_every=cfg.update_every, second_order=cfg.second_order,
-                       remat=cfg.remat))
+                       remat=cfg.remat, hypergradient=cfg.hypergradient,
+                       neumann_terms=int(cfg.neumann_terms),
+                       neumann_scale=float(cfg.neumann_scale)))
 
 
 def _flat(augmenter: common.Learner) -> jax.Array:
@@ -201,12 +242,98 @@ def learned_augment(state: State, augmenter_params: nnx.State, images: jax.Array
   return augmented.reshape(images.shape), params
 
 
-def train_step(state: State, train_batch: dict, val_batch: dict, rng: jax.Array):
-  """T classifier updates on augmented train batches, then (every K steps) one augmenter update.
+def step_variant(config: ml_collections.ConfigDict, info: common.DataInfo):
+  """'update' on the steps that update the augmenter (every `update_every`), else 'plain'."""
+  del info
+  every = config.bilevel.update_every
+  return lambda step: "update" if step % every == 0 else "plain"
+
+
+def train_step(state: State, train_batch: dict, val_batch: dict, rng: jax.Array,
+               variant: str | None = None):
+  """T classifier updates on augmented train batches and, every `update_every` steps, one
+  augmenter update along the hypergradient (`config.bilevel.hypergradient`).
 
   train_batch: image f32 [T, B, H, W, C] in [0, 1], label int [T, B].
   val_batch: image f32 [B', H, W, C], label [B'], disjoint from train_batch.
+  variant: `step_variant`'s word for this step, or None to decide from `state.step`.
   """
+  step = _implicit_step if state.bilevel.hypergradient == "implicit" else _unroll_step
+  return step(state, train_batch, val_batch, rng, variant)
+
+
+def _with_or_without_update(state: State, variant: str | None, with_update, without_update,
+                            operand):
+  """`with_update(operand)` on update steps, else `without_update(operand)`: chosen here
+  when `variant` says which (or every step updates), else by `lax.cond` on `state.step`."""
+  if variant is not None or state.bilevel.update_every == 1:
+    return (without_update if variant == "plain" else with_update)(operand)
+  return jax.lax.cond(state.step % state.bilevel.update_every == 0, with_update,
+                      without_update, operand)
+
+
+def _finish_step(state: State, classifier: common.Learner, augmenter: common.Learner,
+                 metrics: dict, updates: jax.Array, val_loss: jax.Array,
+                 hypergrad_norm: jax.Array):
+  """The state after a step, and its metrics with the hypergradient's norm (on update steps)."""
+  metrics.update(hypergrad_norm=common.Sparse(hypergrad_norm, updates))
+  nonfinite = common.first_nonfinite(state.step, state.nonfinite_step, metrics["loss"],
+                                     val_loss, hypergrad_norm)
+  return state.replace(step=state.step + 1, classifier=classifier, augmenter=augmenter,
+                       trajectory=record_trajectory(state, augmenter),
+                       nonfinite_step=nonfinite), metrics
+
+
+def _implicit_step(state: State, train_batch: dict, val_batch: dict, rng: jax.Array,
+                   variant: str | None):
+  """One classifier update; on update steps first the implicit hypergradient at the
+  classifier before it (module docstring), from the same training and validation batches."""
+  fixed_rng, noise_rng = jax.random.split(rng)
+  flipped = common.fixed_augment_stack(state.settings, fixed_rng, train_batch["image"],
+                                       state.step)[0]
+  labels = train_batch["label"][0]
+  classifier, settings, cfg = state.classifier, state.settings, state.bilevel
+
+  def augmented(augmenter_params):
+    return learned_augment(state, augmenter_params, flipped, noise_rng)[0]
+
+  def train_loss(params, rest, inputs):
+    images, labels = inputs
+    return common.classifier_loss(classifier, params, rest, images, labels, mean=settings.mean,
+                                  std=settings.std)
+
+  def with_augmenter_update(augmenter):
+    images, images_vjp = jax.vjp(augmented, augmenter.params)
+    (val_loss, (_, val_aux)), val_grads = jax.value_and_grad(train_loss, has_aux=True)(
+        classifier.params, classifier.rest, (val_batch["image"], val_batch["label"]))
+    grads, (image_cotangent, _), (_, rest, aux) = hypergrad.implicit_hypergradient(
+        train_loss, classifier.params, classifier.rest, (images, labels), val_grads,
+        terms=cfg.neumann_terms, scale=cfg.neumann_scale)
+    hypergrads = images_vjp(image_cotangent)[0]
+    scalars = (val_loss, val_aux.metrics["accuracy"], optax.global_norm(hypergrads))
+    return (grads, rest, aux.metrics, augmenter.apply_update(hypergrads),
+            *(scalar.astype(jnp.float32) for scalar in scalars))
+
+  def without_augmenter_update(augmenter):
+    (_, (rest, aux)), grads = jax.value_and_grad(train_loss, has_aux=True)(
+        classifier.params, classifier.rest, (augmented(augmenter.params), labels))
+    zero = jnp.zeros((), jnp.float32)
+    return grads, rest, aux.metrics, augmenter, zero, zero, zero
+
+  updates = state.step % cfg.update_every == 0
+  grads, rest, metrics, augmenter, val_loss, val_accuracy, hypergrad_norm = (
+      _with_or_without_update(state, variant, with_augmenter_update, without_augmenter_update,
+                              state.augmenter))
+  metrics = dict(metrics, val_loss=common.Sparse(val_loss, updates),
+                 val_accuracy=common.Sparse(val_accuracy, updates))
+  return _finish_step(state, classifier.apply_update(grads, rest), augmenter, metrics, updates,
+                      val_loss, hypergrad_norm)
+
+
+def _unroll_step(state: State, train_batch: dict, val_batch: dict, rng: jax.Array,
+                 variant: str | None):
+  """T classifier updates, then (every `update_every` steps) the augmenter's update along the
+  gradient of the validation loss through them."""
   fixed_rng, noise_rng = jax.random.split(rng)
   flipped = common.fixed_augment_stack(state.settings, fixed_rng, train_batch["image"],
                                        state.step)
@@ -225,28 +352,21 @@ def train_step(state: State, train_batch: dict, val_batch: dict, rng: jax.Array)
   def with_augmenter_update(augmenter):
     (val_loss, aux), hypergrads = jax.value_and_grad(val_loss_after_updates, has_aux=True)(
         augmenter.params)
-    return augmenter.apply_update(hypergrads), val_loss, aux, optax.global_norm(hypergrads)
+    return (augmenter.apply_update(hypergrads), val_loss, aux,
+            optax.global_norm(hypergrads).astype(jnp.float32))
 
   def without_augmenter_update(augmenter):
     val_loss, aux = val_loss_after_updates(augmenter.params)
     return augmenter, val_loss, aux, jnp.zeros((), jnp.float32)
 
   updates = state.step % state.bilevel.update_every == 0
-  if state.bilevel.update_every == 1:
-    augmenter, val_loss, aux, hypergrad_norm = with_augmenter_update(state.augmenter)
-  else:
-    augmenter, val_loss, aux, hypergrad_norm = jax.lax.cond(
-        updates, with_augmenter_update, without_augmenter_update, state.augmenter)
+  augmenter, val_loss, aux, hypergrad_norm = _with_or_without_update(
+      state, variant, with_augmenter_update, without_augmenter_update, state.augmenter)
   classifier, metrics, val_accuracy = aux
 
   metrics = jax.tree.map(jnp.mean, metrics)
-  metrics.update(val_loss=val_loss, val_accuracy=val_accuracy,
-                 hypergrad_norm=common.Sparse(hypergrad_norm, updates))
-  nonfinite = common.first_nonfinite(state.step, state.nonfinite_step, metrics["loss"],
-                                     val_loss, hypergrad_norm)
-  return state.replace(step=state.step + 1, classifier=classifier, augmenter=augmenter,
-                       trajectory=record_trajectory(state, augmenter),
-                       nonfinite_step=nonfinite), metrics
+  metrics.update(val_loss=val_loss, val_accuracy=val_accuracy)
+  return _finish_step(state, classifier, augmenter, metrics, updates, val_loss, hypergrad_norm)
 
 
 def eval_step(state: State, batch: dict) -> dict:
@@ -276,7 +396,8 @@ def summaries(state: State) -> common.Summaries:
   over `SUMMARY_DRAWS` noise draws (the same draws at every log step); also `invariant`'s."""
   params = _transformation_draws(state)
   names = augmenters.AUGMENTERS.get(state.augmenter_settings.kind).param_names
-  described = augmenters.describe_params(state.augmenter_settings.kind, params)
+  described = augmenters.describe_params(state.augmenter_settings.kind, params,
+                                         image_shape=state.augmenter_settings.image_shape)
   return common.Summaries(
       scalars={f"aug/{name}": value for name, value in described.items()},
       histograms={f"aug/{name}": params[:, index] for index, name in enumerate(names)})
@@ -286,8 +407,9 @@ def export_policy(state: State) -> learned.Policy:
   """The augmenter at the end of each epoch (flat parameters, one schedule row per epoch),
   its kind, size and bounds (also `invariant`'s: any state with `augmenter`, `trajectory`
   and `augmenter_settings`)."""
-  described = jax.device_get(augmenters.describe_params(state.augmenter_settings.kind,
-                                                        _transformation_draws(state)))
+  described = jax.device_get(augmenters.describe_params(
+      state.augmenter_settings.kind, _transformation_draws(state),
+      image_shape=state.augmenter_settings.image_shape))
   settings = json.loads(state.augmenter_settings.augmenter_json)
   return learned.Policy(
       family="bilevel", settings=settings,
