@@ -38,7 +38,7 @@ def _controller(num_ops=16, num_levels=10, seed=0):
 def _settings(**changes):
   values = dict(ops=policies.ADVERSARIAL_OPS, num_levels=10, num_policies=4, sub_policies=5,
                 ops_per_sub_policy=2, policies="adversarial", entropy_weight=1e-5,
-                augment_after="none", strategy="auto", steps_per_epoch=10)
+                carry_state=False, augment_after="none", strategy="auto", steps_per_epoch=10)
   return reinforce.Settings(**(values | changes))
 
 
@@ -84,6 +84,26 @@ def test_rollout_rejects_tokens_of_the_wrong_shape():
     _controller()(None, 2, 3)
 
 
+@pytest.mark.parametrize("carry_state", [False, True])
+def test_each_sub_policy_starts_afresh_unless_the_state_is_carried(carry_state):
+  """Adversarial AutoAugment's controller repeated per sub-policy: the softmax outputs of a
+  sub-policy do not depend on the tokens of the sub-policies before it (with carry_state,
+  they do), and every sub-policy of a policy has the same first softmax."""
+  controller = _controller()
+  sampled = controller(jax.random.PRNGKey(0), 8, 10, ops_per_sub_policy=2,
+                       carry_state=carry_state)
+  changed = sampled.tokens.at[:, :2].set((sampled.tokens[:, :2] + 1) % 10)  # sub-policy 0
+  scored = controller(None, 8, 10, changed, ops_per_sub_policy=2, carry_state=carry_state)
+  later_equal = np.allclose(scored.op_probs[:, 2:], sampled.op_probs[:, 2:], atol=1e-6)
+  firsts = np.asarray(sampled.op_probs[:, ::2])  # the first op softmax of each sub-policy
+  assert later_equal != carry_state
+  assert np.allclose(firsts, firsts[:, :1], atol=1e-6) != carry_state
+  # within a sub-policy the second op still depends on the first (autoregressive)
+  assert np.ptp(np.asarray(sampled.op_probs[:, 1]), axis=0).max() > 1e-4
+  with pytest.raises(ValueError, match="10 operations do not split into sub-policies of 3"):
+    controller(jax.random.PRNGKey(0), 2, 10, ops_per_sub_policy=3)
+
+
 def _learner(module, learning_rate):
   return common.Learner.create(module, optax.adam(learning_rate))
 
@@ -92,7 +112,8 @@ def test_reinforce_steps_converge_to_the_best_arm_of_a_bandit():
   """Arms = the op of a one-operation policy; reward known per arm; no noise."""
   arm_rewards = jnp.array([0.1, 0.9, 0.3, 0.5])
   settings = _settings(ops=("Invert", "Equalize", "AutoContrast", "Contrast"), num_levels=2,
-                       entropy_weight=0.0, num_policies=16)
+                       entropy_weight=0.0, num_policies=16, sub_policies=1,
+                       ops_per_sub_policy=1)
   controller = _learner(_controller(num_ops=4, num_levels=2), 0.05)
 
   @jax.jit
@@ -112,12 +133,13 @@ def test_reinforce_steps_converge_to_the_best_arm_of_a_bandit():
 def test_the_entropy_term_raises_the_entropy():
   settings = _settings(entropy_weight=1.0)
   controller = _learner(_controller(), 1e-2)
-  tokens = controller.apply(controller.params, controller.rest, jax.random.PRNGKey(0), 8, 10)[
-      0].tokens
+  tokens = controller.apply(controller.params, controller.rest, jax.random.PRNGKey(0), 8, 10,
+                            ops_per_sub_policy=2)[0].tokens
 
   @jax.jit
-  def scored(controller):
-    return controller.apply(controller.params, controller.rest, None, 8, 10, tokens)[0]
+  def scored(controller):  # as controller_step scores them: sub-policies of 2 operations
+    return controller.apply(controller.params, controller.rest, None, 8, 10, tokens,
+                            ops_per_sub_policy=2)[0]
 
   entropy = lambda controller: float(scored(controller).entropy.mean())
   controller_step = jax.jit(reinforce.controller_step)
@@ -164,7 +186,8 @@ def _config(method="reinforce", **reinforce_changes):
   config.num_epochs = 2
   config.reinforce.num_policies = 3
   config.reinforce.augment_after = "none"
-  config.reinforce.ohl.copies = 3
+  config.ohl.copies = 3
+  config.ohl.augment_after = "none"
   for key, value in reinforce_changes.items():
     config.reinforce[key] = value
   return config
@@ -249,10 +272,9 @@ def test_the_epoch_boundary_steps_the_controller_and_samples_new_policies():
 
 
 def _ohl_state(steps_per_epoch=10, copies=3):
-  config = _config(reward="validation")
-  config.reinforce.ohl.copies = copies
-  return ohl.init(config, jax.random.PRNGKey(0), _info(steps_per_epoch),
-                  reinforce._settings(config, _info(steps_per_epoch)))
+  config = _config("ohl")
+  config.ohl.copies = copies
+  return ohl.init(config, jax.random.PRNGKey(0), _info(steps_per_epoch))
 
 
 def _distinct_copies(state):
@@ -270,7 +292,7 @@ def test_ohl_vmapped_copies_equal_separate_single_copy_updates():
   labels = jnp.asarray(rng.integers(0, 4, 8), jnp.int32)
   stacked, aux = jax.jit(ohl.update_copies)(state.classifiers, state.settings, images, labels)
   val = {"image": images[0], "label": labels}
-  correct = ohl.copy_correct(stacked, state.settings, val)
+  accuracy = ohl.copy_accuracy(stacked, state.settings, val)
   single_update = jax.jit(supervised.classifier_updates)
   for k in range(3):
     single = jax.tree.map(lambda leaf: leaf[k], state.classifiers)
@@ -281,17 +303,16 @@ def test_ohl_vmapped_copies_equal_separate_single_copy_updates():
     np.testing.assert_allclose(aux.per_example_loss[k], expected_aux.per_example_loss, rtol=1e-5)
     sums = common.eval_metrics(expected, {**val, "mask": np.ones(8, bool)},
                                mean=state.settings.mean, std=state.settings.std)
-    assert float(correct[k]) == float(sums["correct"])
+    assert float(accuracy[k]) == pytest.approx(float(sums["correct"]) / 8)
 
 
-def test_ohl_segment_end_broadcasts_the_best_copy_and_steps_towards_its_elements():
+def test_ohl_trajectory_end_broadcasts_the_best_copy_and_steps_towards_its_elements():
   state = _distinct_copies(_ohl_state())
   elements = state.ohl.num_elements
   counts = np.zeros((3, elements), np.float32)
   counts[0, 5], counts[1, 7], counts[2, 9] = 10, 10, 10  # each copy drew one element
-  state = state.replace(counts=jnp.asarray(counts), correct=jnp.array([3.0, 9.0, 6.0]),
-                        seen=jnp.asarray(10.0), step=jnp.asarray(9))
-  ended = jax.jit(ohl.end_segment)(state)
+  state = state.replace(counts=jnp.asarray(counts), step=jnp.asarray(9))
+  ended = jax.jit(ohl.learn_from_accuracy)(state, jnp.array([0.3, 0.9, 0.6]))
   best = jax.tree.map(lambda leaf: leaf[1], state.classifiers)
   for leaf, expected in zip(jax.tree.leaves(ended.classifiers), jax.tree.leaves(best)):
     for k in range(3):
@@ -301,8 +322,28 @@ def test_ohl_segment_end_broadcasts_the_best_copy_and_steps_towards_its_elements
   np.testing.assert_allclose(ended.probability[1], probability, rtol=1e-6)
   # advantage: +0.3 for copy 1's element, -0.3 for copy 0's, 0 for copy 2's
   assert probability[7] > probability[9] > probability[5]
-  assert float(ended.counts.sum()) == 0 and float(ended.correct.sum()) == 0
-  assert float(ended.seen) == 0
+  assert float(ended.counts.sum()) == 0
+
+
+def test_ohl_rewards_are_the_copies_accuracies_after_the_trajectory():
+  """The reward of a copy is its accuracy on the last step's validation batch, scored with
+  the weights it has after that step's update, not an accumulation over the steps."""
+  state = _distinct_copies(_ohl_state(steps_per_epoch=2))
+  step = jax.jit(ohl.train_step)
+  val = {k: v[0] for k, v in _batch(batch=16, seed=5).items()}
+  first, metrics = step(state, _batch(), val, jax.random.PRNGKey(1))
+  assert not bool(metrics["best_copy_val_accuracy"].present)
+  np.testing.assert_array_equal(first.rewards, 0)  # the first step scores nothing
+  # the end of the trajectory: the copies after their second update, scored on `val`
+  no_end = first.replace(ohl=first.ohl.replace(steps_per_epoch=100))
+  updated, _ = step(no_end, _batch(seed=1), val, jax.random.PRNGKey(2))
+  expected = ohl.copy_accuracy(updated.classifiers, updated.settings, val)
+  second, metrics = step(first, _batch(seed=1), val, jax.random.PRNGKey(2))
+  np.testing.assert_allclose(second.rewards[0], expected)
+  assert float(metrics["best_copy_val_accuracy"].value) == pytest.approx(float(expected.max()))
+  best = int(np.argmax(np.asarray(expected)))
+  for leaf, kept in zip(jax.tree.leaves(second.classifiers), jax.tree.leaves(updated.classifiers)):
+    np.testing.assert_allclose(leaf[0], kept[best], rtol=1e-6)
 
 
 def test_ohl_elements_are_ordered_pairs_of_its_operations():
@@ -320,11 +361,23 @@ def test_ohl_elements_are_ordered_pairs_of_its_operations():
                              np.full(count, 1 / count), rtol=1e-6)
 
 
+def test_proportional_selection_draws_candidates_at_the_rate_of_their_loss():
+  losses = jnp.array([[0.5, 1.0], [1.5, 1.0], [3.0, 2.0]])  # [C = 3, N = 2]
+  chosen = np.asarray(uncertainty.select_proportional(jax.random.PRNGKey(0), losses, 20000))
+  for example in range(2):
+    frequency = np.bincount(chosen[:, example], minlength=3) / chosen.shape[0]
+    share = np.asarray(losses[:, example] / losses[:, example].sum())
+    np.testing.assert_allclose(frequency, share, atol=4 * np.sqrt(0.25 / chosen.shape[0]))
+
+
 def test_uncertainty_sampling_trains_on_the_hardest_candidates():
   np.testing.assert_array_equal(
       uncertainty.select_hardest(jnp.array([[0.1, 5.0], [3.0, 0.2], [2.0, 1.0]]), 2),
       [[1, 0], [2, 2]])
   config = _config("uncertainty")
+  config.uncertainty.selection = "hardest"
+  config.uncertainty.random_probability = False
+  config.uncertainty.augment_after = "none"
   config.uncertainty.candidates = 3
   config.uncertainty.ops = DETERMINISTIC_OPS
   state = uncertainty.init(config, jax.random.PRNGKey(0), _info())
@@ -332,7 +385,8 @@ def test_uncertainty_sampling_trains_on_the_hardest_candidates():
   after, metrics = jax.jit(uncertainty.train_step)(state, batch, None, jax.random.PRNGKey(4))
   # the same candidates (same key), scored and selected here by hand
   tiled = jnp.tile(jnp.asarray(batch["image"][0]), (3, 1, 1, 1))
-  candidates, _ = uncertainty.draw_candidates(state, jax.random.PRNGKey(4), tiled)
+  draw_rng, _ = jax.random.split(jax.random.PRNGKey(4))
+  candidates, _ = uncertainty.draw_candidates(state, draw_rng, tiled)
   logits, _ = state.classifier.apply(state.classifier.params, state.classifier.rest,
                                      common.standardize(candidates, state.settings.mean,
                                                         state.settings.std), train=False)
@@ -350,6 +404,7 @@ def test_uncertainty_sampling_trains_on_the_hardest_candidates():
 
 @pytest.mark.parametrize("key,value,message", [
     ("reward", "accuracy", "unknown config.reinforce.reward 'accuracy'; valid: adversarial"),
+    ("reward", "validation", "is its own method: use --config.method=ohl"),
     ("policies", "smart", "unknown config.reinforce.policies 'smart'; valid: adversarial, random"),
     ("num_policies", 0, "num_policies=0 must be an integer >= 1"),
     ("ops", ("Rotate", "Twirl"), "Twirl"),
@@ -394,14 +449,16 @@ def test_replays_apply_the_exported_policies(tmp_path):
 
 @pytest.mark.parametrize("variant,overrides", [
     ("adversarial", {"method": "reinforce"}),
-    ("ohl", {"method": "reinforce", "reinforce.reward": "validation"}),
+    ("ohl", {"method": "ohl"}),
     ("uncertainty", {"method": "uncertainty", "uncertainty.candidates": 2}),
 ])
 @pytest.mark.slow
 def test_end_to_end_on_the_smoke_config_and_replay(tmp_path, variant, overrides):
   """Each variant trains on digits, writes its plots and policy; supervised replays it."""
   config = smoke_config(overrides.pop("method"), {
-      "reinforce.num_policies": 2, "reinforce.ohl.copies": 2,
+      "reinforce.num_policies": 2, "ohl.copies": 3, "ohl.augment_after": "cutout(4)",
+      "val_batch_size": 32,
+      "uncertainty.augment_after": "cutout(4)",
       "reinforce.augment_after": "cutout(4)", "augment": "crop+hflip", **overrides})
   results = train.train_and_evaluate(config, str(tmp_path / "search"))
   assert 0 <= results["test_accuracy"] <= 1
@@ -427,8 +484,9 @@ def test_end_to_end_on_the_smoke_config_and_replay(tmp_path, variant, overrides)
     assert not np.array_equal(rows[0], rows[1])  # new policies for the second epoch
   else:
     assert "best_copy_val_accuracy" in train_records[-1]
-    rows = policy.arrays["probability"]
-    assert not np.allclose(rows[1], rows[0])  # theta moved after the first segment
+    rows, rewards = policy.arrays["probability"], policy.arrays["rewards"]
+    # theta moved after the first trajectory, unless the copies' accuracies tied
+    assert np.ptp(rewards[0]) > 0 and not np.allclose(rows[1], rows[0])
   replay = smoke_config("supervised", {"augment": f"learned('{tmp_path / 'search'}')+crop",
                                        "num_epochs": 1})
   assert 0 <= train.train_and_evaluate(replay, str(tmp_path / "replay"))["test_accuracy"] <= 1

@@ -359,12 +359,16 @@ def augment_around(settings: Settings, rng: jax.Array, images: jax.Array,
   return fixed_augment_stack(settings, after_rng, images[None], step, spec=after)[0]
 
 
-def sub_policy_augmenter(op_index: jax.Array, level: jax.Array, *, names: tuple[str, ...],
+def sub_policy_augmenter(op_index: jax.Array, level: jax.Array,
+                         probability: jax.Array | None = None, *, names: tuple[str, ...],
                          strategy: str = "auto") -> Callable[[jax.Array, jax.Array], jax.Array]:
   """`(rng, images) -> images` applying image b's ops `op_index[b]` at `level[b]` (int
-  [B, L]) always (`policies.apply_sub_policies` with probability 1)."""
+  [B, L]), each with its `probability[b]` (f32 [B, L]; None: always), with
+  `policies.apply_sub_policies`."""
+  if probability is None:
+    probability = jnp.ones(op_index.shape, jnp.float32)
+
   def apply(rng: jax.Array, images: jax.Array) -> jax.Array:
-    return policies.apply_sub_policies(rng, images, op_index, level,
-                                       jnp.ones(op_index.shape, jnp.float32), names=names,
+    return policies.apply_sub_policies(rng, images, op_index, level, probability, names=names,
                                        strategy=strategy)
   return apply

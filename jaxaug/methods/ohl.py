@@ -1,31 +1,41 @@
-"""OHL-Auto-Aug (Lin et al., ICCV 2019), the `reward='validation'` variant of `reinforce`.
+"""OHL-Auto-Aug (Lin et al., "Online Hyper-parameter Learning for Auto-Augmentation
+Strategy", ICCV 2019, arXiv 1905.07373): a distribution over augmentation elements learned by
+REINFORCE from the validation accuracy of K copies of the classifier.
 
 The augmentation policy is a categorical distribution over augmentation elements,
 softmax(theta) over E logits, learned online along with K copies of the classifier:
 
-- K copies are stacked on a leading axis and trained with `vmap` (one program), each on
-  the same training batch with its own draws: every image gets one element, an ordered
-  pair of operations, drawn from the distribution.
-- Each step every copy is scored on the step's validation batch; the accuracies are
-  accumulated over the segment (an epoch).
-- At the segment's end (inside `train_step`, on the step counter) a REINFORCE step on
-  theta with advantage = each copy's validation accuracy minus the mean over the copies,
-  and log p(copy) the mean log-probability of the elements the copy drew in the segment
-  (the paper's sum over the trajectory, scaled by a constant, which Adam's step ignores);
-  then every copy takes the weights (parameters, optimiser state, batch statistics) of the
-  copy with the best accuracy.
+- the copies are stacked on a leading axis and trained with `vmap` (one program), each on
+  the same training batches with its own draws: every image gets one element, an ordered
+  pair of operations, drawn from the distribution. One trajectory is one epoch of steps.
+- At the trajectory's last step (inside `train_step`, on the step counter) each copy's
+  weights are scored on the same held-out validation images, the step's validation batch
+  (`config.val_batch_size` images, a fixed set for the trajectory). A REINFORCE step on
+  theta follows, with advantage = each copy's accuracy minus the mean over the copies and
+  log p(copy) the mean log-probability of the elements the copy drew in the trajectory (the
+  sum over the trajectory scaled by a constant, which Adam's step ignores); then every copy
+  takes the weights (parameters, optimiser state, batch statistics) of the most accurate
+  copy.
 
-Defaults. The paper's text available here gives the scheme (Figure 2: "REINFORCE
-gradients with trajectory samples ... the network parameters with the highest accuracy
-are broadcasted to other trajectory samples") but not its constants; these follow the
-authors' released agent code and a public CIFAR-10 reimplementation, which agree:
-36 operations (11 ops at levels 3, 6 and 9, plus AutoContrast, Equalize and Invert),
-elements = the 36 x 36 ordered pairs, theta = 0 (uniform) at the start, Adam with
-learning rate 0.05 and betas (0.5, 0.999), no entropy term, K = 8 copies, a segment of
-one epoch. Levels follow this library's AutoAugment reference mapping (`space`).
+What the paper states and what this follows. Its Figure 2: "In the inner loop, the network
+parameters are trained using standard SGD with augmentation sampling. In the outer loop,
+augmentation policy distribution parameters are trained using REINFORCE gradients with
+trajectory samples. At each time step, the network parameters with the highest accuracy
+are broadcasted to other trajectory samples"; theta is updated once per trajectory of inner
+steps, and the outer objective is validation accuracy. Scoring each copy's weights at the
+end of its trajectory (not its accuracy summed over the steps) is this library's reading of
+that scheme. The constants are not in the text available here; they follow the authors'
+released agent code and a public CIFAR-10 reimplementation, which agree: 36 operations (11
+ops at levels 3, 6 and 9, plus AutoContrast, Equalize and Invert), elements = the 36 x 36
+ordered pairs, theta = 0 (uniform) at the start, Adam with learning rate 0.05 and betas
+(0.5, 0.999), no entropy term, K = 8 copies. Levels follow this library's AutoAugment
+reference mapping (`space`). `config.augment` (crop + flip) comes before the element and
+`config.ohl.augment_after` after it.
 
-Evaluation uses the copy with the best validation accuracy so far in the segment (after
-a segment all copies are equal).
+Evaluation uses copy 0 (all copies are equal after each trajectory).
+
+config.ohl: copies, levelled_ops, plain_ops, levels, optim (theta's), augment_after,
+strategy.
 """
 
 from __future__ import annotations
@@ -36,8 +46,10 @@ import ml_collections
 import numpy as np
 from flax import struct
 
+from jaxaug.augment import fixed
 from jaxaug.augment import learned
 from jaxaug.augment import policies
+from jaxaug.augment import space
 from jaxaug.methods import common
 from jaxaug.methods import supervised
 
@@ -49,27 +61,41 @@ LEVELS = (3, 6, 9)
 
 
 def default_config() -> ml_collections.ConfigDict:
-  """`config.reinforce.ohl` (see the module docstring for where the defaults come from)."""
+  """`config.ohl` (see the module docstring for where the defaults come from)."""
   optim = common.adam_optimizer(0.05)
   optim.b1, optim.b2 = 0.5, 0.999
   return ml_collections.ConfigDict({
-      "copies": 8,                  # K copies of the classifier (the paper's trajectories)
+      "copies": 8,                  # K copies of the classifier (the paper's trajectory samples)
       "levelled_ops": LEVELLED_OPS,
       "plain_ops": PLAIN_OPS,
       "levels": LEVELS,
-      "optim": optim,               # theta's, one step per segment
+      "optim": optim,               # theta's, one step per trajectory (epoch)
+      "augment_after": "cutout(16)",  # after the element (config.augment comes before it)
+      "strategy": "auto",           # space.apply: switch on CPU, select on accelerators
   })
 
 
+def train_batches_per_step(config: ml_collections.ConfigDict) -> int:
+  """One training batch per step (each copy trains on it)."""
+  del config
+  return 1
+
+
+def uses_val_batch(config: ml_collections.ConfigDict) -> bool:
+  """Yes: the copies are scored on the validation batch of each trajectory's last step."""
+  del config
+  return True
+
+
 def operation_table(cfg: ml_collections.ConfigDict) -> tuple[tuple[str, ...], np.ndarray]:
-  """(op names, int32 [O, 2] table of (op index, level) per operation) of `config.reinforce.ohl`."""
+  """(op names, int32 [O, 2] table of (op index, level) per operation) of `config.ohl`."""
   names = tuple(dict.fromkeys(tuple(cfg.levelled_ops) + tuple(cfg.plain_ops)))
   if not names:
-    raise ValueError("config.reinforce.ohl needs at least one op (levelled_ops, plain_ops)")
+    raise ValueError("config.ohl needs at least one op (levelled_ops, plain_ops)")
+  space.entries(names)  # unknown names: ValueError listing the valid ones
   for level in cfg.levels:
     if isinstance(level, bool) or not isinstance(level, int) or not 0 <= level <= 10:
-      raise ValueError(f"config.reinforce.ohl.levels={tuple(cfg.levels)!r} must be integers in "
-                       f"[0, 10]")
+      raise ValueError(f"config.ohl.levels={tuple(cfg.levels)!r} must be integers in [0, 10]")
   rows = [(names.index(op), level) for op in cfg.levelled_ops for level in cfg.levels]
   rows += [(names.index(op), 0) for op in cfg.plain_ops]
   return names, np.asarray(rows, np.int32)
@@ -105,28 +131,28 @@ class State:
   step: jax.Array
   classifiers: common.Learner  # every leaf stacked on a leading [K] axis
   distribution: common.Learner  # theta, f32 [E], with its Adam state
-  counts: jax.Array            # f32 [K, E]: each copy's draws of each element in the segment
-  correct: jax.Array           # f32 [K]: validation examples each copy got right in the segment
-  seen: jax.Array              # f32 scalar: validation examples scored in the segment
+  counts: jax.Array            # f32 [K, E]: each copy's draws of each element in the trajectory
   probability: jax.Array       # f32 [epochs, E]: softmax(theta) during each epoch
-  rewards: jax.Array           # f32 [epochs, K]: each copy's validation accuracy of the epoch
+  rewards: jax.Array           # f32 [epochs, K]: each copy's validation accuracy at the epoch's end
   nonfinite_step: jax.Array
   settings: common.Settings = struct.field(pytree_node=False)
   ohl: Settings = struct.field(pytree_node=False)
 
 
-def init(config: ml_collections.ConfigDict, rng: jax.Array, info: common.DataInfo,
-         reinforce_settings) -> State:
+def init(config: ml_collections.ConfigDict, rng: jax.Array, info: common.DataInfo) -> State:
   """K equal copies of the classifier (the copies differ by their augmentation draws),
-  theta = 0 and its optimiser. `reinforce_settings`: the validated `reinforce.Settings`."""
-  cfg = config.reinforce.ohl
+  theta = 0 and its optimiser."""
+  cfg = config.ohl
   copies = cfg.copies
-  common.check_integer("config.reinforce.ohl.copies", copies, 2)
+  common.check_integer("config.ohl.copies", copies, 2)
+  if cfg.strategy not in space.STRATEGIES:
+    raise ValueError(f"unknown config.ohl.strategy {cfg.strategy!r}; valid: "
+                     f"{', '.join(space.STRATEGIES)}")
+  fixed.compose(cfg.augment_after)  # rejects unknown stages now
   names, table = operation_table(cfg)
   settings = Settings(names=names, operations=tuple(map(tuple, table.tolist())), copies=copies,
-                      steps_per_epoch=info.steps_per_epoch,
-                      augment_after=reinforce_settings.augment_after,
-                      strategy=reinforce_settings.strategy)
+                      steps_per_epoch=info.steps_per_epoch, augment_after=cfg.augment_after,
+                      strategy=cfg.strategy)
   classifier = common.create_classifier(config, rng, info)
   theta = jnp.zeros((settings.num_elements,), jnp.float32)
   tx = common.make_optimizer(cfg.optim, steps_per_epoch=1.0,
@@ -137,8 +163,6 @@ def init(config: ml_collections.ConfigDict, rng: jax.Array, info: common.DataInf
       classifiers=jax.tree.map(lambda leaf: jnp.stack([leaf] * copies), classifier),
       distribution=common.Learner.of_params(theta, tx),
       counts=jnp.zeros((copies, settings.num_elements), jnp.float32),
-      correct=jnp.zeros((copies,), jnp.float32),
-      seen=jnp.zeros((), jnp.float32),
       probability=jnp.tile(jax.nn.softmax(theta), (epochs, 1)),
       rewards=jnp.zeros((epochs, copies), jnp.float32),
       nonfinite_step=jnp.full((), -1, jnp.int32),
@@ -168,20 +192,28 @@ def update_copies(classifiers: common.Learner, settings: common.Settings, images
   return jax.vmap(update)(classifiers, images)
 
 
-def copy_correct(classifiers: common.Learner, settings: common.Settings,
-                 batch: dict) -> jax.Array:
-  """f32 [K]: the validation examples of `batch` (image [B', ...], label [B']) each copy
-  classifies correctly (running batch statistics)."""
+def copy_accuracy(classifiers: common.Learner, settings: common.Settings,
+                  batch: dict) -> jax.Array:
+  """f32 [K]: each copy's accuracy on the validation `batch` (image [B', ...], label [B']),
+  in evaluation mode (running batch statistics)."""
   batch = {**batch, "mask": jnp.ones(batch["label"].shape, bool)}
-  return jax.vmap(lambda c: common.eval_metrics(c, batch, mean=settings.mean,
-                                                std=settings.std)["correct"])(classifiers)
+  sums = jax.vmap(lambda c: common.eval_metrics(c, batch, mean=settings.mean,
+                                                std=settings.std))(classifiers)
+  return sums["correct"] / sums["count"]
 
 
-def end_segment(state: State) -> State:
-  """The REINFORCE step on theta and the broadcast of the best copy; counters reset."""
+def end_trajectory(state: State, val_batch: dict) -> tuple[State, jax.Array]:
+  """Scores each copy on `val_batch`, then `learn_from_accuracy`; returns (state, the
+  copies' accuracies f32 [K])."""
+  accuracy = copy_accuracy(state.classifiers, state.settings, val_batch)
+  return learn_from_accuracy(state, accuracy), accuracy
+
+
+def learn_from_accuracy(state: State, accuracy: jax.Array) -> State:
+  """The REINFORCE step on theta with advantage = `accuracy` [K] minus its mean, every copy
+  set to the most accurate one, the trajectory's counts reset and the epoch's rows written."""
   settings = state.ohl
   epoch = state.step // settings.steps_per_epoch
-  accuracy = state.correct / jnp.maximum(state.seen, 1.0)
   advantage = accuracy - accuracy.mean()
   frequency = state.counts / jnp.maximum(state.counts.sum(1, keepdims=True), 1.0)
 
@@ -194,9 +226,7 @@ def end_segment(state: State) -> State:
   classifiers = jax.tree.map(lambda leaf: jnp.broadcast_to(leaf[best], leaf.shape),
                              state.classifiers)
   return state.replace(
-      classifiers=classifiers, distribution=distribution,
-      counts=jnp.zeros_like(state.counts), correct=jnp.zeros_like(state.correct),
-      seen=jnp.zeros_like(state.seen),
+      classifiers=classifiers, distribution=distribution, counts=jnp.zeros_like(state.counts),
       probability=state.probability.at[epoch + 1].set(jax.nn.softmax(distribution.params),
                                                       mode="drop"),
       rewards=state.rewards.at[epoch].set(accuracy, mode="drop"))
@@ -204,8 +234,7 @@ def end_segment(state: State) -> State:
 
 def train_step(state: State, train_batch: dict, val_batch: dict, rng: jax.Array):
   """Each copy's update on the batch (image f32 [1, N, H, W, C], label [1, N]) with its own
-  element draws; the validation batch scores the updated copies; at an epoch's last step,
-  `end_segment`."""
+  element draws; at an epoch's last step, `end_trajectory` on the validation batch."""
   settings = state.ohl
   draw_rng, augment_rng = jax.random.split(rng)
   images, labels = train_batch["image"][0], train_batch["label"][0]
@@ -217,29 +246,24 @@ def train_step(state: State, train_batch: dict, val_batch: dict, rng: jax.Array)
                                    augmented.reshape((copies, count) + images.shape[1:]), labels)
   counts = state.counts + jax.vmap(
       lambda e: jnp.bincount(e, length=settings.num_elements))(elements).astype(jnp.float32)
-  correct = state.correct + copy_correct(classifiers, state.settings, val_batch)
-  state = state.replace(classifiers=classifiers, counts=counts, correct=correct,
-                        seen=state.seen + val_batch["label"].shape[0])
-  epoch_ends = (state.step + 1) % settings.steps_per_epoch == 0
-  accuracy = state.correct / state.seen
-  state = jax.lax.cond(epoch_ends, end_segment, lambda s: s, state)
+  state = state.replace(classifiers=classifiers, counts=counts)
+  trajectory_ends = (state.step + 1) % settings.steps_per_epoch == 0
+  state, accuracy = jax.lax.cond(
+      trajectory_ends, lambda s: end_trajectory(s, val_batch),
+      lambda s: (s, jnp.zeros((copies,), jnp.float32)), state)
   metrics = jax.tree.map(jnp.mean, aux.metrics)  # over the copies
-  metrics["best_copy_val_accuracy"] = common.Sparse(accuracy.max(), epoch_ends)
+  metrics["best_copy_val_accuracy"] = common.Sparse(accuracy.max(), trajectory_ends)
+  metrics["copy_val_accuracy_spread"] = common.Sparse(accuracy.max() - accuracy.min(),
+                                                      trajectory_ends)
   nonfinite = common.first_nonfinite(state.step, state.nonfinite_step, metrics["loss"],
                                      state.distribution.params)
   return state.replace(step=state.step + 1, nonfinite_step=nonfinite), metrics
 
 
-def best_copy(state: State) -> common.Learner:
-  """The copy with the best validation accuracy so far in the segment (copy 0 on ties)."""
-  best = jnp.argmax(state.correct)
-  return jax.tree.map(lambda leaf: leaf[best], state.classifiers)
-
-
 def eval_step(state: State, batch: dict) -> dict:
-  """Loss/accuracy sums of `best_copy` on a masked batch (see `common.eval_metrics`)."""
-  return common.eval_metrics(best_copy(state), batch, mean=state.settings.mean,
-                             std=state.settings.std)
+  """Loss/accuracy sums of copy 0 on a masked batch (see `common.eval_metrics`)."""
+  copy = jax.tree.map(lambda leaf: leaf[0], state.classifiers)
+  return common.eval_metrics(copy, batch, mean=state.settings.mean, std=state.settings.std)
 
 
 def augment(state: State, images: jax.Array, rng: jax.Array) -> jax.Array:
@@ -259,13 +283,15 @@ def operation_probability(settings: Settings, probability: jax.Array) -> jax.Arr
 
 def summaries(state: State) -> common.Summaries:
   """Each operation's probability (either place of the pair), the distribution's entropy
-  relative to uniform, and the copies' validation accuracies of the last segment."""
+  relative to uniform and its largest element's probability over the uniform share, and the
+  copies' validation accuracies at the end of the last trajectory."""
   settings = state.ohl
   row = jnp.minimum(state.step // settings.steps_per_epoch, state.rewards.shape[0] - 1)
   log_probability = jax.nn.log_softmax(state.distribution.params)
   entropy = -(jnp.exp(log_probability) * log_probability).sum() / np.log(settings.num_elements)
   return common.Summaries(
-      scalars={"ohl/relative_entropy": entropy},
+      scalars={"ohl/relative_entropy": entropy,
+               "ohl/largest_over_uniform": jnp.exp(log_probability.max()) * settings.num_elements},
       vectors={"ohl/operation_probability": operation_probability(
                    settings, jnp.exp(log_probability)),
                "ohl/reward": state.rewards[jnp.maximum(row - 1, 0)]},

@@ -1,27 +1,43 @@
-"""REINFORCE augmentation policies: Adversarial AutoAugment and OHL-Auto-Aug.
+"""Adversarial AutoAugment (Zhang et al., ICLR 2020, arXiv 1912.11188): a REINFORCE
+controller that samples the augmentation policies the classifier finds hardest.
 
-`config.reinforce.reward` picks the variant:
+An LSTM controller (`jaxaug.models.controller`) samples M policies at each epoch start.
+Each step repeats the batch of N examples M times on the device; copy m of each example
+gets a sub-policy of policy m, and the classifier takes one update on all N x M images
+(the learning rate as for N). The mean training loss of each policy's copies is
+accumulated over the epoch; at the epoch's last step (inside `train_step`) the rewards,
+these epoch means normalised across the M, drive a REINFORCE step that raises the
+probability of the high-loss policies (with an entropy bonus), and the next M policies
+are sampled. The reward is the training loss: the method reads no validation batch and
+trains on the whole training set (`config.data.val_fraction = 0` is accepted).
 
-- 'adversarial' (Zhang et al., ICLR 2020, "Adversarial AutoAugment"): an LSTM controller
-  (`jaxaug.models.controller`) samples M policies at each epoch start, each 5 sub-policies
-  of 2 (op, level) pairs over the paper's 16 ops (`policies.ADVERSARIAL_OPS`, no
-  probabilities). Each step repeats the batch of N examples M times on the device; copy m
-  of each example gets a sub-policy drawn uniformly from policy m, and the classifier
-  takes one update on all N x M images (the learning rate as for N). The mean training
-  loss of each policy's copies is accumulated over the epoch; at the epoch's last step
-  (inside `train_step`) the rewards, these epoch means normalised across the M, drive a
-  REINFORCE step that raises the probability of the high-loss policies (with an entropy
-  bonus), and the next M policies are sampled. `config.reinforce.policies` gives the
-  paper's ablation: 'adversarial' (the controller), 'random' (uniform policies, no
-  controller step) or 'fixed' (no policy: the M copies get only the fixed augmentation).
-- 'validation' (Lin et al., ICCV 2019, "OHL-Auto-Aug"), see `jaxaug.methods.ohl`.
+Where each setting comes from (the paper, section 3 and 4.1, unless said otherwise):
 
-The fixed augmentation is around the policy: `config.augment` before it (the paper:
-crop + flip), `config.reinforce.augment_after` after it (the paper: Cutout 16).
+- a policy is Q = 5 sub-policies of 2 operations, each an (op, magnitude) pair over the 16
+  ops of `policies.ADVERSARIAL_OPS`; "removing the probability of each operation": every
+  op of a drawn sub-policy is applied;
+- "For each image in a mini-batch, only one sub-policy will be randomly selected": drawn
+  uniformly here;
+- magnitudes: "discretized uniformly into 10 values ... set in a moderate range", with no
+  table of ranges (its footnote points to AutoAugment): levels 0-9 of the AutoAugment
+  reference mapping (`space`);
+- the controller: one-layer LSTM, hidden 100, embedding 32, Adam 3.5e-4, entropy weight
+  1e-5; "the basic architecture will be repeated Q times", each repetition from a fresh
+  state (`config.reinforce.controller.carry_state`, see `jaxaug.models.controller`);
+- the reward: the training loss "a moving average over ... an epoch", "normalize[d] among
+  M instances" (the paper gives no formula: (loss - mean) / std here), one controller step
+  per epoch;
+- crop + flip before the policy (`config.augment`), Cutout 16 after it
+  (`config.reinforce.augment_after`); M = 8.
+
+`config.reinforce.policies` gives the paper's ablation: 'adversarial' (the controller),
+'random' (uniform policies, no controller step) or 'fixed' (no policy: the M copies get
+only the fixed augmentation).
 
 The policies sampled for each epoch, the controller's softmax outputs on them and the
 rewards are kept in the state; `export_policy` writes them, and `learned('<dir>')`
-replays the sampled sub-policies (family 'reinforce').
+replays the sampled sub-policies (family 'reinforce'). OHL-Auto-Aug, the validation-reward
+member of the family, is its own method (`jaxaug.methods.ohl`).
 """
 
 from __future__ import annotations
@@ -38,13 +54,11 @@ from jaxaug.augment import learned
 from jaxaug.augment import policies
 from jaxaug.augment import space
 from jaxaug.methods import common
-from jaxaug.methods import ohl
 from jaxaug.methods import supervised
 from jaxaug.models import controller as controller_lib
 
-REWARDS = ("adversarial", "validation")
+REWARDS = ("adversarial",)
 POLICY_MODES = ("adversarial", "random", "fixed")
-USES_VAL_BATCH = True  # OHL's reward; the adversarial variant ignores it
 
 
 @struct.dataclass
@@ -57,6 +71,7 @@ class Settings:
   ops_per_sub_policy: int = struct.field(pytree_node=False)  # L
   policies: str = struct.field(pytree_node=False)           # adversarial | random | fixed
   entropy_weight: float = struct.field(pytree_node=False)
+  carry_state: bool = struct.field(pytree_node=False)  # the controller's, across sub-policies
   augment_after: str = struct.field(pytree_node=False)
   strategy: str = struct.field(pytree_node=False)
   steps_per_epoch: int = struct.field(pytree_node=False)
@@ -84,22 +99,22 @@ class State:
 
 
 def default_config() -> ml_collections.ConfigDict:
-  """`config.reinforce`: the Adversarial AutoAugment paper's settings (section 4.1), and
-  OHL's (`ohl.default_config`) under `ohl`."""
+  """`config.reinforce`: the Adversarial AutoAugment paper's settings (module docstring)."""
   return ml_collections.ConfigDict({
-      "reward": "adversarial",      # adversarial (training loss) | validation (OHL-Auto-Aug)
+      "reward": "adversarial",      # the training loss (OHL-Auto-Aug's validation reward: method=ohl)
       "policies": "adversarial",    # adversarial | random | fixed: the paper's ablation (table 6)
       "num_policies": 8,            # M: policies per epoch, copies of each batch
       "sub_policies": 5,            # per policy
       "ops_per_sub_policy": 2,
       "ops": policies.ADVERSARIAL_OPS,
       "num_levels": 10,             # levels 0..9 of the AutoAugment reference mapping
-      "controller": {"hidden": 100, "embedding": 32},
+      # carry_state: one LSTM state through all sub-policies (a departure; default: each
+      # sub-policy starts afresh)
+      "controller": {"hidden": 100, "embedding": 32, "carry_state": False},
       "entropy_weight": 1e-5,       # the paper's entropy term, which keeps the controller exploring
       "optim": common.adam_optimizer(3.5e-4),  # the controller's
       "augment_after": "cutout(16)",  # after the policy (config.augment comes before it)
       "strategy": "auto",           # space.apply: switch on CPU, select on accelerators
-      "ohl": ohl.default_config(),
   })
 
 
@@ -109,8 +124,17 @@ def train_batches_per_step(config: ml_collections.ConfigDict) -> int:
   return 1
 
 
+def uses_val_batch(config: ml_collections.ConfigDict) -> bool:
+  """No: the reward is the training loss, and training uses the whole training set."""
+  del config
+  return False
+
+
 def _check_config(cfg: ml_collections.ConfigDict) -> None:
   """ValueError naming the first bad value of `config.reinforce`."""
+  if cfg.reward == "validation":
+    raise ValueError("config.reinforce.reward='validation' (OHL-Auto-Aug) is its own method: "
+                     "use --config.method=ohl (settings in config.ohl)")
   choices = {"reward": REWARDS, "policies": POLICY_MODES, "strategy": space.STRATEGIES}
   for name, valid in choices.items():
     if cfg[name] not in valid:
@@ -135,7 +159,7 @@ def _settings(config: ml_collections.ConfigDict, info: common.DataInfo) -> Setti
   return Settings(ops=tuple(cfg.ops), num_levels=cfg.num_levels, num_policies=cfg.num_policies,
                   sub_policies=cfg.sub_policies, ops_per_sub_policy=cfg.ops_per_sub_policy,
                   policies=cfg.policies, entropy_weight=float(cfg.entropy_weight),
-                  augment_after=cfg.augment_after, strategy=cfg.strategy,
+                  carry_state=bool(cfg.controller.carry_state), augment_after=cfg.augment_after, strategy=cfg.strategy,
                   steps_per_epoch=info.steps_per_epoch)
 
 
@@ -158,7 +182,9 @@ def sample_policies(controller: common.Learner, settings: Settings, rng: jax.Arr
   softmax mean [levels]). 'random' and 'fixed' draw uniformly (the means are uniform)."""
   count, operations = settings.num_policies, settings.operations
   if settings.policies == "adversarial":
-    rollout, _ = controller.apply(controller.params, controller.rest, rng, count, operations)
+    rollout, _ = controller.apply(controller.params, controller.rest, rng, count, operations,
+                                  ops_per_sub_policy=settings.ops_per_sub_policy,
+                                  carry_state=settings.carry_state)
     return (rollout.tokens, rollout.op_probs.mean((0, 1)), rollout.level_probs.mean((0, 1)))
   op_rng, level_rng = jax.random.split(rng)
   tokens = jnp.stack([
@@ -186,7 +212,9 @@ def controller_step(controller: common.Learner, settings: Settings, tokens: jax.
   count, operations = tokens.shape[:2]
 
   def loss_fn(params):
-    rollout, _ = controller.apply(params, controller.rest, None, count, operations, tokens)
+    rollout, _ = controller.apply(params, controller.rest, None, count, operations, tokens,
+                                  ops_per_sub_policy=settings.ops_per_sub_policy,
+                                  carry_state=settings.carry_state)
     loss = reinforce_loss(rollout.log_prob.sum((1, 2)), rollout.entropy.sum((1, 2)), advantage,
                           settings.entropy_weight)
     return loss, rollout.entropy.mean()
@@ -203,11 +231,8 @@ def normalise(values: jax.Array) -> jax.Array:
 
 
 def init(config: ml_collections.ConfigDict, rng: jax.Array, info: common.DataInfo):
-  """Classifier, controller and the first epoch's policies; OHL's state for
-  `reward='validation'`."""
+  """Classifier, controller and the first epoch's policies."""
   settings = _settings(config, info)
-  if config.reinforce.reward == "validation":
-    return ohl.init(config, rng, info, settings)
   classifier_rng, controller_rng, policy_rng = jax.random.split(rng, 3)
   controller = create_controller(config, controller_rng, settings)
   tokens, op_probability, level_probability = sample_policies(controller, settings, policy_rng)
@@ -263,12 +288,9 @@ def _end_epoch(state: State, loss_sum: jax.Array, rng: jax.Array):
       rewards=state.rewards.at[epoch].set(rewards, mode="drop")), entropy.astype(jnp.float32)
 
 
-def train_step(state, train_batch: dict, val_batch: dict, rng: jax.Array):
+def train_step(state: State, train_batch: dict, val_batch: None, rng: jax.Array):
   """One classifier update on the M augmented copies of the batch (image f32 [1, N, H, W, C]
-  in [0, 1], label [1, N]); at an epoch's last step, the controller step and new policies.
-  OHL states go to `ohl.train_step`."""
-  if isinstance(state, ohl.State):
-    return ohl.train_step(state, train_batch, val_batch, rng)
+  in [0, 1], label [1, N]); at an epoch's last step, the controller step and new policies."""
   del val_batch
   settings = state.reinforce
   augment_rng, epoch_rng = jax.random.split(rng)
@@ -295,33 +317,27 @@ def train_step(state, train_batch: dict, val_batch: dict, rng: jax.Array):
   return state.replace(step=state.step + 1, nonfinite_step=nonfinite), metrics
 
 
-def eval_step(state, batch: dict) -> dict:
+def eval_step(state: State, batch: dict) -> dict:
   """Loss/accuracy sums of the classifier on a masked batch (see `common.eval_metrics`)."""
-  if isinstance(state, ohl.State):
-    return ohl.eval_step(state, batch)
   return common.eval_metrics(state.classifier, batch, mean=state.settings.mean,
                              std=state.settings.std)
 
 
-def augment(state, images: jax.Array, rng: jax.Array) -> jax.Array:
+def augment(state: State, images: jax.Array, rng: jax.Array) -> jax.Array:
   """What training sees: image b as a copy of policy b mod M, f32 [B, H, W, C]."""
-  if isinstance(state, ohl.State):
-    return ohl.augment(state, images, rng)
   group = jnp.arange(images.shape[0]) % state.reinforce.num_policies
   return augment_copies(state.settings, state.reinforce, rng, images, state.policies, group,
                         state.step)
 
 
-def _epoch_row(state) -> jax.Array:
+def _epoch_row(state: State) -> jax.Array:
   """The row of the per-epoch records for the current step."""
   return jnp.minimum(state.step // state.reinforce.steps_per_epoch,
                      state.rewards.shape[0] - 1)
 
 
-def summaries(state) -> common.Summaries:
+def summaries(state: State) -> common.Summaries:
   """The controller's op and level probabilities (the paper's fig. 6) and the last rewards."""
-  if isinstance(state, ohl.State):
-    return ohl.summaries(state)
   settings = state.reinforce
   if settings.policies == "fixed":
     return common.Summaries()
@@ -339,11 +355,9 @@ def summaries(state) -> common.Summaries:
                tuple(f"policy {m}" for m in range(settings.num_policies)))))
 
 
-def export_policy(state) -> learned.Policy | None:
+def export_policy(state: State) -> learned.Policy | None:
   """The sub-policies sampled for each epoch (replayable, family 'reinforce'), with the
   controller's distributions and the rewards; None with policies='fixed'."""
-  if isinstance(state, ohl.State):
-    return ohl.export_policy(state)
   settings = state.reinforce
   if settings.policies == "fixed":
     return None

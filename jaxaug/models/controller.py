@@ -9,12 +9,21 @@ operations = 20 tokens).
 
 `rollout` samples policies, or scores given ones (teacher forcing), with the same code:
 its log-probabilities are those of the tokens under the softmax outputs it reports.
+
+Adversarial AutoAugment's Fig. 3: "When a policy contains Q sub-policies, the basic
+architecture will be repeated Q times". By default (`carry_state=False`) each repetition
+starts afresh, from the zero LSTM state and the learned start input, so the Q sub-policies
+are independent draws from one distribution. The paper does not say whether the state is
+carried from one repetition to the next; a public reimplementation found that carrying it
+drove the controller to extreme policies. `carry_state=True` runs the Q x L operations as
+one sequence (a departure kept for comparison).
 """
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 from flax import struct
 
@@ -36,9 +45,11 @@ class Controller(nnx.Module):
     self.start = nnx.Param(jnp.zeros((embedding,), jnp.float32))  # the first input
 
   def __call__(self, rng: jax.Array | None, count: int, operations: int,
-               tokens: jax.Array | None = None) -> "Rollout":
+               tokens: jax.Array | None = None, *, ops_per_sub_policy: int | None = None,
+               carry_state: bool = False) -> "Rollout":
     """See `rollout`."""
-    return rollout(self, rng, count, operations, tokens)
+    return rollout(self, rng, count, operations, tokens, ops_per_sub_policy=ops_per_sub_policy,
+                   carry_state=carry_state)
 
 
 @struct.dataclass
@@ -69,20 +80,30 @@ def _emit(logits: jax.Array, rng: jax.Array | None, given: jax.Array | None):
 
 
 def rollout(controller: Controller, rng: jax.Array | None, count: int, operations: int,
-            tokens: jax.Array | None = None) -> Rollout:
+            tokens: jax.Array | None = None, *, ops_per_sub_policy: int | None = None,
+            carry_state: bool = False) -> Rollout:
   """Runs the controller for `count` independent policies of `operations` operations.
 
   With `tokens` (int [count, operations, 2]) it scores them (teacher forcing; `rng` is
   unused); without, it samples them with `rng`. Differentiable in the controller's
   parameters through `log_prob` and `entropy`. One `lax.scan` over the operations.
+  The operations form sub-policies of `ops_per_sub_policy` (default: one sub-policy of
+  all `operations`); each sub-policy starts from the zero state and the start input
+  unless `carry_state` (module docstring).
   """
   if tokens is None and rng is None:
     raise ValueError("rollout needs an rng to sample, or the tokens to score")
   if tokens is not None and tuple(tokens.shape) != (count, operations, 2):
     raise ValueError(f"tokens must have shape {(count, operations, 2)}, got {tokens.shape}")
+  ops_per_sub_policy = ops_per_sub_policy or operations
+  if operations % ops_per_sub_policy:
+    raise ValueError(f"{operations} operations do not split into sub-policies of "
+                     f"{ops_per_sub_policy}")
   hidden = controller.cell.hidden_features
-  inputs = jnp.broadcast_to(controller.start[...], (count, controller.start.shape[0]))
-  carry = (jnp.zeros((count, hidden), inputs.dtype), jnp.zeros((count, hidden), inputs.dtype))
+  start = jnp.broadcast_to(controller.start[...], (count, controller.start.shape[0]))
+  zero_state = (jnp.zeros((count, hidden), start.dtype), jnp.zeros((count, hidden), start.dtype))
+  starts_sub_policy = (np.arange(operations) % ops_per_sub_policy == 0) & (
+      np.arange(operations) == 0 if carry_state else True)
   heads = ((controller.op_head, controller.op_embedding),
            (controller.level_head, controller.level_embedding))
   given_tokens = (jnp.zeros((operations, count, 2), jnp.int32) if tokens is None
@@ -92,7 +113,9 @@ def rollout(controller: Controller, rng: jax.Array | None, count: int, operation
 
   def operation(loop, xs):
     carry, inputs = loop
-    given, operation_rng = xs
+    given, operation_rng, restart = xs
+    carry = jax.tree.map(lambda fresh, kept: jnp.where(restart, fresh, kept), zero_state, carry)
+    inputs = jnp.where(restart, start, inputs)
     outputs = []
     for kind, (head, embedding) in enumerate(heads):
       carry, output = controller.cell(carry, inputs)
@@ -104,7 +127,7 @@ def rollout(controller: Controller, rng: jax.Array | None, count: int, operation
 
   _, ((op, op_log_prob, op_entropy, op_probs),
       (level, level_log_prob, level_entropy, level_probs)) = jax.lax.scan(
-          operation, (carry, inputs), (given_tokens, rngs))
+          operation, (zero_state, start), (given_tokens, rngs, jnp.asarray(starts_sub_policy)))
   pair = lambda first, second: jnp.swapaxes(jnp.stack([first, second], -1), 0, 1)
   return Rollout(tokens=pair(op, level), log_prob=pair(op_log_prob, level_log_prob),
                  entropy=pair(op_entropy, level_entropy),
