@@ -3,22 +3,21 @@
 Two sections, both by default (`--sections=steps,augment`), printing one JSON object per line:
 
 steps: times, in one process on the same model and data, a plain supervised step (no
-augmentation), a predefined-augmentation step, a step with `config.augment` and then
-`random_transform` of bilevel's augmenter kind (DABO's validated magnitude), an
-`invariant` step (its transformation-invariant row) with that augmenter, bilevel steps
-for T = 1, 2, 4 (plus T = 1 with plain reverse-over-reverse autodiff, for reference),
-HBA's two kinds of step (with and without a policy update; at `hba.update_every` = 2 a step
-costs their mean) and the REINFORCE family's steps (Adversarial AutoAugment with M = 8,
-OHL with K = 4, uncertainty sampling with C = 4; `plain_x4` and `plain_x8` are plain steps
-on 4 and 8 times the batch, as many images as those), each in every computation dtype of
-`--dtypes` (`config.dtype`: float32, bfloat16): name, dtype, ms_per_step, ms_per_update (per
+augmentation) and the train steps every registered method declares
+(`Method.bench_variants`: e.g. bilevel's unroll for T = 1, 2, 4 and its implicit
+hypergradient, HBA's steps with and without a policy update, Adversarial AutoAugment with
+M = 8), with `plain_x<copies>`, a plain step on as many images as a method that trains on
+or scores several copies of each example, each in every computation dtype of `--dtypes`
+(`config.dtype`: float32, bfloat16): name, dtype, ms_per_step, ms_per_update (per
 classifier update), ratio_to_plain (per step, to the plain step of the same dtype),
 ratio_to_float32 (to the same variant in float32), copies_per_example,
-ratio_per_image_to_plain and ratio_to_plain_same_images (to `plain_x<copies>`: the method's
-own cost, apart from the larger batch's), batch_size (of the step), the compiled step's temporary and total memory (XLA's memory
-analysis: arguments + outputs - aliased + temporaries) and, where the backend reports it,
-the process's peak device memory so far (not per variant: JAX cannot reset it, so the
-largest variant run so far sets it).
+ratio_per_image_to_plain, ratio_to_plain_same_images (to `plain_x<copies>`: the method's
+own cost, apart from the larger batch's), ratio_to_plain_amortised (for a step that
+updates something every few steps: the cost per step over one period), batch_size (of the
+step), the compiled step's temporary and total memory (XLA's memory analysis: arguments +
+outputs - aliased + temporaries) and, where the backend reports it, the process's peak
+device memory so far (not per variant: JAX cannot reset it, so the largest variant run so
+far sets it).
 
 augment: augmentation throughput of the fixed policies RandAugment(2, 9) and AutoAugment
 CIFAR-10 on `--augment_batch_size` training images of `config.data`: jaxaug's jitted sampler
@@ -60,14 +59,14 @@ from jaxaug import parallel
 from jaxaug.augment import fixed
 from jaxaug.augment import policies
 from jaxaug.methods import METHODS
-from jaxaug.methods import common
+from jaxaug.methods import BenchVariant
+from jaxaug.methods import training
 
 FLAGS = flags.FLAGS
 DTYPES = ("float32", "bfloat16")  # `--dtypes` default
 config_flags.DEFINE_config_file("config", None, "Configuration file (model, data, batch size).")
 flags.DEFINE_integer("steps", 20, "Timed repeats per variant, after untimed warm-up calls: train "
                      "steps (steps section) or augmented batches (augment section).")
-flags.DEFINE_list("truncations", ["1", "2", "4"], "Bilevel truncations T to time.")
 flags.DEFINE_list("dtypes", list(DTYPES),
                   "Computation dtypes (config.dtype) each train-step variant is timed in.")
 flags.DEFINE_list("sections", ["steps", "augment"],
@@ -96,66 +95,46 @@ OP_DRAWS = {
 }
 
 
-def variants(config: ml_collections.ConfigDict, truncations: list[int],
-             dtypes: Sequence[str]) -> Iterator[tuple[str, str, ml_collections.ConfigDict]]:
-  """(name, dtype, config) for each timed variant in each dtype (the dtypes of a variant
-  one after the other), all sharing model, data and batch size."""
-  def variant(**changes):
-    copy = ml_collections.ConfigDict(config.to_dict())
-    for key, value in changes.items():
-      target = copy
-      *parents, leaf = key.split(".")
-      for parent in parents:
-        target = target[parent]
-      target[leaf] = value
-    return copy
-
-  named = [("plain", {"method": "supervised", "augment": "none"}),
-           ("predefined", {"method": "supervised", "augment": "predefined"})]
-  # DABO's Table 1 rows with bilevel's augmenter kind: a random transformation of one
-  # magnitude (one run of the validated-magnitude grid) and the transformation-invariant step.
-  augmenter = config.bilevel.augmenter
-  named.append(("random_transform", {
-      "method": "supervised",
-      "augment": f"{config.augment}+random_transform({augmenter.kind!r}, 1.0)"}))
-  named.append(("invariant", {"method": "invariant", "invariant.augmenter.kind": augmenter.kind,
-                              "invariant.augmenter.size": augmenter.size,
-                              "invariant.augmenter.symmetric": augmenter.symmetric}))
-  named += [(f"bilevel_T{truncation}", {"method": "bilevel", "bilevel.truncation": truncation,
-                                        "bilevel.second_order": "forward"})
-            for truncation in truncations]
-  named.append(("bilevel_T1_reverse_over_reverse", {
-      "method": "bilevel", "bilevel.truncation": 1, "bilevel.second_order": "reverse"}))
-  # The implicit hypergradient's update step per Neumann K, and its step without an update.
-  implicit = {"method": "bilevel", "bilevel.truncation": 1, "bilevel.hypergradient": "implicit"}
-  named += [(f"bilevel_implicit_K{terms}", {**implicit, "bilevel.neumann_terms": terms,
-                                            "bilevel.update_every": 1})
-            for terms in (1, 5)]
-  named.append(("bilevel_implicit_without_update", {**implicit, "bilevel.update_every": 2}))
-  # HBA's two kinds of step: with a lambda update (every `hba.update_every` steps after the
-  # warm-up) and without; the mean of the two is the cost per step at update_every = 2.
-  named.append(("hba_with_lambda_update", {"method": "hba", "hba.update_every": 1,
-                                           "hba.warmup_epochs": 0.0}))
-  named.append(("hba_without_lambda_update", {"method": "hba", "hba.warmup_epochs": 1e9}))
-  # The REINFORCE family trains on copies of each example: COPIES says how many. A plain step
-  # on as many images (batch x copies) separates the method's cost from the batch's.
-  for copies in sorted(set(COPIES.values())):
-    named.append((f"plain_x{copies}", {"method": "supervised", "augment": "none",
-                                        "batch_size": config.batch_size * copies}))
-  around = {"augment": "crop+hflip", "reinforce.augment_after": "cutout(16)"}
-  named.append(("adversarial_M8", {**around, "method": "reinforce",
-                                   "reinforce.num_policies": 8}))
-  named.append(("ohl_K4", {"augment": "crop+hflip", "ohl.augment_after": "cutout(16)",
-                           "method": "ohl", "ohl.copies": 4}))
-  named.append(("uncertainty_C4", {"augment": "crop+hflip", "method": "uncertainty",
-                                   "uncertainty.candidates": 4}))
-  for name, changes in named:
-    for dtype in dtypes:
-      yield name, dtype, variant(**changes, dtype=dtype)
+# The order of the methods' rows (every registered method has its place; see `step_variants`).
+METHOD_ORDER = ("supervised", "invariant", "bilevel", "hba", "reinforce", "ohl", "uncertainty")
+PLAIN = BenchVariant("plain", {"augment": "none"})  # the reference: no augmentation
 
 
-# Images a variant's step processes per example of the batch (trained on, or scored).
-COPIES = {"adversarial_M8": 8, "ohl_K4": 4, "uncertainty_C4": 4}
+def with_changes(config: ml_collections.ConfigDict, changes: dict[str, Any]
+                 ) -> ml_collections.ConfigDict:
+  """A copy of `config` with dotted keys ('bilevel.truncation') set to new values."""
+  copy = ml_collections.ConfigDict(config.to_dict())
+  for key, value in changes.items():
+    target = copy
+    *parents, leaf = key.split(".")
+    for parent in parents:
+      target = target[parent]
+    target[leaf] = value
+  return copy
+
+
+def step_variants(config: ml_collections.ConfigDict
+                  ) -> list[tuple[BenchVariant, ml_collections.ConfigDict]]:
+  """(variant, its config) for the plain reference and every method's `bench_variants`, in
+  METHOD_ORDER, each method's rows preceded by the plain steps on as many images as its
+  copies (`plain_x<copies>`: the batch times the copies), so that a method's own cost can
+  be told from its larger batch's."""
+  if sorted(METHOD_ORDER) != METHODS.names():
+    raise AssertionError(f"METHOD_ORDER {METHOD_ORDER} must list the methods {METHODS.names()}")
+  rows = [(PLAIN, with_changes(config, {"method": "supervised", **PLAIN.changes}))]
+  plain_copies = {1}
+  for name in METHOD_ORDER:
+    method = METHODS.get(name)
+    for variant in method.bench_variants(config):
+      variant_config = with_changes(config, {"method": name, **variant.changes})
+      copies = method.copies_per_example(variant_config)
+      if copies not in plain_copies:
+        plain_copies.add(copies)
+        plain = BenchVariant(f"plain_x{copies}", {**PLAIN.changes,
+                                                   "batch_size": config.batch_size * copies})
+        rows.append((plain, with_changes(config, {"method": "supervised", **plain.changes})))
+      rows.append((variant, variant_config))
+  return rows
 
 
 def time_variant(config: ml_collections.ConfigDict, dataset: data.Dataset, mesh,
@@ -167,7 +146,7 @@ def time_variant(config: ml_collections.ConfigDict, dataset: data.Dataset, mesh,
   pipeline = data.pipeline_from_config(dataset, config.data, global_batch_size=config.batch_size,
                                        val_batch_size=config.val_batch_size,
                                        train_batches_per_step=batches_per_step)
-  info = common.DataInfo.create(num_classes=dataset.num_classes, image_shape=dataset.image_shape,
+  info = training.DataInfo.create(num_classes=dataset.num_classes, image_shape=dataset.image_shape,
                                 batches_per_epoch=pipeline.batches_per_epoch,
                                 batches_per_step=batches_per_step, num_epochs=config.num_epochs)
   state = parallel.put_replicated(method.init(config, jax.random.PRNGKey(0), info), mesh)
@@ -204,49 +183,64 @@ def time_variant(config: ml_collections.ConfigDict, dataset: data.Dataset, mesh,
 
 
 def step_records(config: ml_collections.ConfigDict, dataset: data.Dataset, *, steps: int,
-                 truncations: list[int], dtypes: Sequence[str],
-                 names: Sequence[str] | None = None) -> Iterator[dict[str, Any]]:
-  """One record per train-step variant and dtype (see `time_variant`), with ratio_to_plain
-  (to the plain step in the same dtype) and ratio_to_float32 (to the same variant in
-  float32; None if float32 is not among `dtypes`). `names` selects variants (all if None;
-  'plain', the reference, always runs)."""
+                 dtypes: Sequence[str], names: Sequence[str] | None = None
+                 ) -> Iterator[dict[str, Any]]:
+  """One record per train-step variant (`step_variants`) and dtype (see `time_variant`).
+
+  ratio_to_plain: to the plain step in the same dtype; ratio_to_float32: to the same
+  variant in float32 (None if float32 is not among `dtypes`); copies_per_example: images
+  the step trains on or scores per example of the batch; ratio_per_image_to_plain;
+  ratio_to_plain_same_images: to `plain_x<copies>`; for a variant that updates something
+  every few steps (`BenchVariant.amortise`), ratio_to_plain_amortised: the cost per step
+  over one update period, with its steps without the update. `names` selects variants (all
+  if None; 'plain', the reference, and the rows a selected one is compared with always run).
+  """
   for dtype in dtypes:
     models.DTYPES.get(dtype)  # an unknown name fails now, not after the first variants
-  valid = list(dict.fromkeys(name for name, _, _ in variants(config, truncations, ["float32"])))
+  rows = step_variants(config)
+  valid = [variant.name for variant, _ in rows]
   unknown = sorted(set(names or ()) - set(valid))
   if unknown:
     raise ValueError(f"unknown bench variants {unknown}; valid variants: {', '.join(valid)}")
+  copies_of = {variant.name: METHODS.get(variant_config.method).copies_per_example(variant_config)
+               for variant, variant_config in rows}
+  wanted = set(names or valid) | {PLAIN.name}
+  for variant, _ in rows:
+    if variant.name in wanted:
+      wanted |= {f"plain_x{copies_of[variant.name]}"} | (
+          {variant.amortise[0]} if variant.amortise else set())
   dtypes = sorted(dtypes, key=lambda dtype: dtype != "float32")  # float32 first: the reference
   mesh = parallel.make_mesh()
   for name in ("batch_size", "val_batch_size"):
     parallel.check_batch_divisible(name, config[name], mesh)
-  wanted = set(names or valid) | {"plain"} | {f"plain_x{COPIES[name]}" for name in names or ()
-                                              if name in COPIES}
-  plain_ms, float32_ms, same_images_ms = {}, {}, {}
-  for name, dtype, variant_config in variants(config, truncations, dtypes):
-    if name not in wanted:
+  ms_of = {}  # (name, dtype) -> ms per step
+  for variant, variant_config in rows:
+    if variant.name not in wanted:
       continue
-    record = {"name": name, "dtype": dtype,
-              **time_variant(variant_config, dataset, mesh, steps,
-                             timed_step=1 if name.endswith("without_update") else 0)}
-    ms = record["ms_per_step"]
-    plain_ms.setdefault(dtype, ms)
-    if dtype == "float32":
-      float32_ms[name] = ms
-    record["ratio_to_plain"] = round(ms / plain_ms[dtype], 3)
-    record["ratio_to_float32"] = round(ms / float32_ms[name], 3) if name in float32_ms else None
-    # images the step processes per example of config.batch_size (copies, or a larger batch)
-    copies = COPIES.get(name, variant_config.batch_size // config.batch_size)
-    record["copies_per_example"] = copies
-    record["ratio_per_image_to_plain"] = round(record["ratio_to_plain"] / copies, 3)
-    if name.startswith("plain_x"):
-      same_images_ms[(copies, dtype)] = ms
-    same_images = same_images_ms.get((COPIES.get(name), dtype))
-    record["ratio_to_plain_same_images"] = round(ms / same_images, 3) if same_images else None
-    record.update(model=config.model, batch_size=variant_config.batch_size,
-                  image_shape=list(dataset.image_shape), backend=jax.default_backend(),
-                  devices=len(jax.devices()))
-    yield record
+    for dtype in dtypes:
+      timed = time_variant(with_changes(variant_config, {"dtype": dtype}), dataset, mesh, steps,
+                           timed_step=variant.timed_step)
+      ms = ms_of[(variant.name, dtype)] = timed["ms_per_step"]
+      plain = ms_of[(PLAIN.name, dtype)]
+      copies = copies_of[variant.name] if not variant.name.startswith("plain_x") else (
+          variant_config.batch_size // config.batch_size)
+      same_images = ms_of.get((f"plain_x{copies}", dtype), plain if copies == 1 else None)
+      record = {"name": variant.name, "dtype": dtype, **timed,
+                "ratio_to_plain": round(ms / plain, 3),
+                "ratio_to_float32": (round(ms / ms_of[(variant.name, "float32")], 3)
+                                     if (variant.name, "float32") in ms_of else None),
+                "copies_per_example": copies,
+                "ratio_per_image_to_plain": round(ms / plain / copies, 3),
+                "ratio_to_plain_same_images": round(ms / same_images, 3) if same_images else None}
+      if variant.amortise:
+        without, every = variant.amortise
+        record["ratio_to_plain_amortised"] = round(
+            (ms + (every - 1) * ms_of[(without, dtype)]) / every / plain, 3)
+        record["amortised_over_steps"] = every
+      record.update(model=config.model, batch_size=variant_config.batch_size,
+                    image_shape=list(dataset.image_shape), backend=jax.default_backend(),
+                    devices=len(jax.devices()))
+      yield record
 
 
 def median_seconds(run_once: Callable[[int], Any], repeats: int) -> float:
@@ -352,7 +346,8 @@ def augment_records(config: ml_collections.ConfigDict, dataset: data.Dataset, *,
           "op_draws": OP_DRAWS[implementation],
           **context,
       }
-  yield from sub_policy_strategy_records(images, copies=COPIES["adversarial_M8"],
+  adversarial_copies = METHODS.get("reinforce").default_config().num_policies  # the paper's M
+  yield from sub_policy_strategy_records(images, copies=adversarial_copies,
                                          repeats=repeats, context=context)
 
 
@@ -421,7 +416,7 @@ def input_records(*, batches: int = INPUT_BATCHES,
                "batch_size": batch_size, "cpu_count": os.cpu_count()}
 
 
-def run(config: ml_collections.ConfigDict, *, steps: int, truncations: list[int],
+def run(config: ml_collections.ConfigDict, *, steps: int,
         dtypes: Sequence[str] = DTYPES, sections: Sequence[str] = SECTIONS,
         augment_batch_size: int = 256, variant_names: Sequence[str] | None = None,
         print_fn=print) -> list[dict[str, Any]]:
@@ -433,7 +428,7 @@ def run(config: ml_collections.ConfigDict, *, steps: int, truncations: list[int]
   dataset = data.load_dataset(config.data)
   section_records = []  # Generators: nothing runs until the loop below asks for a record.
   if "steps" in sections:
-    section_records.append(step_records(config, dataset, steps=steps, truncations=truncations,
+    section_records.append(step_records(config, dataset, steps=steps,
                                         dtypes=dtypes, names=variant_names))
   if "augment" in sections:
     section_records.append(augment_records(config, dataset, batch_size=augment_batch_size,
@@ -450,7 +445,7 @@ def run(config: ml_collections.ConfigDict, *, steps: int, truncations: list[int]
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  run(FLAGS.config, steps=FLAGS.steps, truncations=[int(t) for t in FLAGS.truncations],
+  run(FLAGS.config, steps=FLAGS.steps,
       dtypes=FLAGS.dtypes, sections=FLAGS.sections, augment_batch_size=FLAGS.augment_batch_size,
       variant_names=FLAGS.variants)
 

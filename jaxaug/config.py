@@ -9,7 +9,7 @@ import ml_collections
 
 from jaxaug.data.sources import default_data_config
 from jaxaug.methods import METHODS
-from jaxaug.methods.common import default_optimizer
+from jaxaug.methods.training import default_optimizer
 
 
 def default_config() -> ml_collections.ConfigDict:

@@ -24,7 +24,8 @@ from jaxaug import stopping
 from jaxaug.augment import learned
 from jaxaug.methods import METHODS
 from jaxaug.methods import to_float_images
-from jaxaug.methods import common
+from jaxaug.methods import contract
+from jaxaug.methods import training
 
 GRID_IMAGES = 8
 
@@ -41,12 +42,12 @@ class SetupError(ValueError):
 def _mean_metrics(history: list[dict]) -> dict[str, float]:
   """Means over steps of per-step metric dicts (fetched to the host once).
 
-  A `common.Sparse` metric is averaged over the steps that have it, and left out if none has.
+  A `contract.Sparse` metric is averaged over the steps that have it, and left out if none has.
   """
   history = jax.device_get(history)
   means = {}
   for name, first in history[0].items():
-    if isinstance(first, common.Sparse):
+    if isinstance(first, contract.Sparse):
       present = np.array([bool(metrics[name].present) for metrics in history])
       if present.any():
         values = np.array([float(metrics[name].value) for metrics in history])
@@ -147,7 +148,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         dataset, config.data, global_batch_size=config.batch_size,
         val_batch_size=config.val_batch_size, process_index=jax.process_index(),
         process_count=jax.process_count(), train_batches_per_step=batches_per_step)
-    info = common.DataInfo.create(num_classes=dataset.num_classes, image_shape=dataset.image_shape,
+    info = training.DataInfo.create(num_classes=dataset.num_classes, image_shape=dataset.image_shape,
                                   batches_per_epoch=pipeline.batches_per_epoch,
                                   batches_per_step=batches_per_step, num_epochs=config.num_epochs)
     steps_per_epoch, total_steps = info.steps_per_epoch, info.total_steps

@@ -8,7 +8,7 @@ import pytest
 from jaxaug import checkpoint
 from jaxaug.config import default_config
 from jaxaug.methods import METHODS
-from jaxaug.methods import common
+from jaxaug.methods import training
 
 
 @pytest.fixture
@@ -63,7 +63,7 @@ def test_every_methods_initial_state_restores_into_a_fresh_one(tmp_path, name):
   config = default_config()
   config.update(method=name, model="small_cnn", augment="none")
   config.bilevel.augmenter.kind = "affine"
-  info = common.DataInfo.create(num_classes=4, image_shape=(8, 8, 3), batches_per_epoch=4,
+  info = training.DataInfo.create(num_classes=4, image_shape=(8, 8, 3), batches_per_epoch=4,
                                 num_epochs=2)
   init = lambda seed: METHODS.get(name).init(config, jax.random.PRNGKey(seed), info)
   saved, template = init(0), init(1)

@@ -9,7 +9,7 @@ import pytest
 from jaxaug.augment import fixed
 from jaxaug.config import load_config_file
 from jaxaug.methods import METHODS
-from jaxaug.methods import common
+from jaxaug.methods import training
 
 CONFIG_FILES = sorted(glob.glob(os.path.join(os.path.dirname(__file__), "..", "configs", "*.py")))
 # (image shape, classes) of the data a config names, where the data itself is not read here.
@@ -26,7 +26,7 @@ def test_every_config_builds_its_methods_state(path):
                         ((32, 32, 3), 100 if "cifar100" in config.data.dataset else 10))
   if config.data.image_size:
     shape = (config.data.image_size, config.data.image_size, shape[2])
-  info = common.DataInfo.create(
+  info = training.DataInfo.create(
       num_classes=classes, image_shape=shape,
       batches_per_epoch=10 * method.train_batches_per_step(config),
       batches_per_step=method.train_batches_per_step(config), num_epochs=config.num_epochs)

@@ -11,7 +11,8 @@ from jaxaug.augment import policies
 from jaxaug.augment import space
 from jaxaug.config import default_config
 from jaxaug.methods import bilevel
-from jaxaug.methods import common
+from jaxaug.methods import augmentation
+from jaxaug.methods import training
 from jaxaug.methods import hba
 
 IMAGE_SHAPE = (8, 8, 3)
@@ -37,7 +38,7 @@ def _config(method="hba", **hba_overrides):
 
 
 def _info(config):
-  return common.DataInfo.create(num_classes=4, image_shape=IMAGE_SHAPE,
+  return training.DataInfo.create(num_classes=4, image_shape=IMAGE_SHAPE,
                                 batches_per_epoch=STEPS_PER_EPOCH, num_epochs=config.num_epochs)
 
 
@@ -114,7 +115,7 @@ def test_lambda_gradient_matches_finite_differences_in_float64():
 
     @jax.jit
     def val_loss(lam):
-      return common.classifier_loss(
+      return training.classifier_loss(
           classifier, classifier.params, classifier.rest, val["image"], val["label"],
           mean=state.settings.mean, std=state.settings.std,
           hyper=jnp.broadcast_to(lam, (16, lam.shape[0])))[0]

@@ -13,7 +13,8 @@ from jaxaug import parallel
 from jaxaug.config import default_config
 from jaxaug.methods import METHODS
 from jaxaug.methods import bilevel
-from jaxaug.methods import common
+from jaxaug.methods import contract
+from jaxaug.methods import training
 
 IMAGE_SHAPE = (8, 8, 3)
 
@@ -43,7 +44,7 @@ def _batches(truncation, batch=16, seed=0):
 
 def _info(config):
   """10 batches per epoch of T batches each."""
-  return common.DataInfo.create(
+  return training.DataInfo.create(
       num_classes=4, image_shape=IMAGE_SHAPE,
       batches_per_epoch=10 * METHODS.get(config.method).train_batches_per_step(config),
       batches_per_step=METHODS.get(config.method).train_batches_per_step(config),
@@ -141,7 +142,7 @@ def test_bilevel_look_ahead_is_the_update_the_classifier_takes(truncation):
                                        noise_rng)
   expected = state.classifier
   for t in range(truncation):
-    (_, (rest, _)), grads = jax.value_and_grad(common.classifier_loss, argnums=1, has_aux=True)(
+    (_, (rest, _)), grads = jax.value_and_grad(training.classifier_loss, argnums=1, has_aux=True)(
         expected, expected.params, expected.rest, images[t], train["label"][t],
         mean=state.settings.mean, std=state.settings.std)
     expected = expected.apply_update(grads, rest)
@@ -200,7 +201,7 @@ def test_bilevel_implicit_step_is_the_neumann_hypergradient_at_the_current_class
 
   _, noise_rng = jax.random.split(rng)
   classifier, settings = state.classifier, state.settings
-  loss = lambda params, images, labels: common.classifier_loss(
+  loss = lambda params, images, labels: training.classifier_loss(
       classifier, params, classifier.rest, images, labels, mean=settings.mean,
       std=settings.std)[0]
   images_of = lambda lam: bilevel.learned_augment(state, lam, jnp.asarray(train["image"][0]),
@@ -220,7 +221,7 @@ def test_bilevel_implicit_step_is_the_neumann_hypergradient_at_the_current_class
   moved = jax.tree.map(jnp.subtract, new_state.augmenter.params, state.augmenter.params)
   _assert_leaves_close(moved, jax.tree.map(jnp.negative, hypergrads), rtol=2e-3, atol=1e-7)
   assert float(metrics["hypergrad_norm"].value) > 0
-  (_, (rest, _)), grads = jax.value_and_grad(common.classifier_loss, argnums=1, has_aux=True)(
+  (_, (rest, _)), grads = jax.value_and_grad(training.classifier_loss, argnums=1, has_aux=True)(
       classifier, classifier.params, classifier.rest, images, labels, mean=settings.mean,
       std=settings.std)
   _assert_leaves_close(new_state.classifier, classifier.apply_update(grads, rest), rtol=1e-5,
@@ -314,7 +315,7 @@ def test_bilevel_augmenter_bounds_and_init_scale_from_the_command_line():
 
 
 def _is_scalar_metric(value):
-  if isinstance(value, common.Sparse):
+  if isinstance(value, contract.Sparse):
     return np.shape(value.value) == () and np.shape(value.present) == ()
   return np.shape(value) == ()
 
@@ -350,7 +351,7 @@ def test_every_method_keeps_the_contract(name, tmp_path):
   assert images.shape == val["image"].shape
   assert float(images.min()) >= 0 and float(images.max()) <= 1
   summaries = jax.jit(method.summaries)(new_state)
-  assert isinstance(summaries, common.Summaries)
+  assert isinstance(summaries, contract.Summaries)
   labels = dict(summaries.labels)
   assert set(labels) == set(summaries.vectors)
   assert all(len(labels[key]) == np.size(value) for key, value in summaries.vectors.items())
@@ -368,7 +369,7 @@ def test_hba_command_line_sets_its_strategy():
   from jaxaug.models import hyper
 
   config = _smoke_config_from_command_line("--config.method=hba", "--config.hba.strategy=conv+bn")
-  info = common.DataInfo.create(num_classes=10, image_shape=(8, 8, 1), batches_per_epoch=8,
+  info = training.DataInfo.create(num_classes=10, image_shape=(8, 8, 1), batches_per_epoch=8,
                                 num_epochs=2)
   classifier = METHODS.get("hba").init(config, jax.random.PRNGKey(0), info).classifier
   module = nnx.merge(classifier.graphdef, classifier.params, classifier.rest)
@@ -381,7 +382,7 @@ def test_classifier_loss_returns_per_example_losses_and_passes_model_arguments()
   classifier = _init(config).classifier
   train, _ = _batches(1)
   images, labels = train["image"][0], train["label"][0]
-  loss, (_, aux) = common.classifier_loss(classifier, classifier.params, classifier.rest, images,
+  loss, (_, aux) = training.classifier_loss(classifier, classifier.params, classifier.rest, images,
                                           labels, mean=(0.5,), std=(0.25,), train=False)
   logits, _ = classifier.apply(classifier.params, classifier.rest, (images - 0.5) / 0.25,
                                train=False)
@@ -390,7 +391,7 @@ def test_classifier_loss_returns_per_example_losses_and_passes_model_arguments()
       rtol=1e-6)
   np.testing.assert_allclose(loss, aux.per_example_loss.mean(), rtol=1e-6)
   with pytest.raises(TypeError, match="hyper"):  # keyword arguments reach the model
-    common.classifier_loss(classifier, classifier.params, classifier.rest, images, labels,
+    training.classifier_loss(classifier, classifier.params, classifier.rest, images, labels,
                            mean=(0.5,), std=(0.25,), hyper=jnp.zeros((16, 3)))
 
 
@@ -451,7 +452,7 @@ def test_invariant_augmenter_descends_the_training_loss_with_the_classifier():
       np.testing.assert_allclose(-taken, finite, rtol=1e-5)
     # The classifier took its optimiser's update along the same loss's gradient.
     grads = jax.grad(loss)(state.classifier.params, state.augmenter.params)
-    (_, (rest, _)) = common.classifier_loss(
+    (_, (rest, _)) = training.classifier_loss(
         state.classifier, state.classifier.params, state.classifier.rest,
         bilevel.learned_augment(state, state.augmenter.params, images, noise_rng)[0], labels,
         mean=(0.5,), std=(0.25,))

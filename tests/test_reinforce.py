@@ -15,10 +15,9 @@ from jaxaug import train
 from jaxaug.augment import learned
 from jaxaug.augment import policies
 from jaxaug.config import default_config
-from jaxaug.methods import common
+from jaxaug.methods import training
 from jaxaug.methods import ohl
 from jaxaug.methods import reinforce
-from jaxaug.methods import supervised
 from jaxaug.methods import uncertainty
 from jaxaug.models import controller as controller_lib
 from test_train import smoke_config
@@ -105,7 +104,7 @@ def test_each_sub_policy_starts_afresh_unless_the_state_is_carried(carry_state):
 
 
 def _learner(module, learning_rate):
-  return common.Learner.create(module, optax.adam(learning_rate))
+  return training.Learner.create(module, optax.adam(learning_rate))
 
 
 def test_reinforce_steps_converge_to_the_best_arm_of_a_bandit():
@@ -194,7 +193,7 @@ def _config(method="reinforce", **reinforce_changes):
 
 
 def _info(steps_per_epoch=10):
-  return common.DataInfo.create(num_classes=4, image_shape=IMAGE_SHAPE,
+  return training.DataInfo.create(num_classes=4, image_shape=IMAGE_SHAPE,
                                 batches_per_epoch=steps_per_epoch, num_epochs=2)
 
 
@@ -234,7 +233,7 @@ def test_the_classifier_takes_one_update_on_all_m_copies():
   state = reinforce.init(config, jax.random.PRNGKey(0), _info())
   batch = _batch()
   after, metrics = jax.jit(reinforce.train_step)(state, batch, None, jax.random.PRNGKey(3))
-  expected, aux = supervised.classifier_updates(state.classifier, state.settings,
+  expected, aux = training.classifier_updates(state.classifier, state.settings,
                                                 jnp.asarray(batch["image"]),
                                                 jnp.asarray(batch["label"]))
   for a, b in zip(jax.tree.leaves(after.classifier), jax.tree.leaves(expected)):
@@ -293,7 +292,7 @@ def test_ohl_vmapped_copies_equal_separate_single_copy_updates():
   stacked, aux = jax.jit(ohl.update_copies)(state.classifiers, state.settings, images, labels)
   val = {"image": images[0], "label": labels}
   accuracy = ohl.copy_accuracy(stacked, state.settings, val)
-  single_update = jax.jit(supervised.classifier_updates)
+  single_update = jax.jit(training.classifier_updates)
   for k in range(3):
     single = jax.tree.map(lambda leaf: leaf[k], state.classifiers)
     expected, expected_aux = single_update(single, state.settings, images[k][None], labels[None])
@@ -301,7 +300,7 @@ def test_ohl_vmapped_copies_equal_separate_single_copy_updates():
                     jax.tree.leaves(expected)):
       np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(aux.per_example_loss[k], expected_aux.per_example_loss, rtol=1e-5)
-    sums = common.eval_metrics(expected, {**val, "mask": np.ones(8, bool)},
+    sums = training.eval_metrics(expected, {**val, "mask": np.ones(8, bool)},
                                mean=state.settings.mean, std=state.settings.std)
     assert float(accuracy[k]) == pytest.approx(float(sums["correct"]) / 8)
 
@@ -388,13 +387,13 @@ def test_uncertainty_sampling_trains_on_the_hardest_candidates():
   draw_rng, _ = jax.random.split(jax.random.PRNGKey(4))
   candidates, _ = uncertainty.draw_candidates(state, draw_rng, tiled)
   logits, _ = state.classifier.apply(state.classifier.params, state.classifier.rest,
-                                     common.standardize(candidates, state.settings.mean,
+                                     training.standardize(candidates, state.settings.mean,
                                                         state.settings.std), train=False)
   labels = np.tile(batch["label"][0], 3)
   losses = np.asarray(optax.softmax_cross_entropy_with_integer_labels(logits, labels)).reshape(3, 8)
   hardest = losses.argmax(0)
   chosen = np.asarray(candidates).reshape((3, 8) + IMAGE_SHAPE)[hardest, np.arange(8)]
-  expected, aux = supervised.classifier_updates(state.classifier, state.settings, chosen[None],
+  expected, aux = training.classifier_updates(state.classifier, state.settings, chosen[None],
                                                 batch["label"])
   for a, b in zip(jax.tree.leaves(after.classifier), jax.tree.leaves(expected)):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)

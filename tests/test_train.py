@@ -20,7 +20,8 @@ from jaxaug import reporting
 from jaxaug import stopping
 from jaxaug import train
 from jaxaug.methods import METHODS
-from jaxaug.methods import common
+from jaxaug.methods import contract
+from jaxaug.methods import training
 from jaxaug.config import load_config_file
 
 import tfds_fakes
@@ -119,8 +120,7 @@ def test_a_learned_policy_replays_with_supervised(tmp_path, method):
 
 
 def test_metrics_of_some_steps_are_averaged_over_the_steps_that_have_them():
-  from jaxaug.methods import common
-  sparse = lambda value, present: common.Sparse(np.float32(value), np.bool_(present))
+  sparse = lambda value, present: contract.Sparse(np.float32(value), np.bool_(present))
   history = [{"loss": np.float32(loss), "norm": sparse(norm, norm > 0), "never": sparse(9, False)}
              for loss, norm in ((1.0, 4.0), (2.0, 0.0), (3.0, 2.0), (4.0, 0.0))]
   assert train._mean_metrics(history) == {"loss": 2.5, "norm": 3.0}
@@ -237,7 +237,7 @@ def test_resuming_with_a_state_that_does_not_fit_is_a_setup_error(tmp_path):
   methods that keep a row per epoch) is refused before training: the error names the
   leaves, their shapes and the changed setting."""
   config = smoke_config("supervised", {"num_epochs": 1})
-  info = common.DataInfo.create(num_classes=10, image_shape=(8, 8, 1), batches_per_epoch=8,
+  info = training.DataInfo.create(num_classes=10, image_shape=(8, 8, 1), batches_per_epoch=8,
                                 num_epochs=1)
   saver = checkpoint.Checkpointer(str(tmp_path))
   saver.save(8, METHODS.get("supervised").init(config, jax.random.PRNGKey(0), info))

@@ -38,6 +38,7 @@ float32 parameters, optimiser states and images of the unroll) stay float32.
 from __future__ import annotations
 
 import json
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -51,8 +52,9 @@ from jax.flatten_util import ravel_pytree
 from jaxaug import hypergrad
 from jaxaug.augment import augmenters
 from jaxaug.augment import learned
-from jaxaug.methods import common
-from jaxaug.methods import supervised
+from jaxaug.methods import augmentation
+from jaxaug.methods import contract
+from jaxaug.methods import training
 
 
 @struct.dataclass
@@ -81,14 +83,19 @@ class Settings:
 
 
 @struct.dataclass
-class State:
+class AugmenterState:
+  """A classifier trained with an augmenter network (also `invariant`'s state)."""
   step: jax.Array
-  classifier: common.Learner
-  augmenter: common.Learner
+  classifier: training.Learner
+  augmenter: training.Learner
   trajectory: jax.Array      # f32 [epochs, P]: the augmenter (flat) at the end of each epoch
-  nonfinite_step: jax.Array  # first step with a non-finite loss or hypergradient, -1 if none
-  settings: common.Settings = struct.field(pytree_node=False)
+  nonfinite_step: jax.Array  # first step with a non-finite loss or (hyper)gradient, -1 if none
+  settings: training.Settings = struct.field(pytree_node=False)
   augmenter_settings: AugmenterSettings = struct.field(pytree_node=False)
+
+
+@struct.dataclass
+class State(AugmenterState):
   bilevel: Settings = struct.field(pytree_node=False)
 
 
@@ -109,7 +116,7 @@ def augmenter_config() -> ml_collections.ConfigDict:
           "symmetric": defaults["symmetric"],    # deviations as likely as their opposites
       },
       # the augmenter's optimiser: the classifier's fields, Adam 1e-3, clipped, constant
-      "optim": common.adam_optimizer(1e-3, grad_clip=1.0),
+      "optim": training.adam_optimizer(1e-3, grad_clip=1.0),
   })
 
 
@@ -133,15 +140,15 @@ def default_config() -> ml_collections.ConfigDict:
 def train_batches_per_step(config: ml_collections.ConfigDict) -> int:
   """T: the truncation, i.e. classifier updates (and training batches) per step."""
   truncation = config.bilevel.truncation
-  common.check_integer("config.bilevel.truncation", truncation)
+  training.check_integer("config.bilevel.truncation", truncation)
   return truncation
-
 
 
 def uses_val_batch(config: ml_collections.ConfigDict) -> bool:
   """Yes: the augmenter learns from the validation loss."""
   del config
   return True
+
 
 def _augmenter_settings(cfg: ml_collections.ConfigDict) -> dict:
   """What rebuilds the augmenter module (exported with its policy)."""
@@ -151,8 +158,8 @@ def _augmenter_settings(cfg: ml_collections.ConfigDict) -> dict:
 
 
 def create_augmenter(section: str, config: ml_collections.ConfigDict, rng: jax.Array,
-                     info: common.DataInfo, *, update_every: int, learned_by: str
-                     ) -> tuple[common.Learner, AugmenterSettings, jax.Array]:
+                     info: training.DataInfo, *, update_every: int, learned_by: str
+                     ) -> tuple[training.Learner, AugmenterSettings, jax.Array]:
   """The augmenter network of `config.<section>` (`augmenter_config`) with its optimiser.
 
   Its optimiser schedule counts its own updates, one every `update_every` train steps
@@ -171,8 +178,8 @@ def create_augmenter(section: str, config: ml_collections.ConfigDict, rng: jax.A
                                        init_scale=cfg.augmenter.init_scale,
                                        **cfg.augmenter.bounds)
   updates_per_epoch, updates = info.updates_every(update_every)
-  tx = common.make_optimizer(cfg.optim, steps_per_epoch=updates_per_epoch, total_steps=updates)
-  augmenter = common.Learner.create(module, tx)
+  tx = training.make_optimizer(cfg.optim, steps_per_epoch=updates_per_epoch, total_steps=updates)
+  augmenter = training.Learner.create(module, tx)
   settings = AugmenterSettings(kind=cfg.augmenter.kind, noise_dim=module.noise_dim,
                                image_shape=tuple(info.image_shape[:2]),
                                steps_per_epoch=info.steps_per_epoch,
@@ -181,10 +188,10 @@ def create_augmenter(section: str, config: ml_collections.ConfigDict, rng: jax.A
   return augmenter, settings, jnp.tile(_flat(augmenter), (info.num_epoch_slots, 1))
 
 
-def init(config: ml_collections.ConfigDict, rng: jax.Array, info: common.DataInfo) -> State:
+def init(config: ml_collections.ConfigDict, rng: jax.Array, info: training.DataInfo) -> State:
   """Classifier, augmenter and their optimisers."""
   cfg = config.bilevel
-  common.check_integer("config.bilevel.update_every", cfg.update_every)
+  training.check_integer("config.bilevel.update_every", cfg.update_every)
   if cfg.second_order not in hypergrad.SECOND_ORDER_MODES:
     raise ValueError(f"unknown config.bilevel.second_order {cfg.second_order!r}; valid: "
                      f"{', '.join(hypergrad.SECOND_ORDER_MODES)}")
@@ -204,11 +211,11 @@ def init(config: ml_collections.ConfigDict, rng: jax.Array, info: common.DataInf
                  "classifier updates)")
   return State(
       step=jnp.zeros((), jnp.int32),
-      classifier=common.create_classifier(config, classifier_rng, info),
+      classifier=training.create_classifier(config, classifier_rng, info),
       augmenter=augmenter,
       trajectory=trajectory,
       nonfinite_step=jnp.full((), -1, jnp.int32),
-      settings=common.Settings.from_config(config, info),
+      settings=training.Settings.from_config(config, info),
       augmenter_settings=augmenter_settings,
       bilevel=Settings(update_every=cfg.update_every, second_order=cfg.second_order,
                        remat=cfg.remat, hypergradient=cfg.hypergradient,
@@ -216,15 +223,15 @@ def init(config: ml_collections.ConfigDict, rng: jax.Array, info: common.DataInf
                        neumann_scale=float(cfg.neumann_scale)))
 
 
-def _flat(augmenter: common.Learner) -> jax.Array:
-  """The augmenter's parameters and other state as one vector [P] (`learned.bilevel_template`
+def _flat(augmenter: training.Learner) -> jax.Array:
+  """The augmenter's parameters and other state as one vector [P] (`_augmenter_template`
   unravels it)."""
   return ravel_pytree((augmenter.params, augmenter.rest))[0]
 
 
-def record_trajectory(state: State, augmenter: common.Learner) -> jax.Array:
+def record_trajectory(state: State, augmenter: training.Learner) -> jax.Array:
   """`state.trajectory` [epochs, P] with the row of `state.step`'s epoch set to `augmenter`."""
-  return common.record_epoch(state.trajectory, state.step,
+  return training.record_epoch(state.trajectory, state.step,
                              state.augmenter_settings.steps_per_epoch, _flat(augmenter))
 
 
@@ -242,7 +249,7 @@ def learned_augment(state: State, augmenter_params: nnx.State, images: jax.Array
   return augmented.reshape(images.shape), params
 
 
-def step_variant(config: ml_collections.ConfigDict, info: common.DataInfo):
+def step_variant(config: ml_collections.ConfigDict, info: training.DataInfo):
   """'update' on the steps that update the augmenter (every `update_every`), else 'plain'."""
   del info
   every = config.bilevel.update_every
@@ -272,12 +279,12 @@ def _with_or_without_update(state: State, variant: str | None, with_update, with
                       without_update, operand)
 
 
-def _finish_step(state: State, classifier: common.Learner, augmenter: common.Learner,
+def _finish_step(state: State, classifier: training.Learner, augmenter: training.Learner,
                  metrics: dict, updates: jax.Array, val_loss: jax.Array,
                  hypergrad_norm: jax.Array):
   """The state after a step, and its metrics with the hypergradient's norm (on update steps)."""
-  metrics.update(hypergrad_norm=common.Sparse(hypergrad_norm, updates))
-  nonfinite = common.first_nonfinite(state.step, state.nonfinite_step, metrics["loss"],
+  metrics.update(hypergrad_norm=contract.Sparse(hypergrad_norm, updates))
+  nonfinite = training.first_nonfinite(state.step, state.nonfinite_step, metrics["loss"],
                                      val_loss, hypergrad_norm)
   return state.replace(step=state.step + 1, classifier=classifier, augmenter=augmenter,
                        trajectory=record_trajectory(state, augmenter),
@@ -289,7 +296,7 @@ def _implicit_step(state: State, train_batch: dict, val_batch: dict, rng: jax.Ar
   """One classifier update; on update steps first the implicit hypergradient at the
   classifier before it (module docstring), from the same training and validation batches."""
   fixed_rng, noise_rng = jax.random.split(rng)
-  flipped = common.fixed_augment_stack(state.settings, fixed_rng, train_batch["image"],
+  flipped = augmentation.fixed_augment_stack(state.settings, fixed_rng, train_batch["image"],
                                        state.step)[0]
   labels = train_batch["label"][0]
   classifier, settings, cfg = state.classifier, state.settings, state.bilevel
@@ -299,7 +306,7 @@ def _implicit_step(state: State, train_batch: dict, val_batch: dict, rng: jax.Ar
 
   def train_loss(params, rest, inputs):
     images, labels = inputs
-    return common.classifier_loss(classifier, params, rest, images, labels, mean=settings.mean,
+    return training.classifier_loss(classifier, params, rest, images, labels, mean=settings.mean,
                                   std=settings.std)
 
   def with_augmenter_update(augmenter):
@@ -324,8 +331,8 @@ def _implicit_step(state: State, train_batch: dict, val_batch: dict, rng: jax.Ar
   grads, rest, metrics, augmenter, val_loss, val_accuracy, hypergrad_norm = (
       _with_or_without_update(state, variant, with_augmenter_update, without_augmenter_update,
                               state.augmenter))
-  metrics = dict(metrics, val_loss=common.Sparse(val_loss, updates),
-                 val_accuracy=common.Sparse(val_accuracy, updates))
+  metrics = dict(metrics, val_loss=contract.Sparse(val_loss, updates),
+                 val_accuracy=contract.Sparse(val_accuracy, updates))
   return _finish_step(state, classifier.apply_update(grads, rest), augmenter, metrics, updates,
                       val_loss, hypergrad_norm)
 
@@ -335,16 +342,16 @@ def _unroll_step(state: State, train_batch: dict, val_batch: dict, rng: jax.Arra
   """T classifier updates, then (every `update_every` steps) the augmenter's update along the
   gradient of the validation loss through them."""
   fixed_rng, noise_rng = jax.random.split(rng)
-  flipped = common.fixed_augment_stack(state.settings, fixed_rng, train_batch["image"],
+  flipped = augmentation.fixed_augment_stack(state.settings, fixed_rng, train_batch["image"],
                                        state.step)
   settings = state.settings
 
   def val_loss_after_updates(augmenter_params):
     images, _ = learned_augment(state, augmenter_params, flipped, noise_rng)
-    classifier, aux = supervised.classifier_updates(
+    classifier, aux = training.classifier_updates(
         state.classifier, settings, images, train_batch["label"],
         second_order=state.bilevel.second_order, remat=state.bilevel.remat)
-    val_loss, (_, val_aux) = common.classifier_loss(
+    val_loss, (_, val_aux) = training.classifier_loss(
         classifier, classifier.params, classifier.rest, val_batch["image"], val_batch["label"],
         mean=settings.mean, std=settings.std)
     return val_loss, (classifier, aux.metrics, val_aux.metrics["accuracy"])
@@ -369,17 +376,11 @@ def _unroll_step(state: State, train_batch: dict, val_batch: dict, rng: jax.Arra
   return _finish_step(state, classifier, augmenter, metrics, updates, val_loss, hypergrad_norm)
 
 
-def eval_step(state: State, batch: dict) -> dict:
-  """Loss/accuracy sums of the classifier on a masked batch (see `common.eval_metrics`)."""
-  return common.eval_metrics(state.classifier, batch, mean=state.settings.mean,
-                             std=state.settings.std)
-
-
 def augment(state: State, images: jax.Array, rng: jax.Array) -> jax.Array:
   """Fixed then learned augmentation of f32 [B, H, W, C] images, as training sees them
   (also `invariant`'s)."""
   fixed_rng, noise_rng = jax.random.split(rng)
-  flipped = common.fixed_augment_stack(state.settings, fixed_rng, images[None], state.step)[0]
+  flipped = augmentation.fixed_augment_stack(state.settings, fixed_rng, images[None], state.step)[0]
   return learned_augment(state, state.augmenter.params, flipped, noise_rng)[0]
 
 
@@ -391,14 +392,14 @@ def _transformation_draws(state: State) -> jax.Array:
   return params
 
 
-def summaries(state: State) -> common.Summaries:
+def summaries(state: State) -> contract.Summaries:
   """Mean/std of each learned transformation parameter (`aug/...`) and their histograms,
   over `SUMMARY_DRAWS` noise draws (the same draws at every log step); also `invariant`'s."""
   params = _transformation_draws(state)
   names = augmenters.AUGMENTERS.get(state.augmenter_settings.kind).param_names
   described = augmenters.describe_params(state.augmenter_settings.kind, params,
                                          image_shape=state.augmenter_settings.image_shape)
-  return common.Summaries(
+  return contract.Summaries(
       scalars={f"aug/{name}": value for name, value in described.items()},
       histograms={f"aug/{name}": params[:, index] for index, name in enumerate(names)})
 
@@ -420,3 +421,53 @@ def export_policy(state: State) -> learned.Policy:
                                               for name, value in described.items()}},
       arrays={"augmenter": np.asarray(jax.device_get(state.trajectory), np.float32)})
 
+
+def _augmenter_template(settings: dict) -> tuple[nnx.GraphDef, int, Callable]:
+  """The augmenter module of exported `settings` (`_augmenter_settings`) as
+  (graphdef, P, unravel), where `unravel(flat f32 [P]) -> (params, rest)` (`_flat`'s inverse)."""
+  module = augmenters.create_augmenter(
+      settings["kind"], settings["size"], rngs=nnx.Rngs(params=0),
+      init_scale=settings["init_scale"], symmetric=settings["symmetric"], **settings["bounds"])
+  graphdef, params, rest = nnx.split(module, nnx.Param, ...)
+  flat, unravel = ravel_pytree((params, rest))
+  return graphdef, flat.shape[0], unravel
+
+
+def replay_policy(policy: learned.Policy) -> learned.ProgressSampler:
+  """`export_policy`'s augmenter replayed (`learned('<dir>')`, also `invariant`'s): array
+  augmenter [R, P] (flat parameters at the end of each epoch); each image gets its own noise
+  draw, as in training."""
+  graphdef, size, unravel = _augmenter_template(policy.settings)
+  flat = np.asarray(policy.arrays["augmenter"], np.float32)
+  if flat.ndim != 2 or flat.shape[1] != size:
+    raise ValueError(f"bilevel policy: augmenter parameters {flat.shape} do not fit a "
+                     f"{policy.settings['kind']} augmenter of size {policy.settings['size']} "
+                     f"([rows, {size}])")
+
+  def sample(rng: jax.Array, images: jax.Array, progress: jax.Array) -> jax.Array:
+    params, rest = unravel(jnp.asarray(flat)[learned.schedule_row(flat.shape[0], progress)])
+    return augmenters.augment_with((graphdef, params, rest), images, rng)[0]
+
+  return sample
+
+
+IMPLICIT_BENCH_UPDATE_EVERY = 4  # the implicit rows' cost is also given per step at this period
+
+
+def bench_variants(config: ml_collections.ConfigDict) -> list[contract.BenchVariant]:
+  """The unroll at T = 1, 2, 4 (and T = 1 by plain reverse-over-reverse autodiff, the
+  reference), the implicit hypergradient's update step at K = 1 and 5 Neumann terms, and its
+  step without an update."""
+  del config
+  unroll = [contract.BenchVariant(f"bilevel_T{truncation}", {"bilevel.truncation": truncation})
+            for truncation in (1, 2, 4)]
+  implicit = {"bilevel.hypergradient": "implicit"}
+  without = "bilevel_implicit_without_update"
+  return unroll + [
+      contract.BenchVariant("bilevel_T1_reverse_over_reverse",
+                            {"bilevel.second_order": "reverse"}),
+      contract.BenchVariant(without, {**implicit, "bilevel.update_every": 2}, timed_step=1),
+      *(contract.BenchVariant(f"bilevel_implicit_K{terms}",
+                              {**implicit, "bilevel.neumann_terms": terms},
+                              amortise=(without, IMPLICIT_BENCH_UPDATE_EVERY))
+        for terms in (1, 5))]

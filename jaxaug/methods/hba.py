@@ -46,10 +46,10 @@ from flax import struct
 from jaxaug.augment import learned
 from jaxaug.augment import policies
 from jaxaug.augment import space
-from jaxaug.methods import common
-from jaxaug.methods import supervised
+from jaxaug.methods import augmentation
+from jaxaug.methods import contract
+from jaxaug.methods import training
 from jaxaug.models import hyper
-
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,11 +133,11 @@ class Settings:
 @struct.dataclass
 class State:
   step: jax.Array
-  classifier: common.Learner       # the model with its hyper-layers (called with `hyper=`)
-  hyper: common.Learner            # lambda, unbounded [D], and its optimiser state
+  classifier: training.Learner       # the model with its hyper-layers (called with `hyper=`)
+  hyper: training.Learner            # lambda, unbounded [D], and its optimiser state
   schedule: jax.Array              # f32 [epochs, D]: lambda at the end of each epoch
   nonfinite_step: jax.Array        # first step with a non-finite loss or hypergradient, -1 if none
-  settings: common.Settings = struct.field(pytree_node=False)
+  settings: training.Settings = struct.field(pytree_node=False)
   hba: Settings = struct.field(pytree_node=False)
 
 
@@ -157,15 +157,8 @@ def default_config() -> ml_collections.ConfigDict:
       "init_probability": 0.1,
       "init_strength": 0.1,
       # lambda's optimiser: Adam 3e-3, constant (STN; the paper: Adam, constant)
-      "optim": common.adam_optimizer(3e-3),
+      "optim": training.adam_optimizer(3e-3),
   })
-
-
-def train_batches_per_step(config: ml_collections.ConfigDict) -> int:
-  """One training batch per step."""
-  del config
-  return 1
-
 
 
 def uses_val_batch(config: ml_collections.ConfigDict) -> bool:
@@ -173,12 +166,13 @@ def uses_val_batch(config: ml_collections.ConfigDict) -> bool:
   del config
   return True
 
+
 def _check_config(cfg: ml_collections.ConfigDict) -> None:
   """ValueError naming the first out-of-range value of `config.hba`."""
   if cfg.strategy not in hyper.STRATEGIES:
     raise ValueError(f"unknown config.hba.strategy {cfg.strategy!r}; valid: "
                      f"{', '.join(hyper.STRATEGIES)}")
-  common.check_integer("config.hba.update_every", cfg.update_every)
+  training.check_integer("config.hba.update_every", cfg.update_every)
   for name in ("sigma", "warmup_epochs"):
     if not cfg[name] >= 0:
       raise ValueError(f"config.hba.{name}={cfg[name]!r} must be >= 0")
@@ -187,7 +181,7 @@ def _check_config(cfg: ml_collections.ConfigDict) -> None:
       raise ValueError(f"config.hba.{name}={cfg[name]!r} must lie in (0, 1)")
 
 
-def init(config: ml_collections.ConfigDict, rng: jax.Array, info: common.DataInfo) -> State:
+def init(config: ml_collections.ConfigDict, rng: jax.Array, info: training.DataInfo) -> State:
   """The classifier with hyper-layers (`config.hba.strategy`), lambda and their optimisers."""
   cfg = config.hba
   _check_config(cfg)
@@ -199,18 +193,18 @@ def init(config: ml_collections.ConfigDict, rng: jax.Array, info: common.DataInf
                                   image_shape=info.image_shape,
                                   rngs=nnx.Rngs(params=hyper_rng))
 
-  classifier = common.create_classifier(config, classifier_rng, info, wrap=with_hyper_layers)
+  classifier = training.create_classifier(config, classifier_rng, info, wrap=with_hyper_layers)
   lam = jnp.asarray(search_space.initial(cfg.init_probability, cfg.init_strength))
   warmup_steps = min(int(round(cfg.warmup_epochs * info.steps_per_epoch)), info.total_steps)
   updates_per_epoch, updates = info.updates_every(cfg.update_every, from_step=warmup_steps)
-  tx = common.make_optimizer(cfg.optim, steps_per_epoch=updates_per_epoch, total_steps=updates)
+  tx = training.make_optimizer(cfg.optim, steps_per_epoch=updates_per_epoch, total_steps=updates)
   return State(
       step=jnp.zeros((), jnp.int32),
       classifier=classifier,
-      hyper=common.Learner.of_params(lam, tx),
+      hyper=training.Learner.of_params(lam, tx),
       schedule=jnp.tile(lam, (info.num_epoch_slots, 1)),
       nonfinite_step=jnp.full((), -1, jnp.int32),
-      settings=common.Settings.from_config(config, info),
+      settings=training.Settings.from_config(config, info),
       hba=Settings(search_space=search_space, sigma=float(cfg.sigma),
                    update_every=cfg.update_every,
                    warmup_steps=warmup_steps,
@@ -242,13 +236,13 @@ def train_step(state: State, train_batch: dict, val_batch: dict, rng: jax.Array)
   batch = images.shape[0]
   h = lam + state.hba.sigma * jax.random.normal(noise_rng, (batch, lam.shape[0]), lam.dtype)
   augmented = _policy_augment(state, policy_rng, images, h)
-  augmented = common.fixed_augment_stack(state.settings, fixed_rng, augmented[None], state.step)
-  classifier, aux = supervised.classifier_updates(
+  augmented = augmentation.fixed_augment_stack(state.settings, fixed_rng, augmented[None], state.step)
+  classifier, aux = training.classifier_updates(
       state.classifier, state.settings, augmented, train_batch["label"],
       model_kwargs={"hyper": h[None]})
 
   def val_loss(lam):
-    loss, _ = common.classifier_loss(
+    loss, _ = training.classifier_loss(
         classifier, classifier.params, classifier.rest, val_batch["image"], val_batch["label"],
         mean=state.settings.mean, std=state.settings.std,
         hyper=_broadcast(lam, val_batch["image"].shape[0]))
@@ -266,13 +260,13 @@ def train_step(state: State, train_batch: dict, val_batch: dict, rng: jax.Array)
              & (state.step >= state.hba.warmup_steps))
   hyper_learner, loss_at_lambda, grad_norm = jax.lax.cond(updates, with_update, without_update,
                                                           state.hyper)
-  schedule = common.record_epoch(state.schedule, state.step, state.hba.steps_per_epoch,
+  schedule = training.record_epoch(state.schedule, state.step, state.hba.steps_per_epoch,
                                  hyper_learner.params)
 
   metrics = jax.tree.map(jnp.mean, aux.metrics)
-  metrics.update(val_loss=common.Sparse(loss_at_lambda, updates),
-                 hypergrad_norm=common.Sparse(grad_norm, updates))
-  nonfinite = common.first_nonfinite(state.step, state.nonfinite_step, metrics["loss"],
+  metrics.update(val_loss=contract.Sparse(loss_at_lambda, updates),
+                 hypergrad_norm=contract.Sparse(grad_norm, updates))
+  nonfinite = training.first_nonfinite(state.step, state.nonfinite_step, metrics["loss"],
                                      loss_at_lambda, grad_norm, hyper_learner.params)
   return state.replace(step=state.step + 1, classifier=classifier, hyper=hyper_learner,
                        schedule=schedule, nonfinite_step=nonfinite), metrics
@@ -280,7 +274,7 @@ def train_step(state: State, train_batch: dict, val_batch: dict, rng: jax.Array)
 
 def eval_step(state: State, batch: dict) -> dict:
   """Loss/accuracy sums of the classifier at h = lambda on a masked batch."""
-  return common.eval_metrics(state.classifier, batch, mean=state.settings.mean,
+  return training.eval_metrics(state.classifier, batch, mean=state.settings.mean,
                              std=state.settings.std,
                              hyper=_broadcast(state.hyper.params, batch["image"].shape[0]))
 
@@ -289,15 +283,15 @@ def augment(state: State, images: jax.Array, rng: jax.Array) -> jax.Array:
   """What training sees at h = lambda: the policy, then `config.augment`, f32 [B, H, W, C]."""
   policy_rng, fixed_rng = jax.random.split(rng)
   augmented = _policy_augment(state, policy_rng, images, state.hyper.params)
-  return common.fixed_augment_stack(state.settings, fixed_rng, augmented[None], state.step)[0]
+  return augmentation.fixed_augment_stack(state.settings, fixed_rng, augmented[None], state.step)[0]
 
 
-def summaries(state: State) -> common.Summaries:
+def summaries(state: State) -> contract.Summaries:
   """Each entry's probability, and each magnitude's position in its range, at lambda."""
   search_space = state.hba.search_space
   probability, position = search_space.positions(state.hyper.params)
   labels = search_space.labels()
-  return common.Summaries(
+  return contract.Summaries(
       scalars={"hba/mean_probability": probability.mean(),
                "hba/mean_magnitude_position": position.mean()},
       vectors={"hba/probability": probability, "hba/magnitude_position": position},
@@ -326,3 +320,33 @@ def export_policy(state: State) -> learned.Policy:
                                                 final_magnitude)}},
       arrays={"probability": np.asarray(probability, np.float32),
               "magnitude": np.asarray(magnitude, np.float32)})
+
+
+def replay_policy(policy: learned.Policy) -> learned.ProgressSampler:
+  """`export_policy`'s schedule replayed (`learned('<dir>')`): arrays probability and
+  magnitude [R, K], settings names [K]; PBA's augmentation function at row r."""
+  names = tuple(policy.settings["names"])  # PBA holds each op twice
+  for name in names:
+    space.SPACE.get(name)  # unknown names: ValueError listing the valid ones
+  probability = np.asarray(policy.arrays["probability"], np.float32)
+  magnitude = np.asarray(policy.arrays["magnitude"], np.float32)
+  if probability.shape != magnitude.shape or probability.shape[1:] != (len(names),):
+    raise ValueError(f"hba policy: probability {probability.shape} and magnitude "
+                     f"{magnitude.shape} must both be [rows, {len(names)}]")
+
+  def sample(rng: jax.Array, images: jax.Array, progress: jax.Array) -> jax.Array:
+    row = learned.schedule_row(probability.shape[0], progress)
+    return policies.pba_augment(rng, images, jnp.asarray(probability)[row],
+                                jnp.asarray(magnitude)[row], names=names)
+
+  return sample
+
+
+def bench_variants(config: ml_collections.ConfigDict) -> list[contract.BenchVariant]:
+  """Its two kinds of step: with a lambda update (every `update_every` = 2 steps after the
+  warm-up) and without."""
+  del config
+  return [contract.BenchVariant("hba_without_lambda_update", {"hba.warmup_epochs": 1e9}),
+          contract.BenchVariant("hba_with_lambda_update",
+                                {"hba.update_every": 1, "hba.warmup_epochs": 0.0},
+                                amortise=("hba_without_lambda_update", 2))]

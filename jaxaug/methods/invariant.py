@@ -26,23 +26,16 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
-from flax import struct
 
+from jaxaug.methods import augmentation
 from jaxaug.methods import bilevel
-from jaxaug.methods import common
+from jaxaug.methods import contract
+from jaxaug.methods import training
 
 EVAL_NOISE_SEED = 0  # the augmenter's noise at evaluation: PRNGKey(EVAL_NOISE_SEED)
 
 
-@struct.dataclass
-class State:
-  step: jax.Array
-  classifier: common.Learner
-  augmenter: common.Learner
-  trajectory: jax.Array      # f32 [epochs, P]: the augmenter (flat) at the end of each epoch
-  nonfinite_step: jax.Array  # first step with a non-finite loss or augmenter gradient, -1 if none
-  settings: common.Settings = struct.field(pytree_node=False)
-  augmenter_settings: bilevel.AugmenterSettings = struct.field(pytree_node=False)
+State = bilevel.AugmenterState
 
 
 augment = bilevel.augment
@@ -55,19 +48,13 @@ def default_config() -> ml_collections.ConfigDict:
   return bilevel.augmenter_config()
 
 
-def train_batches_per_step(config: ml_collections.ConfigDict) -> int:
-  """One training batch per step."""
-  del config
-  return 1
-
-
-
 def uses_val_batch(config: ml_collections.ConfigDict) -> bool:
   """No: the augmenter learns from the training loss."""
   del config
   return False
 
-def init(config: ml_collections.ConfigDict, rng: jax.Array, info: common.DataInfo) -> State:
+
+def init(config: ml_collections.ConfigDict, rng: jax.Array, info: training.DataInfo) -> State:
   """Classifier, augmenter and their optimisers."""
   classifier_rng, augmenter_rng = jax.random.split(rng)
   augmenter, augmenter_settings, trajectory = bilevel.create_augmenter(
@@ -75,10 +62,10 @@ def init(config: ml_collections.ConfigDict, rng: jax.Array, info: common.DataInf
       learned_by="descending the training loss with the classifier, and applied at "
                  "evaluation too (transformation-invariant, STN-style)")
   return State(step=jnp.zeros((), jnp.int32),
-               classifier=common.create_classifier(config, classifier_rng, info),
+               classifier=training.create_classifier(config, classifier_rng, info),
                augmenter=augmenter, trajectory=trajectory,
                nonfinite_step=jnp.full((), -1, jnp.int32),
-               settings=common.Settings.from_config(config, info),
+               settings=training.Settings.from_config(config, info),
                augmenter_settings=augmenter_settings)
 
 
@@ -90,13 +77,13 @@ def train_step(state: State, train_batch: dict, val_batch: None, rng: jax.Array)
   """
   del val_batch
   fixed_rng, noise_rng = jax.random.split(rng)
-  images = common.fixed_augment_stack(state.settings, fixed_rng, train_batch["image"],
+  images = augmentation.fixed_augment_stack(state.settings, fixed_rng, train_batch["image"],
                                       state.step)[0]
   classifier = state.classifier
 
   def loss_fn(classifier_params, augmenter_params):
     augmented, _ = bilevel.learned_augment(state, augmenter_params, images, noise_rng)
-    return common.classifier_loss(classifier, classifier_params, classifier.rest, augmented,
+    return training.classifier_loss(classifier, classifier_params, classifier.rest, augmented,
                                   train_batch["label"][0], mean=state.settings.mean,
                                   std=state.settings.std)
 
@@ -104,7 +91,7 @@ def train_step(state: State, train_batch: dict, val_batch: None, rng: jax.Array)
       loss_fn, argnums=(0, 1), has_aux=True)(classifier.params, state.augmenter.params)
   augmenter = state.augmenter.apply_update(augmenter_grads)
   metrics = {**aux.metrics, "augmenter_grad_norm": optax.global_norm(augmenter_grads)}
-  nonfinite = common.first_nonfinite(state.step, state.nonfinite_step, loss,
+  nonfinite = training.first_nonfinite(state.step, state.nonfinite_step, loss,
                                      metrics["augmenter_grad_norm"])
   return state.replace(step=state.step + 1,
                        classifier=classifier.apply_update(classifier_grads, rest),
@@ -121,7 +108,15 @@ def eval_images(state: State, images: jax.Array) -> jax.Array:
 
 def eval_step(state: State, batch: dict) -> dict:
   """Loss/accuracy sums of the classifier on the transformed masked batch (see
-  `common.eval_metrics`)."""
+  `training.eval_metrics`)."""
   transformed = {**batch, "image": eval_images(state, batch["image"])}
-  return common.eval_metrics(state.classifier, transformed, mean=state.settings.mean,
+  return training.eval_metrics(state.classifier, transformed, mean=state.settings.mean,
                              std=state.settings.std)
+
+
+def bench_variants(config: ml_collections.ConfigDict) -> list[contract.BenchVariant]:
+  """Its step with bilevel's augmenter (kind, size, symmetry)."""
+  augmenter = config.bilevel.augmenter
+  return [contract.BenchVariant("invariant", {
+      "invariant.augmenter.kind": augmenter.kind, "invariant.augmenter.size": augmenter.size,
+      "invariant.augmenter.symmetric": augmenter.symmetric})]

@@ -50,8 +50,9 @@ from jaxaug.augment import fixed
 from jaxaug.augment import learned
 from jaxaug.augment import policies
 from jaxaug.augment import space
-from jaxaug.methods import common
-from jaxaug.methods import supervised
+from jaxaug.methods import augmentation
+from jaxaug.methods import contract
+from jaxaug.methods import training
 
 # OHL's operations: these at three levels each, and the ops without a magnitude.
 LEVELLED_OPS = ("ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate", "Color", "Posterize",
@@ -62,7 +63,7 @@ LEVELS = (3, 6, 9)
 
 def default_config() -> ml_collections.ConfigDict:
   """`config.ohl` (see the module docstring for where the defaults come from)."""
-  optim = common.adam_optimizer(0.05)
+  optim = training.adam_optimizer(0.05)
   optim.b1, optim.b2 = 0.5, 0.999
   return ml_collections.ConfigDict({
       "copies": 8,                  # K copies of the classifier (the paper's trajectory samples)
@@ -73,12 +74,6 @@ def default_config() -> ml_collections.ConfigDict:
       "augment_after": "cutout(16)",  # after the element (config.augment comes before it)
       "strategy": "auto",           # space.apply: switch on CPU, select on accelerators
   })
-
-
-def train_batches_per_step(config: ml_collections.ConfigDict) -> int:
-  """One training batch per step (each copy trains on it)."""
-  del config
-  return 1
 
 
 def uses_val_batch(config: ml_collections.ConfigDict) -> bool:
@@ -129,22 +124,22 @@ class Settings:
 @struct.dataclass
 class State:
   step: jax.Array
-  classifiers: common.Learner  # every leaf stacked on a leading [K] axis
-  distribution: common.Learner  # theta, f32 [E], with its Adam state
+  classifiers: training.Learner  # every leaf stacked on a leading [K] axis
+  distribution: training.Learner  # theta, f32 [E], with its Adam state
   counts: jax.Array            # f32 [K, E]: each copy's draws of each element in the trajectory
   probability: jax.Array       # f32 [epochs, E]: softmax(theta) during each epoch
   rewards: jax.Array           # f32 [epochs, K]: each copy's validation accuracy at the epoch's end
   nonfinite_step: jax.Array
-  settings: common.Settings = struct.field(pytree_node=False)
+  settings: training.Settings = struct.field(pytree_node=False)
   ohl: Settings = struct.field(pytree_node=False)
 
 
-def init(config: ml_collections.ConfigDict, rng: jax.Array, info: common.DataInfo) -> State:
+def init(config: ml_collections.ConfigDict, rng: jax.Array, info: training.DataInfo) -> State:
   """K equal copies of the classifier (the copies differ by their augmentation draws),
   theta = 0 and its optimiser."""
   cfg = config.ohl
   copies = cfg.copies
-  common.check_integer("config.ohl.copies", copies, 2)
+  training.check_integer("config.ohl.copies", copies, 2)
   if cfg.strategy not in space.STRATEGIES:
     raise ValueError(f"unknown config.ohl.strategy {cfg.strategy!r}; valid: "
                      f"{', '.join(space.STRATEGIES)}")
@@ -153,20 +148,20 @@ def init(config: ml_collections.ConfigDict, rng: jax.Array, info: common.DataInf
   settings = Settings(names=names, operations=tuple(map(tuple, table.tolist())), copies=copies,
                       steps_per_epoch=info.steps_per_epoch, augment_after=cfg.augment_after,
                       strategy=cfg.strategy)
-  classifier = common.create_classifier(config, rng, info)
+  classifier = training.create_classifier(config, rng, info)
   theta = jnp.zeros((settings.num_elements,), jnp.float32)
-  tx = common.make_optimizer(cfg.optim, steps_per_epoch=1.0,
+  tx = training.make_optimizer(cfg.optim, steps_per_epoch=1.0,
                              total_steps=max(int(config.num_epochs), 1))
   epochs = info.num_epoch_slots
   return State(
       step=jnp.zeros((), jnp.int32),
       classifiers=jax.tree.map(lambda leaf: jnp.stack([leaf] * copies), classifier),
-      distribution=common.Learner.of_params(theta, tx),
+      distribution=training.Learner.of_params(theta, tx),
       counts=jnp.zeros((copies, settings.num_elements), jnp.float32),
       probability=jnp.tile(jax.nn.softmax(theta), (epochs, 1)),
       rewards=jnp.zeros((epochs, copies), jnp.float32),
       nonfinite_step=jnp.full((), -1, jnp.int32),
-      settings=common.Settings.from_config(config, info),
+      settings=training.Settings.from_config(config, info),
       ohl=settings)
 
 
@@ -175,29 +170,29 @@ def augment_elements(state: State, rng: jax.Array, images: jax.Array,
   """`config.augment`, image b's element `elements[b]` (an ordered pair of operations),
   then `augment_after`; f32 [B, H, W, C] in [0, 1]."""
   op_index, level = state.ohl.element_ops(elements)
-  return common.augment_around(
+  return augmentation.augment_around(
       state.settings, rng, images, state.step,
-      common.sub_policy_augmenter(op_index, level, names=state.ohl.names,
+      augmentation.sub_policy_augmenter(op_index, level, names=state.ohl.names,
                                   strategy=state.ohl.strategy),
       after=state.ohl.augment_after)
 
 
-def update_copies(classifiers: common.Learner, settings: common.Settings, images: jax.Array,
-                  labels: jax.Array) -> tuple[common.Learner, common.LossAux]:
+def update_copies(classifiers: training.Learner, settings: training.Settings, images: jax.Array,
+                  labels: jax.Array) -> tuple[training.Learner, training.LossAux]:
   """One optimiser update of each of the K stacked copies on its own images [K, N, H, W, C]
   (labels int [N], shared), vmapped; returns the copies and their LossAux (leading [K, 1])."""
   def update(classifier, copy_images):
-    return supervised.classifier_updates(classifier, settings, copy_images[None], labels[None])
+    return training.classifier_updates(classifier, settings, copy_images[None], labels[None])
 
   return jax.vmap(update)(classifiers, images)
 
 
-def copy_accuracy(classifiers: common.Learner, settings: common.Settings,
+def copy_accuracy(classifiers: training.Learner, settings: training.Settings,
                   batch: dict) -> jax.Array:
   """f32 [K]: each copy's accuracy on the validation `batch` (image [B', ...], label [B']),
   in evaluation mode (running batch statistics)."""
   batch = {**batch, "mask": jnp.ones(batch["label"].shape, bool)}
-  sums = jax.vmap(lambda c: common.eval_metrics(c, batch, mean=settings.mean,
+  sums = jax.vmap(lambda c: training.eval_metrics(c, batch, mean=settings.mean,
                                                 std=settings.std))(classifiers)
   return sums["correct"] / sums["count"]
 
@@ -252,18 +247,18 @@ def train_step(state: State, train_batch: dict, val_batch: dict, rng: jax.Array)
       trajectory_ends, lambda s: end_trajectory(s, val_batch),
       lambda s: (s, jnp.zeros((copies,), jnp.float32)), state)
   metrics = jax.tree.map(jnp.mean, aux.metrics)  # over the copies
-  metrics["best_copy_val_accuracy"] = common.Sparse(accuracy.max(), trajectory_ends)
-  metrics["copy_val_accuracy_spread"] = common.Sparse(accuracy.max() - accuracy.min(),
+  metrics["best_copy_val_accuracy"] = contract.Sparse(accuracy.max(), trajectory_ends)
+  metrics["copy_val_accuracy_spread"] = contract.Sparse(accuracy.max() - accuracy.min(),
                                                       trajectory_ends)
-  nonfinite = common.first_nonfinite(state.step, state.nonfinite_step, metrics["loss"],
+  nonfinite = training.first_nonfinite(state.step, state.nonfinite_step, metrics["loss"],
                                      state.distribution.params)
   return state.replace(step=state.step + 1, nonfinite_step=nonfinite), metrics
 
 
 def eval_step(state: State, batch: dict) -> dict:
-  """Loss/accuracy sums of copy 0 on a masked batch (see `common.eval_metrics`)."""
+  """Loss/accuracy sums of copy 0 on a masked batch (see `training.eval_metrics`)."""
   copy = jax.tree.map(lambda leaf: leaf[0], state.classifiers)
-  return common.eval_metrics(copy, batch, mean=state.settings.mean, std=state.settings.std)
+  return training.eval_metrics(copy, batch, mean=state.settings.mean, std=state.settings.std)
 
 
 def augment(state: State, images: jax.Array, rng: jax.Array) -> jax.Array:
@@ -281,15 +276,15 @@ def operation_probability(settings: Settings, probability: jax.Array) -> jax.Arr
   return (pairs.sum(-1) + pairs.sum(-2)) / 2
 
 
-def summaries(state: State) -> common.Summaries:
+def summaries(state: State) -> contract.Summaries:
   """Each operation's probability (either place of the pair), the distribution's entropy
   relative to uniform and its largest element's probability over the uniform share, and the
   copies' validation accuracies at the end of the last trajectory."""
   settings = state.ohl
-  row = jnp.minimum(state.step // settings.steps_per_epoch, state.rewards.shape[0] - 1)
+  row = training.epoch_row(state.step, settings.steps_per_epoch, state.rewards.shape[0])
   log_probability = jax.nn.log_softmax(state.distribution.params)
   entropy = -(jnp.exp(log_probability) * log_probability).sum() / np.log(settings.num_elements)
-  return common.Summaries(
+  return contract.Summaries(
       scalars={"ohl/relative_entropy": entropy,
                "ohl/largest_over_uniform": jnp.exp(log_probability.max()) * settings.num_elements},
       vectors={"ohl/operation_probability": operation_probability(
@@ -315,3 +310,41 @@ def export_policy(state: State) -> learned.Policy:
                                                        np.asarray(final).tolist()))},
       arrays={"probability": np.asarray(probability, np.float32),
               "rewards": np.asarray(rewards, np.float32)})
+
+
+def replay_policy(policy: learned.Policy) -> learned.ProgressSampler:
+  """`export_policy`'s distributions replayed (`learned('<dir>')`): array probability
+  [R, O^2] over the ordered pairs of settings operations [O, 2] ((op index into names,
+  level)); each image gets a pair drawn from its row's distribution."""
+  names = tuple(policy.settings["names"])
+  space.entries(names)  # unknown names: ValueError listing the valid ones
+  operations = np.asarray(policy.settings["operations"], np.int32)
+  probability = np.asarray(policy.arrays["probability"], np.float32)
+  if operations.ndim != 2 or operations.shape[1] != 2 or operations[:, 0].max() >= len(names):
+    raise ValueError(f"ohl policy: operations {operations.shape} must be [O, 2] (op index "
+                     f"into {len(names)} names, level)")
+  if probability.ndim != 2 or probability.shape[1] != operations.shape[0] ** 2:
+    raise ValueError(f"ohl policy: probability {probability.shape} must be "
+                     f"[rows, {operations.shape[0] ** 2}]")
+  log_probability = np.log(np.maximum(probability, 1e-30))
+
+  def sample(rng: jax.Array, images: jax.Array, progress: jax.Array) -> jax.Array:
+    draw_rng, apply_rng = jax.random.split(rng)
+    row = jnp.asarray(log_probability)[learned.schedule_row(probability.shape[0], progress)]
+    op_index, level = policies.pair_ops(
+        operations, jax.random.categorical(draw_rng, row, shape=images.shape[:1]))
+    return augmentation.sub_policy_augmenter(op_index, level, names=names)(apply_rng, images)
+
+  return sample
+
+
+def copies_per_example(config: ml_collections.ConfigDict) -> int:
+  """K: each copy of the classifier trains on every example."""
+  return config.ohl.copies
+
+
+def bench_variants(config: ml_collections.ConfigDict) -> list[contract.BenchVariant]:
+  """A step of K = 4 copies, crop + flip before the element, Cutout after it."""
+  del config
+  return [contract.BenchVariant("ohl_K4", {"augment": "crop+hflip",
+                                           "ohl.augment_after": "cutout(16)", "ohl.copies": 4})]

@@ -53,8 +53,9 @@ from jaxaug.augment import fixed
 from jaxaug.augment import learned
 from jaxaug.augment import policies
 from jaxaug.augment import space
-from jaxaug.methods import common
-from jaxaug.methods import supervised
+from jaxaug.methods import augmentation
+from jaxaug.methods import contract
+from jaxaug.methods import training
 from jaxaug.models import controller as controller_lib
 
 REWARDS = ("adversarial",)
@@ -85,8 +86,8 @@ class Settings:
 @struct.dataclass
 class State:
   step: jax.Array
-  classifier: common.Learner
-  controller: common.Learner   # the LSTM and its Adam state
+  classifier: training.Learner
+  controller: training.Learner   # the LSTM and its Adam state
   policies: jax.Array          # int32 [M, S * L, 2]: this epoch's policies, (op, level) pairs
   loss_sum: jax.Array          # f32 [M]: each policy's mean training loss, summed over the epoch's steps
   sampled: jax.Array           # int32 [epochs, M, S * L, 2]: the policies of each epoch
@@ -94,7 +95,7 @@ class State:
   level_probability: jax.Array  # f32 [epochs, levels]: the same for levels
   rewards: jax.Array           # f32 [epochs, M]: the normalised rewards at the end of each epoch
   nonfinite_step: jax.Array    # first step with a non-finite loss, -1 if none
-  settings: common.Settings = struct.field(pytree_node=False)
+  settings: training.Settings = struct.field(pytree_node=False)
   reinforce: Settings = struct.field(pytree_node=False)
 
 
@@ -112,16 +113,10 @@ def default_config() -> ml_collections.ConfigDict:
       # sub-policy starts afresh)
       "controller": {"hidden": 100, "embedding": 32, "carry_state": False},
       "entropy_weight": 1e-5,       # the paper's entropy term, which keeps the controller exploring
-      "optim": common.adam_optimizer(3.5e-4),  # the controller's
+      "optim": training.adam_optimizer(3.5e-4),  # the controller's
       "augment_after": "cutout(16)",  # after the policy (config.augment comes before it)
       "strategy": "auto",           # space.apply: switch on CPU, select on accelerators
   })
-
-
-def train_batches_per_step(config: ml_collections.ConfigDict) -> int:
-  """One training batch per step (repeated on the device)."""
-  del config
-  return 1
 
 
 def uses_val_batch(config: ml_collections.ConfigDict) -> bool:
@@ -140,7 +135,7 @@ def _check_config(cfg: ml_collections.ConfigDict) -> None:
     if cfg[name] not in valid:
       raise ValueError(f"unknown config.reinforce.{name} {cfg[name]!r}; valid: {', '.join(valid)}")
   for name in ("num_policies", "sub_policies", "ops_per_sub_policy", "num_levels"):
-    common.check_integer(f"config.reinforce.{name}", cfg[name])
+    training.check_integer(f"config.reinforce.{name}", cfg[name])
   if not 1 <= cfg.num_levels <= space.PARAMETER_MAX + 1:
     raise ValueError(f"config.reinforce.num_levels={cfg.num_levels} must lie in "
                      f"[1, {space.PARAMETER_MAX + 1}] (levels of the reference mapping)")
@@ -151,7 +146,7 @@ def _check_config(cfg: ml_collections.ConfigDict) -> None:
     raise ValueError(f"config.reinforce.entropy_weight={cfg.entropy_weight!r} must be >= 0")
 
 
-def _settings(config: ml_collections.ConfigDict, info: common.DataInfo) -> Settings:
+def _settings(config: ml_collections.ConfigDict, info: training.DataInfo) -> Settings:
   """The validated static settings of `config.reinforce`."""
   cfg = config.reinforce
   _check_config(cfg)
@@ -164,7 +159,7 @@ def _settings(config: ml_collections.ConfigDict, info: common.DataInfo) -> Setti
 
 
 def create_controller(config: ml_collections.ConfigDict, rng: jax.Array,
-                      settings: Settings) -> common.Learner:
+                      settings: Settings) -> training.Learner:
   """The LSTM controller (`config.reinforce.controller`) with its optimiser, stepped once an
   epoch."""
   cfg = config.reinforce
@@ -172,12 +167,12 @@ def create_controller(config: ml_collections.ConfigDict, rng: jax.Array,
                                      hidden=cfg.controller.hidden,
                                      embedding=cfg.controller.embedding,
                                      rngs=nnx.Rngs(params=rng))
-  tx = common.make_optimizer(cfg.optim, steps_per_epoch=1.0,
+  tx = training.make_optimizer(cfg.optim, steps_per_epoch=1.0,
                              total_steps=max(int(config.num_epochs), 1))
-  return common.Learner.create(module, tx)
+  return training.Learner.create(module, tx)
 
 
-def sample_policies(controller: common.Learner, settings: Settings, rng: jax.Array):
+def sample_policies(controller: training.Learner, settings: Settings, rng: jax.Array):
   """M policies for an epoch: (tokens int32 [M, S * L, 2], op softmax mean [ops], level
   softmax mean [levels]). 'random' and 'fixed' draw uniformly (the means are uniform)."""
   count, operations = settings.num_policies, settings.operations
@@ -205,8 +200,8 @@ def reinforce_loss(log_prob: jax.Array, entropy: jax.Array, advantage: jax.Array
   return -(advantage * log_prob).mean() - entropy_weight * entropy.mean()
 
 
-def controller_step(controller: common.Learner, settings: Settings, tokens: jax.Array,
-                    advantage: jax.Array) -> tuple[common.Learner, jax.Array]:
+def controller_step(controller: training.Learner, settings: Settings, tokens: jax.Array,
+                    advantage: jax.Array) -> tuple[training.Learner, jax.Array]:
   """One REINFORCE step of the controller towards the policies `tokens` [M, S * L, 2] with
   high `advantage` [M]; returns (controller, mean token entropy before the step)."""
   count, operations = tokens.shape[:2]
@@ -230,7 +225,7 @@ def normalise(values: jax.Array) -> jax.Array:
   return jnp.where(std > 0, centred / jnp.where(std > 0, std, 1.0), 0.0)
 
 
-def init(config: ml_collections.ConfigDict, rng: jax.Array, info: common.DataInfo):
+def init(config: ml_collections.ConfigDict, rng: jax.Array, info: training.DataInfo):
   """Classifier, controller and the first epoch's policies."""
   settings = _settings(config, info)
   classifier_rng, controller_rng, policy_rng = jax.random.split(rng, 3)
@@ -239,7 +234,7 @@ def init(config: ml_collections.ConfigDict, rng: jax.Array, info: common.DataInf
   epochs = info.num_epoch_slots
   return State(
       step=jnp.zeros((), jnp.int32),
-      classifier=common.create_classifier(config, classifier_rng, info),
+      classifier=training.create_classifier(config, classifier_rng, info),
       controller=controller,
       policies=tokens,
       loss_sum=jnp.zeros((settings.num_policies,), jnp.float32),
@@ -248,11 +243,11 @@ def init(config: ml_collections.ConfigDict, rng: jax.Array, info: common.DataInf
       level_probability=jnp.tile(level_probability, (epochs, 1)),
       rewards=jnp.zeros((epochs, settings.num_policies), jnp.float32),
       nonfinite_step=jnp.full((), -1, jnp.int32),
-      settings=common.Settings.from_config(config, info),
+      settings=training.Settings.from_config(config, info),
       reinforce=settings)
 
 
-def augment_copies(settings: common.Settings, reinforce: Settings, rng: jax.Array,
+def augment_copies(settings: training.Settings, reinforce: Settings, rng: jax.Array,
                    images: jax.Array, tokens: jax.Array, group: jax.Array,
                    step: jax.Array) -> jax.Array:
   """`config.augment`, then image b's sub-policy drawn from policy `group[b]` of `tokens`
@@ -263,9 +258,9 @@ def augment_copies(settings: common.Settings, reinforce: Settings, rng: jax.Arra
     sub_policies = tokens.reshape(tokens.shape[0], reinforce.sub_policies,
                                   reinforce.ops_per_sub_policy, 2)
     op_index, level = policies.choose_sub_policies(choice_rng, sub_policies, group)
-    policy = common.sub_policy_augmenter(op_index, level, names=reinforce.ops,
+    policy = augmentation.sub_policy_augmenter(op_index, level, names=reinforce.ops,
                                          strategy=reinforce.strategy)
-  return common.augment_around(settings, augment_rng, images, step, policy,
+  return augmentation.augment_around(settings, augment_rng, images, step, policy,
                                after=reinforce.augment_after)
 
 
@@ -301,7 +296,7 @@ def train_step(state: State, train_batch: dict, val_batch: None, rng: jax.Array)
   augmented = augment_copies(state.settings, settings, augment_rng,
                              jnp.tile(images, (copies, 1, 1, 1)), state.policies, group,
                              state.step)
-  classifier, aux = supervised.classifier_updates(state.classifier, state.settings,
+  classifier, aux = training.classifier_updates(state.classifier, state.settings,
                                                   augmented[None], jnp.tile(labels, copies)[None])
   loss_sum = state.loss_sum + aux.per_example_loss[0].reshape(copies, count).mean(1)
   state = state.replace(classifier=classifier, loss_sum=loss_sum)
@@ -310,17 +305,11 @@ def train_step(state: State, train_batch: dict, val_batch: None, rng: jax.Array)
       epoch_ends, lambda s: _end_epoch(s, s.loss_sum, epoch_rng),
       lambda s: (s, jnp.zeros((), jnp.float32)), state)
   metrics = jax.tree.map(jnp.mean, aux.metrics)
-  metrics["controller_entropy"] = common.Sparse(entropy, epoch_ends
+  metrics["controller_entropy"] = contract.Sparse(entropy, epoch_ends
                                                 & (settings.policies == "adversarial"))
-  nonfinite = common.first_nonfinite(state.step, state.nonfinite_step, metrics["loss"],
+  nonfinite = training.first_nonfinite(state.step, state.nonfinite_step, metrics["loss"],
                                      jax.tree.leaves(state.controller.params)[0])
   return state.replace(step=state.step + 1, nonfinite_step=nonfinite), metrics
-
-
-def eval_step(state: State, batch: dict) -> dict:
-  """Loss/accuracy sums of the classifier on a masked batch (see `common.eval_metrics`)."""
-  return common.eval_metrics(state.classifier, batch, mean=state.settings.mean,
-                             std=state.settings.std)
 
 
 def augment(state: State, images: jax.Array, rng: jax.Array) -> jax.Array:
@@ -330,20 +319,16 @@ def augment(state: State, images: jax.Array, rng: jax.Array) -> jax.Array:
                         state.step)
 
 
-def _epoch_row(state: State) -> jax.Array:
-  """The row of the per-epoch records for the current step."""
-  return jnp.minimum(state.step // state.reinforce.steps_per_epoch,
-                     state.rewards.shape[0] - 1)
 
 
-def summaries(state: State) -> common.Summaries:
+def summaries(state: State) -> contract.Summaries:
   """The controller's op and level probabilities (the paper's fig. 6) and the last rewards."""
   settings = state.reinforce
   if settings.policies == "fixed":
-    return common.Summaries()
-  row = _epoch_row(state)
+    return contract.Summaries()
+  row = training.epoch_row(state.step, settings.steps_per_epoch, state.rewards.shape[0])
   last_rewards = state.rewards[jnp.maximum(row - 1, 0)]
-  return common.Summaries(
+  return contract.Summaries(
       scalars={"reinforce/reward_spread": last_rewards.max() - last_rewards.min()},
       vectors={"reinforce/op_probability": state.op_probability[row],
                "reinforce/level_probability": state.level_probability[row],
@@ -381,3 +366,39 @@ def export_policy(state: State) -> learned.Policy | None:
               "op_probability": np.asarray(op_probability, np.float32),
               "level_probability": np.asarray(level_probability, np.float32),
               "rewards": np.asarray(rewards, np.float32)})
+
+
+def replay_policy(policy: learned.Policy) -> learned.ProgressSampler:
+  """`export_policy`'s sub-policies replayed (`learned('<dir>')`): array sub_policies int
+  [R, S, L, 2] ((op index into settings names, level) pairs); each image gets one of its
+  row's S sub-policies uniformly, its ops applied always."""
+  names = tuple(policy.settings["names"])
+  space.entries(names)  # unknown names: ValueError listing the valid ones
+  sub_policies = np.asarray(policy.arrays["sub_policies"], np.int32)
+  if sub_policies.ndim != 4 or sub_policies.shape[-1] != 2:
+    raise ValueError(f"reinforce policy: sub_policies {sub_policies.shape} must be "
+                     f"[rows, S, L, 2]")
+  if sub_policies[..., 0].max() >= len(names) or sub_policies.min() < 0:
+    raise ValueError(f"reinforce policy: op indices must lie in [0, {len(names)})")
+
+  def sample(rng: jax.Array, images: jax.Array, progress: jax.Array) -> jax.Array:
+    choice_rng, apply_rng = jax.random.split(rng)
+    row = jnp.asarray(sub_policies)[learned.schedule_row(sub_policies.shape[0], progress)]
+    op_index, level = policies.choose_sub_policies(
+        choice_rng, row[None], jnp.zeros(images.shape[:1], jnp.int32))
+    return augmentation.sub_policy_augmenter(op_index, level, names=names)(apply_rng, images)
+
+  return sample
+
+
+def copies_per_example(config: ml_collections.ConfigDict) -> int:
+  """M: each example is trained on once per policy."""
+  return config.reinforce.num_policies
+
+
+def bench_variants(config: ml_collections.ConfigDict) -> list[contract.BenchVariant]:
+  """The paper's step: M = 8 copies, crop + flip before the policy, Cutout after it."""
+  del config
+  return [contract.BenchVariant("adversarial_M8", {
+      "augment": "crop+hflip", "reinforce.augment_after": "cutout(16)",
+      "reinforce.num_policies": 8})]

@@ -32,9 +32,9 @@ from flax import struct
 
 from jaxaug.augment import fixed
 from jaxaug.augment import space
-from jaxaug.methods import common
-from jaxaug.methods import supervised
-
+from jaxaug.methods import augmentation
+from jaxaug.methods import contract
+from jaxaug.methods import training
 
 
 # The authors' released code's ops (its Mixup left out).
@@ -61,10 +61,10 @@ class Settings:
 @struct.dataclass
 class State:
   step: jax.Array
-  classifier: common.Learner
+  classifier: training.Learner
   selected_ops: jax.Array  # f32 [ops]: how often each op was in a selected copy, all steps
   nonfinite_step: jax.Array
-  settings: common.Settings = struct.field(pytree_node=False)
+  settings: training.Settings = struct.field(pytree_node=False)
   uncertainty: Settings = struct.field(pytree_node=False)
 
 
@@ -83,22 +83,16 @@ def default_config() -> ml_collections.ConfigDict:
   })
 
 
-def train_batches_per_step(config: ml_collections.ConfigDict) -> int:
-  """One training batch per step."""
-  del config
-  return 1
-
-
-
 def uses_val_batch(config: ml_collections.ConfigDict) -> bool:
   """No: the candidates are scored on the training batch."""
   del config
   return False
 
+
 def _settings(cfg: ml_collections.ConfigDict) -> Settings:
   """The validated `config.uncertainty`; ValueError naming the first bad value."""
   for name in ("candidates", "keep", "depth", "num_levels"):
-    common.check_integer(f"config.uncertainty.{name}", cfg[name])
+    training.check_integer(f"config.uncertainty.{name}", cfg[name])
   if cfg.keep > cfg.candidates:
     raise ValueError(f"config.uncertainty.keep={cfg.keep} must be <= candidates="
                      f"{cfg.candidates}")
@@ -121,14 +115,14 @@ def _settings(cfg: ml_collections.ConfigDict) -> Settings:
                   augment_after=cfg.augment_after, strategy=cfg.strategy)
 
 
-def init(config: ml_collections.ConfigDict, rng: jax.Array, info: common.DataInfo) -> State:
+def init(config: ml_collections.ConfigDict, rng: jax.Array, info: training.DataInfo) -> State:
   """Classifier and optimiser state."""
   settings = _settings(config.uncertainty)
   return State(step=jnp.zeros((), jnp.int32),
-               classifier=common.create_classifier(config, rng, info),
+               classifier=training.create_classifier(config, rng, info),
                selected_ops=jnp.zeros((len(settings.ops),), jnp.float32),
                nonfinite_step=jnp.full((), -1, jnp.int32),
-               settings=common.Settings.from_config(config, info),
+               settings=training.Settings.from_config(config, info),
                uncertainty=settings)
 
 
@@ -141,9 +135,9 @@ def draw_candidates(state: State, rng: jax.Array, images: jax.Array):
   level = jax.random.randint(level_rng, shape, 0, settings.num_levels)
   probability = (jax.random.uniform(probability_rng, shape) if settings.random_probability
                  else jnp.ones(shape, jnp.float32))
-  policy = common.sub_policy_augmenter(op_index, level, probability, names=settings.ops,
+  policy = augmentation.sub_policy_augmenter(op_index, level, probability, names=settings.ops,
                                        strategy=settings.strategy)
-  return common.augment_around(state.settings, augment_rng, images, state.step, policy,
+  return augmentation.augment_around(state.settings, augment_rng, images, state.step, policy,
                                after=settings.augment_after), op_index
 
 
@@ -171,28 +165,22 @@ def train_step(state: State, train_batch: dict, val_batch: dict, rng: jax.Array)
                                         jnp.tile(images, (candidates, 1, 1, 1)))
   tiled_labels = jnp.tile(labels, candidates)
   classifier = state.classifier
-  _, (_, scored) = common.classifier_loss(
+  _, (_, scored) = training.classifier_loss(
       classifier, classifier.params, classifier.rest, jax.lax.stop_gradient(augmented),
       tiled_labels, mean=state.settings.mean, std=state.settings.std, train=False)
   losses = scored.per_example_loss.reshape(candidates, count)
   chosen = (select_hardest(losses, settings.keep) if settings.selection == "hardest"
             else select_proportional(select_rng, losses, settings.keep))  # [k, N]
   rows = (chosen * count + jnp.arange(count)).reshape(-1)         # into the C N copies
-  classifier, aux = supervised.classifier_updates(
+  classifier, aux = training.classifier_updates(
       classifier, state.settings, augmented[rows][None], tiled_labels[rows][None])
   selected_ops = state.selected_ops + jax.nn.one_hot(
       op_index[rows], len(settings.ops)).sum((0, 1))
   metrics = jax.tree.map(jnp.mean, aux.metrics)
   metrics["candidate_loss"] = losses.mean()  # before the update; `loss` is the selected ones'
-  nonfinite = common.first_nonfinite(state.step, state.nonfinite_step, metrics["loss"])
+  nonfinite = training.first_nonfinite(state.step, state.nonfinite_step, metrics["loss"])
   return state.replace(step=state.step + 1, classifier=classifier, selected_ops=selected_ops,
                        nonfinite_step=nonfinite), metrics
-
-
-def eval_step(state: State, batch: dict) -> dict:
-  """Loss/accuracy sums of the classifier on a masked batch (see `common.eval_metrics`)."""
-  return common.eval_metrics(state.classifier, batch, mean=state.settings.mean,
-                             std=state.settings.std)
 
 
 def augment(state: State, images: jax.Array, rng: jax.Array) -> jax.Array:
@@ -200,15 +188,21 @@ def augment(state: State, images: jax.Array, rng: jax.Array) -> jax.Array:
   return draw_candidates(state, rng, images)[0]
 
 
-def summaries(state: State) -> common.Summaries:
+def summaries(state: State) -> contract.Summaries:
   """The share of each op among the ops of the selected copies so far."""
   total = jnp.maximum(state.selected_ops.sum(), 1.0)
-  return common.Summaries(
+  return contract.Summaries(
       vectors={"uncertainty/selected_op_share": state.selected_ops / total},
       labels=(("uncertainty/selected_op_share", state.uncertainty.ops),))
 
 
-def export_policy(state: State) -> None:
-  """Nothing replayable is learned."""
-  del state
-  return None
+def copies_per_example(config: ml_collections.ConfigDict) -> int:
+  """C: every example's candidates are scored."""
+  return config.uncertainty.candidates
+
+
+def bench_variants(config: ml_collections.ConfigDict) -> list[contract.BenchVariant]:
+  """A step scoring C = 4 candidates per example after crop + flip."""
+  del config
+  return [contract.BenchVariant("uncertainty_C4", {"augment": "crop+hflip",
+                                                   "uncertainty.candidates": 4})]

@@ -1,4 +1,5 @@
-"""Pieces every method shares: a split NNX module with its optimiser, losses, evaluation."""
+"""What every method trains with: a split NNX module with its optimiser, the classifier's
+loss, updates and evaluation, the run's counts (`DataInfo`) and settings, numeric checks."""
 
 from __future__ import annotations
 
@@ -12,11 +13,13 @@ import optax
 from flax import nnx
 from flax import struct
 
+from jaxaug import hypergrad
 from jaxaug import models
 from jaxaug.augment import fixed
-from jaxaug.augment import policies
 
 PyTree = Any
+
+
 SCHEDULES = ("constant", "cosine", "step")
 
 
@@ -186,6 +189,27 @@ def eval_metrics(classifier: Learner, batch: dict, *, mean, std,
   }
 
 
+def classifier_updates(classifier: Learner, settings: "Settings",
+                       images: jax.Array, labels: jax.Array, *,
+                       model_kwargs: dict | None = None, **unroll_options):
+  """Real optimiser updates on T stacked batches (images f32 [T, B, H, W, C], labels [T, B]).
+
+  `model_kwargs`: per-update model keyword arguments, each with a leading [T] axis (HBA's
+  `hyper`). Returns `(classifier after T updates, LossAux with leading [T])`;
+  differentiable in `images` (see `hypergrad.unrolled_updates`, which also takes
+  `unroll_options`).
+  """
+  def loss_fn(params, rest, inputs):
+    images_t, labels_t, kwargs_t = inputs
+    return classifier_loss(classifier, params, rest, images_t, labels_t,
+                                  mean=settings.mean, std=settings.std, **kwargs_t)
+
+  (params, opt_state, rest), (_, aux) = hypergrad.unrolled_updates(
+      loss_fn, classifier.tx, classifier.params, classifier.opt_state, classifier.rest,
+      (images, labels, model_kwargs or {}), **unroll_options)
+  return classifier.replace(params=params, opt_state=opt_state, rest=rest), aux
+
+
 def check_integer(name: str, value, minimum: int = 1) -> None:
   """ValueError unless `value` (the config value `name`, e.g. 'config.hba.update_every') is an
   integer (not a bool) >= `minimum`."""
@@ -250,39 +274,17 @@ class DataInfo:
     return self.steps_per_epoch / every, max(total, 1)
 
 
+def epoch_row(step: jax.Array, steps_per_epoch: int, rows: int) -> jax.Array:
+  """The row of per-epoch records [rows, ...] that train step `step` belongs to (the last
+  row for steps past `rows` epochs)."""
+  return jnp.minimum(step // steps_per_epoch, rows - 1)
+
+
 def record_epoch(rows: jax.Array, step: jax.Array, steps_per_epoch: int,
                  value: jax.Array) -> jax.Array:
-  """`rows` [R, ...] with the row of `step`'s epoch set to `value` (the last row for steps
-  past R epochs). Called after every step, a row ends up holding the epoch's last value."""
-  epoch = jnp.minimum(step // steps_per_epoch, rows.shape[0] - 1)
-  return rows.at[epoch].set(value.astype(rows.dtype))
-
-
-@struct.dataclass
-class Sparse:
-  """A metric that exists on some steps only: `value` counts where `present` is true.
-
-  The trainer averages it over the steps of a logging window that have it (e.g. the
-  hypergradient norm with an augmenter update every K steps), and leaves it out of a
-  window with none.
-  """
-  value: jax.Array
-  present: jax.Array  # bool scalar
-
-
-@struct.dataclass
-class Summaries:
-  """What a method has learned, read from its state at log steps (`summaries(state)`).
-
-  scalars: name -> f32 scalar (metrics.jsonl and TensorBoard, plotted together).
-  vectors: name -> f32 [n] (each plotted in a figure of its own, one labelled line per
-    component); `labels` holds the n component names of each.
-  histograms: name -> f32 array of draws (TensorBoard histograms).
-  """
-  scalars: dict[str, jax.Array] = struct.field(default_factory=dict)
-  vectors: dict[str, jax.Array] = struct.field(default_factory=dict)
-  histograms: dict[str, jax.Array] = struct.field(default_factory=dict)
-  labels: tuple[tuple[str, tuple[str, ...]], ...] = struct.field(pytree_node=False, default=())
+  """`rows` [R, ...] with the row of `step`'s epoch (`epoch_row`) set to `value`. Called
+  after every step, a row ends up holding the epoch's last value."""
+  return rows.at[epoch_row(step, steps_per_epoch, rows.shape[0])].set(value.astype(rows.dtype))
 
 
 def create_classifier(config: ml_collections.ConfigDict, rng: jax.Array, info: DataInfo, *,
@@ -329,46 +331,3 @@ class Settings:
   def progress(self, step: jax.Array) -> jax.Array:
     """Fraction of training done before `step`, f32 in [0, 1] (for scheduled augmentations)."""
     return jnp.clip(step / self.total_steps, 0.0, 1.0).astype(jnp.float32)
-
-
-def fixed_augment_stack(settings: Settings, rng: jax.Array, images: jax.Array,
-                        step: jax.Array | int = 0, *, spec: str | None = None) -> jax.Array:
-  """Applies the fixed augmentation to each of T stacked batches, f32 [T, B, H, W, C].
-
-  `spec` is a `jaxaug.augment.fixed` spec, `settings.augment` (`config.augment`) by
-  default. `step` (the train step) sets the training progress that scheduled stages
-  (`learned(...)`) follow.
-  """
-  sampler = fixed.compose(settings.augment if spec is None else spec)
-  rngs = jax.random.split(rng, images.shape[0])
-  progress = settings.progress(jnp.asarray(step))
-  # lax.map, not vmap: a vmapped lax.switch (space.apply on the CPU) would run every branch.
-  return jax.lax.map(lambda args: sampler(*args, progress=progress), (rngs, images))
-
-
-def augment_around(settings: Settings, rng: jax.Array, images: jax.Array,
-                   step: jax.Array | int, policy: Callable[[jax.Array, jax.Array], jax.Array]
-                   | None, *, after: str) -> jax.Array:
-  """`config.augment`, then `policy(rng, images)` (skipped if None), then the fixed spec
-  `after`: the standard augmentation around a learned policy (e.g. crop + flip before,
-  Cutout after), f32 [B, H, W, C] in [0, 1]."""
-  before_rng, policy_rng, after_rng = jax.random.split(rng, 3)
-  images = fixed_augment_stack(settings, before_rng, images[None], step)[0]
-  if policy is not None:
-    images = policy(policy_rng, images)
-  return fixed_augment_stack(settings, after_rng, images[None], step, spec=after)[0]
-
-
-def sub_policy_augmenter(op_index: jax.Array, level: jax.Array,
-                         probability: jax.Array | None = None, *, names: tuple[str, ...],
-                         strategy: str = "auto") -> Callable[[jax.Array, jax.Array], jax.Array]:
-  """`(rng, images) -> images` applying image b's ops `op_index[b]` at `level[b]` (int
-  [B, L]), each with its `probability[b]` (f32 [B, L]; None: always), with
-  `policies.apply_sub_policies`."""
-  if probability is None:
-    probability = jnp.ones(op_index.shape, jnp.float32)
-
-  def apply(rng: jax.Array, images: jax.Array) -> jax.Array:
-    return policies.apply_sub_policies(rng, images, op_index, level, probability, names=names,
-                                       strategy=strategy)
-  return apply
