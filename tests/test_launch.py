@@ -52,6 +52,11 @@ def path_without(tmp_path, *missing):
   return {**os.environ, "PATH": str(bin_dir)}
 
 
+def test_launch_holds_only_the_scripts_a_user_runs():
+  entries = os.listdir(os.path.join(ROOT, "launch"))
+  assert sorted(entry for entry in entries if entry != "lib") == sorted(SCRIPTS)
+
+
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_help(script):
   result = launch(script, "--help")
@@ -184,7 +189,7 @@ def test_single_host_one_process():
 @pytest.mark.parametrize("word", ["", "plain", "a b", "it's", "x$y", 'say "hi"', "back\\slash",
                                   "wow!", "`tick`", "--opt=a b", "--opt=", "~/home", "a\nb"])
 def test_quote_round_trips(word):
-  result = subprocess.run(["bash", "-c", 'source launch/common.sh; quote "$1"', "bash", word],
+  result = subprocess.run(["bash", "-c", 'source launch/lib/common.sh; quote "$1"', "bash", word],
                           cwd=ROOT, capture_output=True, text=True, check=True)
   assert shlex.split(result.stdout) == [word]
   echoed = subprocess.run(["bash", "-c", f"printf %s {result.stdout}"], capture_output=True,
