@@ -13,6 +13,7 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from jaxaug import reporting
 from jaxaug import stopping
 from jaxaug import train
 
@@ -30,10 +31,10 @@ def main(argv):
   try:
     train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
   except train.SetupError as rejected:
-    print(f"error: {rejected}", file=sys.stderr)
+    reporting.say(f"error: {rejected}", file=sys.stderr)
     sys.exit(2)
   except stopping.TrainingInterrupted as stopped:
-    print(stopped, file=sys.stderr)
+    reporting.say(str(stopped), file=sys.stderr)
     sys.exit(128 + stopped.signum)
 
 

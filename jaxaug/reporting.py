@@ -25,9 +25,11 @@ from __future__ import annotations
 import io
 import json
 import math
+import os
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, TextIO
 
 from etils import epath
 import jax
@@ -203,6 +205,36 @@ def config_changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
   return [f"{key}: {old_flat.get(key, absent)!r} -> {new_flat.get(key, absent)!r}"
           for key in sorted(old_flat.keys() | new_flat.keys())
           if old_flat.get(key, absent) != new_flat.get(key, absent)]
+
+
+def say(text: str, *, file: TextIO | None = None) -> None:
+  """Prints `text` and a newline to `file` (default: `sys.stdout` at the time of the call) and
+  flushes it, so a pipe or a log file gets the line when it is printed.
+
+  Output never stops a run: a stream that fails (a pipe whose reader has gone, e.g. a `tee`
+  killed by Ctrl-C; a terminal that was closed; a closed file) is ignored, and its file
+  descriptor is pointed at os.devnull so that Python's own flush at exit cannot fail either
+  (which would end the process with status 120).
+  """
+  stream = sys.stdout if file is None else file
+  try:
+    print(text, file=stream, flush=True)
+  except (OSError, ValueError):  # ValueError: the file object was closed
+    _discard_output(stream)
+
+
+def _discard_output(stream: TextIO) -> None:
+  """Sends what is written to `stream`'s file descriptor from now on to os.devnull (nothing
+  if it has none, such as an io.StringIO or a closed file)."""
+  try:
+    descriptor = stream.fileno()
+  except (OSError, ValueError):
+    return
+  devnull = os.open(os.devnull, os.O_WRONLY)
+  try:
+    os.dup2(devnull, descriptor)
+  finally:
+    os.close(devnull)
 
 
 def format_duration(seconds: float) -> str:
@@ -388,7 +420,7 @@ class Reporter:
       are dropped and TensorBoard hides events from step `start_step + 1` on, so a resumed
       run continues the files without duplicates.
     flush_seconds: the longest a written record stays in memory only while writes go on, >= 0.
-    print_fn: where progress lines go.
+    print_fn: where progress lines go (default `say`: stdout, flushed, a closed stream ignored).
     clock: seconds as a float, monotonic; used for steps/s, ETA and `flush_seconds`.
   """
 
@@ -401,7 +433,7 @@ class Reporter:
       log_every: int = 50,
       start_step: int = 0,
       flush_seconds: float = 30.0,
-      print_fn: Callable[[str], Any] = print,
+      print_fn: Callable[[str], Any] = say,
       clock: Callable[[], float] = time.perf_counter,
   ):
     if total_steps <= 0 or log_every <= 0 or start_step < 0 or flush_seconds < 0:

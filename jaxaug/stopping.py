@@ -64,8 +64,11 @@ class StopSignals:
       return  # a repeated SIGTERM
     self.signum = signum
     hint = " (press Ctrl-C again to stop at once)" if signum == signal.SIGINT else ""
-    os.write(2, f"\n{signal.Signals(signum).name}: stopping after this step with a "
-                f"checkpoint{hint}\n".encode())
+    try:  # os.write, not print: the main thread may be printing to the same stream
+      os.write(2, f"\n{signal.Signals(signum).name}: stopping after this step with a "
+                  f"checkpoint{hint}\n".encode())
+    except OSError:  # stderr is a pipe whose reader has gone or a closed terminal: stop anyway
+      pass
 
   def requested(self, step: int) -> bool:
     """True when the run should save a checkpoint at `step` (steps done) and stop."""

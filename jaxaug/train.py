@@ -93,9 +93,9 @@ def _save_config(config: ml_collections.ConfigDict, workdir: str, *, resuming: b
   current = config.to_dict()
   changes = _changes_since_saved(config, workdir) if resuming else []
   if changes:
-    print(f"warning: resuming with a configuration that differs from the saved "
-          f"{epath.Path(workdir) / reporting.CONFIG_FILENAME} (now replaced) in:\n  "
-          + "\n  ".join(changes))
+    reporting.say(f"warning: resuming with a configuration that differs from the saved "
+                  f"{epath.Path(workdir) / reporting.CONFIG_FILENAME} (now replaced) in:\n  "
+                  + "\n  ".join(changes))
   reporting.write_config(workdir, current)
 
 
@@ -182,13 +182,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                                 log_every=config.log_every_steps, start_step=start_step)
   if is_chief:
     _save_config(config, workdir, resuming=start_step > 0)
-    print(f"{config.method} on {config.data.dataset}: {len(dataset.train)} train examples "
-          f"({pipeline.num_train_examples} train / {pipeline.num_val_examples} val), "
-          f"{steps_per_epoch} steps/epoch x {batches_per_step} batch(es) of {config.batch_size}, "
-          f"{total_steps} steps on {mesh.devices.size} device(s)"
-          + (f"; resuming at step {start_step}" if start_step else ""))
+    reporting.say(
+        f"{config.method} on {config.data.dataset}: {len(dataset.train)} train examples "
+        f"({pipeline.num_train_examples} train / {pipeline.num_val_examples} val), "
+        f"{steps_per_epoch} steps/epoch x {batches_per_step} batch(es) of {config.batch_size}, "
+        f"{total_steps} steps on {mesh.devices.size} device(s)"
+        + (f"; resuming at step {start_step}" if start_step else ""))
     if start_step >= total_steps:
-      print("all steps are done: evaluating the final checkpoint again")
+      reporting.say("all steps are done: evaluating the final checkpoint again")
 
   train_step = method.compile_train_step(config, info)
   eval_step = jax.jit(lambda state, batch: method.eval_step(state, to_float_images(batch)))

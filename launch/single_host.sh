@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Train on one host with one process driving all of its GPUs. Run with --help for the usage.
 set -euo pipefail
-# shellcheck source=launch/common.sh
-source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+# shellcheck source=launch/lib/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
 
 usage() {
   cat <<'EOF_USAGE'
@@ -10,12 +10,14 @@ Usage: launch/single_host.sh [options] CONFIG WORKDIR [--config.key=value ...]
 
 Runs `python -m jaxaug.main --config CONFIG --workdir WORKDIR [--config.key=value ...]` as one
 process that drives every visible accelerator of this host (the batch is split over them);
-run it in the environment where jaxaug is installed. Running the same command again resumes
-from the newest checkpoint in WORKDIR; Ctrl-C saves one first.
+run it in the environment where jaxaug is installed. The script becomes that process (exec),
+so Ctrl-C, or a SIGTERM sent to the script, reaches the training itself: it saves a checkpoint
+at the current step and stops with status 130 (143 for SIGTERM). Running the same command
+again resumes from the newest checkpoint in WORKDIR.
 
 Options:
   --gpus LIST     only these GPUs, e.g. 0,1 (sets CUDA_VISIBLE_DEVICES; default: all)
-  --log FILE      also append the output to FILE
+  --log FILE      also append the output to FILE (to its end, also after Ctrl-C)
   --dry-run       print the command and run nothing
   -h, --help      this help
 Example:
@@ -49,7 +51,7 @@ if [[ -n $gpus ]]; then
 fi
 if [[ -n $log ]]; then
   run mkdir -p "$(dirname "$log")"
-  run_logged "$log" "${train[@]}"
+  run_logged_instead "$log" "${train[@]}"
 else
-  run "${train[@]}"
+  run_instead "${train[@]}"
 fi

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Submit a multi-node GPU run to SLURM, one process per GPU. Run with --help for the usage.
 set -euo pipefail
-# shellcheck source=launch/common.sh
-source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+# shellcheck source=launch/lib/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
 
 usage() {
   cat <<'EOF_USAGE'

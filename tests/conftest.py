@@ -1,8 +1,20 @@
 """Test set-up: 8 simulated CPU devices, float32 default."""
 
 import os
+import signal
+
+import pytest
 
 # Must be set before jax is imported anywhere in the test session.
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+@pytest.fixture
+def sigint_not_ignored():
+  """Ctrl-C handled as usual, also when pytest runs as a background job (which ignores SIGINT):
+  a child process then starts with SIGINT's default action, not ignoring it."""
+  previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+  yield
+  signal.signal(signal.SIGINT, previous)

@@ -1,11 +1,17 @@
 """The launch scripts: --help, early failures, and the commands their --dry-run prints."""
 
 import os
+import re
 import shlex
 import shutil
+import signal
 import subprocess
+import sys
+import threading
 
 import pytest
+
+from jaxaug import checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPTS = ("tpu_pod.sh", "slurm.sh", "single_host.sh")
@@ -13,6 +19,9 @@ CONFIG = "configs/cifar10_bilevel.py"
 SPACED = "--config.augment=randaugment(2, 9)+crop"  # an override with spaces and parentheses
 TPU_FLAGS = ["--name", "c10", "--zone", "us-central2-b", "--accelerator-type", "v4-32"]
 SLURM_FLAGS = ["--nodes", "2", "--gpus-per-node", "4"]
+# configs/smoke.py trained far longer than a test waits, a progress line each step
+LONG_SMOKE_RUN = ["--config.num_epochs=1000", "--config.log_every_steps=1",
+                  "--config.checkpoint_every_steps=100000"]
 
 
 def launch(script, *args, env=None):
@@ -50,6 +59,11 @@ def path_without(tmp_path, *missing):
     if tool not in missing and shutil.which(tool):
       os.symlink(shutil.which(tool), bin_dir / tool)
   return {**os.environ, "PATH": str(bin_dir)}
+
+
+def test_launch_holds_only_the_scripts_a_user_runs():
+  entries = os.listdir(os.path.join(ROOT, "launch"))
+  assert sorted(entry for entry in entries if entry != "lib") == sorted(SCRIPTS)
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
@@ -181,10 +195,45 @@ def test_single_host_one_process():
   assert command[-4:] == ["|", "tee", "-a", "logs/my run.log"]
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("signum, to_group", [(signal.SIGINT, True), (signal.SIGTERM, False)])
+def test_single_host_stops_on_a_signal_with_a_checkpoint_and_a_whole_log(
+    tmp_path, sigint_not_ignored, signum, to_group):
+  # SIGINT to the process group is Ctrl-C in a terminal; SIGTERM to the script, a `kill`.
+  workdir, log = tmp_path / "run", tmp_path / "logs" / "run.log"
+  env = {key: value for key, value in os.environ.items() if key != "PYTHONUNBUFFERED"}
+  env.update(PATH=os.pathsep.join([os.path.dirname(sys.executable), env["PATH"]]),
+             PYTHONPATH=os.pathsep.join([ROOT, env.get("PYTHONPATH", "")]), XLA_FLAGS="")
+  process = subprocess.Popen(
+      ["bash", "launch/single_host.sh", "--log", str(log), "configs/smoke.py", str(workdir),
+       *LONG_SMOKE_RUN], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+      text=True, start_new_session=True)
+  watchdog = threading.Timer(300, process.kill)  # a run that hangs before training ends the wait
+  watchdog.start()
+  try:
+    # each line comes when it is printed, not at the exit
+    progress = next(line for line in process.stdout if line.startswith("step "))
+    watchdog.cancel()
+    if to_group:
+      os.killpg(process.pid, signum)
+    else:
+      process.send_signal(signum)
+    rest, _ = process.communicate(timeout=120)
+  finally:
+    process.kill()
+  assert process.returncode == 128 + signum, rest
+  stopped = f"stopped on {signal.Signals(signum).name} after step (\\d+); checkpoint saved"
+  step = int(re.search(stopped, rest).group(1))
+  assert checkpoint.Checkpointer(str(workdir)).latest_step() == step
+  logged = log.read_text()
+  assert logged.startswith("+ python -m jaxaug.main") and progress in logged
+  assert re.search(stopped, logged).group(1) == str(step)
+
+
 @pytest.mark.parametrize("word", ["", "plain", "a b", "it's", "x$y", 'say "hi"', "back\\slash",
                                   "wow!", "`tick`", "--opt=a b", "--opt=", "~/home", "a\nb"])
 def test_quote_round_trips(word):
-  result = subprocess.run(["bash", "-c", 'source launch/common.sh; quote "$1"', "bash", word],
+  result = subprocess.run(["bash", "-c", 'source launch/lib/common.sh; quote "$1"', "bash", word],
                           cwd=ROOT, capture_output=True, text=True, check=True)
   assert shlex.split(result.stdout) == [word]
   echoed = subprocess.run(["bash", "-c", f"printf %s {result.stdout}"], capture_output=True,

@@ -321,14 +321,6 @@ def test_the_records_up_to_a_checkpoint_are_written_before_it_is_saved(tmp_path,
   assert on_disk_at_save[16][-1] == (16, "train")
 
 
-@pytest.fixture
-def sigint_not_ignored():
-  """Ctrl-C handled as usual, also when pytest runs as a background job (which ignores SIGINT)."""
-  previous = signal.signal(signal.SIGINT, signal.default_int_handler)
-  yield
-  signal.signal(signal.SIGINT, previous)
-
-
 def test_stop_signals_ask_once_then_act_as_usual_and_restore_handlers(sigint_not_ignored):
   before = {signum: signal.getsignal(signum) for signum in stopping.SIGNALS}
   with stopping.StopSignals() as stop:

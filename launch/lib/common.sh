@@ -1,5 +1,6 @@
 # shellcheck shell=bash disable=SC2154
-# Shared by the launch scripts (sourced, not run): errors, quoting, --dry-run, argument checks.
+# Shared by the launch scripts (sourced, not run): errors, quoting, --dry-run, argument checks,
+# running a command with a log that outlives Ctrl-C.
 # The script that sources it sets `dry_run` (0 or 1) before calling `run`.
 
 die() {  # prints "<script>: <message>" to stderr and exits 2
@@ -41,15 +42,45 @@ run() {  # runs a command, or with --dry-run prints it (quoted, one line) and ru
   fi
 }
 
-run_logged() {  # run_logged LOG COMMAND...: like run, its output shown and appended to LOG
+run_instead() {  # like run, but COMMAND replaces this shell (exec): every signal sent to the
+  # script (Ctrl-C, a SIGTERM from kill or a scheduler) reaches COMMAND itself
+  if ((dry_run)); then
+    run "$@"
+  else
+    echo "+ $(quote_words "$@")" >&2
+    exec "$@"
+  fi
+}
+
+run_logged() {  # run_logged LOG COMMAND...: like run, its output shown and appended to LOG by a
+  # tee that Ctrl-C does not stop, so LOG keeps what COMMAND prints while it stops
   local log=$1
   shift
   if ((dry_run)); then
     echo "$(quote_words "$@") 2>&1 | tee -a $(quote "$log")"
   else
     echo "+ $(quote_words "$@") 2>&1 | tee -a $(quote "$log")" >&2
-    "$@" 2>&1 | tee -a "$log"
+    "$@" 2>&1 | append_to "$log"
   fi
+}
+
+run_logged_instead() {  # run_logged_instead LOG COMMAND...: like run_logged, but COMMAND
+  # replaces this shell (exec), as in run_instead
+  local log=$1
+  shift
+  if ((dry_run)); then
+    run_logged "$log" "$@"
+  else
+    exec > >(append_to "$log") 2>&1
+    echo "+ $(quote_words "$@") 2>&1 | tee -a $(quote "$log")" >&2
+    exec "$@"
+  fi
+}
+
+append_to() {  # append_to LOG: copies stdin to stdout and appends it to LOG until stdin ends,
+  # ignoring Ctrl-C and SIGTERM (what writes to stdin is stopped by them, and has more to say)
+  trap '' INT TERM
+  exec tee -a "$1"
 }
 
 note() {  # a comment line: part of the dry-run output, on stderr in a real run
