@@ -7,8 +7,11 @@ Layout under a run's workdir, local or `gs://` (written by the chief process onl
                               {"step": int, "split": str, <name>: float | null, ...}
   tensorboard/                TensorBoard event files: scalars "<split>/<name>", image grids
   images/<name>_step<step:07d>.png
+  plots/training.png          loss and accuracy of train, val and test against epoch
+                              (`Reporter.plot_training`)
   plots/<filename>            learned-parameter curves (`Reporter.plot_metrics`), and one
-                              figure per learned vector (`Reporter.plot_vectors`)
+                              figure per learned vector (`Reporter.plot_vectors`), each on
+                              the fixed scale `SCALES` gives it, its identity a dashed line
   results.json                final results (`write_results`)
 
 metrics.jsonl is rewritten whole (an object store cannot append) from the records the
@@ -22,10 +25,12 @@ components of a vector as "<name>[<label>]".
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import math
 import os
+import re
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -353,51 +358,244 @@ def _png(picture: Figure | Image.Image) -> bytes:
   return buffer.getvalue()
 
 
-def _plot_metric_series(records: Sequence[Mapping[str, Any]], names: Sequence[str]) -> Figure:
-  """One subplot per metric name (grid layout), value against step, one line per split."""
-  columns = math.ceil(math.sqrt(len(names)))
-  grid_rows = math.ceil(len(names) / columns)
+@dataclasses.dataclass(frozen=True)
+class Scale:
+  """How a learned quantity is drawn.
+
+  Attributes:
+    limits: the smallest y range shown (values beyond widen it), in the quantity's unit;
+      for a distance (`side` set) in fractions of that image side.
+    identity: the value that leaves images unchanged, drawn as a dashed line (None: no
+      such value), in the unit the quantity is stored in.
+    unit: the y-axis label.
+    side: the image side a distance is measured along, "width", "height" or "side" (their
+      mean); None for a quantity that is not a distance. Distances are drawn in pixels.
+    normalised: whether a distance is stored in normalised image coordinates (-1 to 1
+      across the image: pixels = value * side / 2) rather than in pixels.
+  """
+  limits: tuple[float, float]
+  identity: float | None = None
+  unit: str = ""
+  side: str | None = None
+  normalised: bool = True
+
+
+# Quantity (a learned scalar's name less "_mean", or a learned vector's name, matched whole)
+# -> its Scale; the first match wins, a name nothing matches is auto-scaled. The augmenter's
+# limits are its default bounds (config.bilevel.augmenter.bounds): max_translation 0.25
+# normalised (an eighth of the side: 4 px on 32), max_linear 0.25, max_brightness 0.2,
+# max_contrast and max_saturation 0.3, max_hue 0.05.
+SCALES: tuple[tuple[str, Scale], ...] = (
+    (r"aug/translation_x", Scale((-1 / 8, 1 / 8), 0.0, "px", side="width")),
+    (r"aug/translation_y", Scale((-1 / 8, 1 / 8), 0.0, "px", side="height")),
+    (r"aug/translation_norm", Scale((0.0, 1 / 8), 0.0, "px", side="side")),
+    (r"aug/displacement_px", Scale((0.0, 1 / 8), 0.0, "px", side="side", normalised=False)),
+    (r"aug/linear_(xx|yy)", Scale((0.75, 1.25), 1.0, "scale factor")),
+    (r"aug/linear_(xy|yx)", Scale((-0.25, 0.25), 0.0, "shear")),
+    (r"aug/linear_deviation", Scale((0.0, 0.25), 0.0, "|A - I| per entry")),
+    (r"aug/brightness", Scale((-0.2, 0.2), 0.0, "intensity delta")),
+    (r"aug/(contrast|saturation)", Scale((0.7, 1.3), 1.0, "factor")),
+    (r"aug/hue", Scale((-0.05, 0.05), 0.0, "hue delta (turns)")),
+    (r"hba/(mean_)?probability", Scale((0.0, 1.0), 0.0, "probability")),
+    (r"hba/(mean_)?magnitude_position", Scale((0.0, 1.0), None, "position in the range")),
+    (r".*probability|.*_share", Scale((0.0, 1.0), None, "probability")),
+    (r"ohl/relative_entropy", Scale((0.0, 1.0), None, "entropy / uniform's")),
+    (r"ohl/reward", Scale((0.0, 1.0), None, "validation accuracy")),
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class AxisScale:
+  """A quantity's y axis: drawn value = stored value * `factor`; `limits` (None: auto) and
+  `identity` (None: none) in drawn units."""
+  factor: float = 1.0
+  limits: tuple[float, float] | None = None
+  identity: float | None = None
+  unit: str = ""
+
+
+def axis_scale(quantity: str, image_shape: tuple[int, int] | None = None) -> AxisScale:
+  """The y axis of `quantity` from `SCALES`, distances in pixels of an image of
+  `image_shape` (height, width); a distance without `image_shape` keeps its stored unit
+  and is auto-scaled, and a quantity `SCALES` does not name is auto-scaled."""
+  scale = next((scale for pattern, scale in SCALES if re.fullmatch(pattern, quantity)), None)
+  if scale is None:
+    return AxisScale()
+  if scale.side is None:
+    return AxisScale(1.0, scale.limits, scale.identity, scale.unit)
+  if image_shape is None:
+    return AxisScale(1.0, None, scale.identity,
+                     "normalised (1: half the side)" if scale.normalised else scale.unit)
+  height, width = image_shape
+  side = {"width": width, "height": height, "side": (height + width) / 2}[scale.side]
+  factor = side / 2 if scale.normalised else 1.0
+  identity = None if scale.identity is None else scale.identity * factor
+  return AxisScale(factor, (scale.limits[0] * side, scale.limits[1] * side), identity,
+                   scale.unit)
+
+
+def y_limits(limits: tuple[float, float], values: Sequence[float],
+             margin: float = 0.03) -> tuple[float, float]:
+  """`limits` widened to take in every finite one of `values`, then by `margin` of that
+  span either side (so that a line at a limit, e.g. the identity 0, stays in view)."""
+  finite = [value for value in values if math.isfinite(value)]
+  low, high = min([limits[0], *finite]), max([limits[1], *finite])
+  return low - margin * (high - low), high + margin * (high - low)
+
+
+def _series(records: Sequence[Mapping[str, Any]], name: str,
+            split: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+  """(steps, values) of the records of `split` (None: any) holding `name`; null is NaN."""
+  points = [(record["step"], math.nan if record[name] is None else record[name])
+            for record in records
+            if name in record and (split is None or record["split"] == split)]
+  steps, values = zip(*points) if points else ((), ())
+  return np.asarray(steps, float), np.asarray(values, float)
+
+
+def _draw_series(axis, steps: np.ndarray, values: np.ndarray,
+                 spreads: np.ndarray | None = None, **style) -> None:
+  """`values` against `steps` with `spreads` either side (None: none), in `style`.
+
+  Two or more points: a line and a shaded band. Fewer (a run with one logged point): a
+  marker with error bars, which a line of one point would not show.
+  """
+  if len(steps) < 2:
+    axis.errorbar(steps, values, yerr=spreads, capsize=3,
+                  **{**style, "marker": "o", "markersize": 6, "linestyle": "none"})
+  else:
+    (line,) = axis.plot(steps, values, **style)
+    if spreads is not None:
+      axis.fill_between(steps, values - spreads, values + spreads, color=line.get_color(),
+                        alpha=0.2, linewidth=0)
+
+
+def _finish_axis(axis, scale: AxisScale, drawn: Sequence[float]) -> None:
+  """The identity as a dashed line, the fixed limits widened to `drawn`, the unit."""
+  if scale.identity is not None:
+    axis.axhline(scale.identity, color="black", linestyle="--", linewidth=1,
+                 label="identity")
+  if scale.limits is not None:
+    axis.set_ylim(*y_limits(scale.limits, drawn))
+  axis.set_ylabel(scale.unit)
+  axis.set_xlabel("step")
+  axis.grid(alpha=0.3)
+
+
+def metric_panels(names: Sequence[str]) -> list[tuple[str, str, str | None]]:
+  """(quantity, name, spread name or None) per subplot: "<q>_mean" and "<q>_std" share the
+  subplot of quantity <q> (the mean a line, the standard deviation a band about it); any
+  other name is a quantity of its own."""
+  panels = []
+  for name in names:
+    quantity = name.removesuffix("_mean")
+    spread = quantity + "_std" if name.endswith("_mean") else None
+    if spread in names:
+      panels.append((quantity, name, spread))
+    elif not (name.endswith("_std") and name.removesuffix("_std") + "_mean" in names):
+      panels.append((quantity, name, None))
+  return panels
+
+
+def metrics_figure(records: Sequence[Mapping[str, Any]], names: Sequence[str],
+                   image_shape: tuple[int, int] | None = None) -> Figure:
+  """One subplot per `metric_panels` quantity (grid layout) against step, one line per
+  split, on its `axis_scale`."""
+  panels = metric_panels(names)
+  columns = math.ceil(math.sqrt(len(panels)))
+  grid_rows = math.ceil(len(panels) / columns)
   figure = Figure(figsize=(4 * columns, 3 * grid_rows), layout="constrained")
   FigureCanvasAgg(figure)
   axes = figure.subplots(grid_rows, columns, squeeze=False).ravel()
-  for axis, name in zip(axes, names):
+  for axis, (quantity, name, spread) in zip(axes, panels):
+    scale = axis_scale(quantity, image_shape)
     splits = dict.fromkeys(record["split"] for record in records if name in record)
+    drawn = []
     for split in splits:
-      points = [(record["step"], record[name]) for record in records
-                if name in record and record["split"] == split]
-      steps, values = zip(*points)
-      values = [math.nan if value is None else value for value in values]
-      axis.plot(steps, values, marker=".", markersize=4, label=split)
-    axis.set_title(name)
-    axis.set_xlabel("step")
-    axis.grid(alpha=0.3)
+      steps, values = _series(records, name, split)
+      spreads = None if spread is None else _series(records, spread, split)[1]
+      values = values * scale.factor
+      spreads = None if spreads is None else spreads * scale.factor
+      _draw_series(axis, steps, values, spreads, marker=".", markersize=4, label=split)
+      drawn += [*values] if spreads is None else [*(values - spreads), *(values + spreads)]
+    axis.set_title(quantity + (" (mean ± sd)" if spread else ""))
+    _finish_axis(axis, scale, drawn)
     if len(splits) > 1:
       axis.legend()
-  for axis in axes[len(names):]:
+  for axis in axes[len(panels):]:
     axis.set_visible(False)
+  if any(axis_scale(quantity).identity is not None for quantity, _, _ in panels):
+    figure.suptitle("dashed: the identity (leaves images unchanged)", fontsize="small")
   return figure
 
 
-def _plot_vector(records: Sequence[Mapping[str, Any]], name: str,
-                 labels: Sequence[str]) -> Figure:
-  """The components "<name>[<label>]" of a learned vector against step, one labelled line each."""
+def vector_figure(records: Sequence[Mapping[str, Any]], name: str,
+                  labels: Sequence[str]) -> Figure:
+  """The components "<name>[<label>]" of a learned vector against step, one labelled line
+  each, on its `axis_scale`."""
   figure = Figure(figsize=(10, 5), layout="constrained")
   FigureCanvasAgg(figure)
   axis = figure.subplots()
-  colors = [f"C{i % 10}" for i in range(len(labels))]
+  scale = axis_scale(name)
+  drawn = []
   for index, label in enumerate(labels):
-    key = f"{name}[{label}]"
-    points = [(record["step"], math.nan if record[key] is None else record[key])
-              for record in records if key in record]
-    if points:
-      steps, values = zip(*points)
-      axis.plot(steps, values, color=colors[index], linestyle=("-", "--", ":")[index // 10 % 3],
-                label=label)
+    steps, values = _series(records, f"{name}[{label}]")
+    if len(steps):
+      _draw_series(axis, steps, values, color=f"C{index % 10}",
+                   linestyle=("-", "--", ":")[index // 10 % 3], label=label)
+      drawn += [*values]
   axis.set_title(name)
-  axis.set_xlabel("step")
-  axis.grid(alpha=0.3)
+  _finish_axis(axis, scale, drawn)
   axis.legend(fontsize="x-small", ncol=max(1, math.ceil(len(labels) / 16)),
               loc="center left", bbox_to_anchor=(1.0, 0.5))
+  return figure
+
+
+TRAINING_SPLITS = ("train", "val", "test")
+
+
+def training_curves(records: Sequence[Mapping[str, Any]]
+                    ) -> tuple[str, dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]]:
+  """The loss and accuracy curves of a run's metrics.jsonl records.
+
+  Returns:
+    (x label, {"loss" | "accuracy": {split: (x, values)}}) for the splits of
+    `TRAINING_SPLITS` that have the metric: "train" the means logged every
+    `log_every_steps`, "val" and "test" each evaluation on the whole split. x is the epoch
+    when the train records give it ("epoch" over "step"), else the step.
+  """
+  epochs = [record["epoch"] / record["step"] for record in records
+            if record["split"] == "train" and record.get("epoch") and record["step"]]
+  per_step, label = (epochs[-1], "epoch") if epochs else (1.0, "step")
+  curves = {}
+  for metric in ("loss", "accuracy"):
+    curves[metric] = {}
+    for split in TRAINING_SPLITS:
+      steps, values = _series(records, metric, split)
+      if len(steps):
+        curves[metric][split] = (steps * per_step, values)
+  return label, curves
+
+
+TRAINING_LIMITS = {"loss": (0.0, 0.0), "accuracy": (0.0, 1.0)}  # widened to the values
+
+
+def training_figure(records: Sequence[Mapping[str, Any]]) -> Figure:
+  """Loss (from 0) and accuracy (0 to 1) against epoch, one line per split."""
+  label, curves = training_curves(records)
+  figure = Figure(figsize=(10, 4), layout="constrained")
+  FigureCanvasAgg(figure)
+  for axis, (metric, by_split) in zip(figure.subplots(1, 2), curves.items()):
+    for split, (x, values) in by_split.items():
+      _draw_series(axis, x, values, color=f"C{TRAINING_SPLITS.index(split)}", marker=".",
+                   label=split)
+    axis.set_title(metric)
+    axis.set_xlabel(label)
+    axis.set_ylim(*y_limits(TRAINING_LIMITS[metric],
+                            [value for _, values in by_split.values() for value in values]))
+    axis.grid(alpha=0.3)
+    if by_split:
+      axis.legend()
   return figure
 
 
@@ -551,7 +749,8 @@ class Reporter:
 
   def plot_vectors(self) -> list[str]:
     """One figure per learned vector, `plots/<name with / as _>.png`: each component against
-    step, labelled in a legend. Returns the paths (none on non-chief processes)."""
+    step, labelled in a legend, on the vector's `SCALES` scale. Returns the paths (none on
+    non-chief processes)."""
     if not self.is_chief:
       return []
     records = [record for record in self._records if record["split"] == "learned"]
@@ -562,7 +761,7 @@ class Reporter:
         components.setdefault(name, []).append(label)
     plots = epath.Path(self.workdir) / "plots"
     return [storage.write_file(plots / (name.replace("/", "_") + ".png"),
-                               _png(_plot_vector(records, name, labels)))
+                               _png(vector_figure(records, name, labels)))
             for name, labels in components.items()]
 
   def _image_path(self, step: int, name: str) -> str:
@@ -592,14 +791,17 @@ class Reporter:
 
   def plot_metrics(
       self, prefix: str = "", filename: str = "augmentation_params.png", *,
-      split: str | None = "learned"
+      split: str | None = "learned", image_shape: tuple[int, int] | None = None
   ) -> str | None:
     """Plots every scalar metric whose name starts with `prefix` against step.
 
     Only records of `split` (None: all splits); vector components ("<name>[<label>]") are
-    left to `plot_vectors`. One subplot per metric (grid layout), one line per split; null
-    values leave gaps. Returns `<workdir>/plots/<filename>`, or None if no metric matches or
-    this process is not the chief.
+    left to `plot_vectors`. One subplot per quantity (grid layout; "<q>_mean" and
+    "<q>_std" share one, the spread a band), one line per split, each on its fixed `SCALES`
+    scale with its identity dashed (distances in pixels of images of `image_shape`,
+    (height, width)); null values leave gaps, a single point is a marker. Returns
+    `<workdir>/plots/<filename>`, or None if no metric matches or this process is not the
+    chief.
     """
     if not self.is_chief:
       return None
@@ -610,7 +812,16 @@ class Reporter:
     if not names:
       return None
     return storage.write_file(epath.Path(self.workdir) / "plots" / filename,
-                              _png(_plot_metric_series(records, names)))
+                              _png(metrics_figure(records, names, image_shape)))
+
+  def plot_training(self) -> str | None:
+    """Plots `plots/training.png`: loss and accuracy of train, val and test against epoch
+    (`training_curves`). Returns its path, or None if there is no loss or accuracy yet or
+    this process is not the chief."""
+    if not self.is_chief or not any(training_curves(self._records)[1].values()):
+      return None
+    return storage.write_file(epath.Path(self.workdir) / "plots" / "training.png",
+                              _png(training_figure(self._records)))
 
   def close(self) -> None:
     """Writes out metrics.jsonl and the TensorBoard events and closes the TensorBoard writer;

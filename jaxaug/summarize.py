@@ -1,16 +1,22 @@
-"""Compare finished runs: python -m jaxaug.summarize RUN_DIR [RUN_DIR ...] [--ignore=...] [--metric=...].
+"""Compare finished runs: python -m jaxaug.summarize RUN_DIR [RUN_DIR ...] [--flags].
 
 Reads each run's `config.json` and `results.json` (both written by `jaxaug.main`), groups
-the runs whose configurations are equal apart from the ignored keys (by default the seeds
-`seed` and `data.seed`, so that a group is one setting over several seeds, and the
-`distributed.*` launch settings), and prints a
-Markdown table (the settings sections of the methods a run did not use, e.g. `hba.*` in a
-`bilevel` run, are left out): one row per group, best mean first, with the configuration keys whose
-values differ between groups, the number of runs, and the mean, sample standard deviation
-(n - 1; empty for a single run), minimum and maximum of the metric. Directories without
-`results.json` (runs still going) are skipped with a note on stderr. Run directories may be
-local or on Google Cloud Storage; an argument with wildcards is expanded here (quote it), so
-`gs://` globs work too:
+the runs whose configurations are equal apart from the ignored keys, and prints a Markdown
+table: one row per group, best mean first, with the configuration keys whose values differ
+between the groups, the number of runs, and the mean, sample standard deviation (n - 1;
+empty for a single run), minimum and maximum of the metric.
+
+Ignored by default: the seeds (`seed`, `data.seed`), so that a group is one setting over
+several seeds, and the keys that do not change what is trained (`BOOKKEEPING`: logging,
+evaluation, checkpoint and image cadence, the input pipeline's workers and memory, the
+`distributed.*` launch settings). The settings sections of the methods a run did not use
+(e.g. `hba.*` in a `bilevel` run) are left out. A key its data set fixes (`FOLLOWS`:
+`data.mean`, `data.std`) gets a column only when runs on one data set differ in it.
+`--all_keys` shows every configuration key the runs share, equal or not.
+
+Directories without `results.json` (runs still going) are skipped with a note on stderr.
+Run directories may be local or on Google Cloud Storage; an argument with wildcards is
+expanded here (quote it), so `gs://` globs work too:
 
   python -m jaxaug.summarize runs/r_*
   python -m jaxaug.summarize 'gs://bucket/runs/r_*'
@@ -32,11 +38,21 @@ from jaxaug import storage
 from jaxaug.methods import METHODS
 
 FLAGS = flags.FLAGS
-DEFAULT_IGNORE = ("seed", "data.seed", "distributed")
+SEEDS = ("seed", "data.seed")
+# Keys that change how a run is logged, evaluated, saved, fed or launched, not what it trains.
+BOOKKEEPING = ("log_every_steps", "eval_every_epochs", "eval_batch_size",
+               "checkpoint_every_steps", "keep_checkpoints", "image_every_epochs",
+               "data.workers", "data.in_memory_max_bytes", "data.data_dir", "distributed")
+DEFAULT_IGNORE = SEEDS + BOOKKEEPING
+# Key -> the key that sets it (a data set's standardisation constants follow the data set).
+FOLLOWS = {"data.mean": "data.dataset", "data.std": "data.dataset"}
 flags.DEFINE_list("ignore", list(DEFAULT_IGNORE),
                   "Dotted config keys (with the keys under them) that do not distinguish "
                   "settings: runs differing only in these are grouped.")
 flags.DEFINE_string("metric", "test_accuracy", "Key of results.json to summarise.")
+flags.DEFINE_bool("all_keys", False,
+                  "Show every config key the runs share, not only those that tell the "
+                  "groups apart.")
 
 STATISTICS = ("mean", "sd", "min", "max")
 
@@ -72,40 +88,83 @@ def _hashable(value: Any) -> Any:
   return tuple(_hashable(item) for item in value) if isinstance(value, list) else value
 
 
-def summary_rows(runs: Sequence[Run], metric: str,
-                 ignore: Sequence[str] = DEFAULT_IGNORE) -> list[dict[str, Any]]:
-  """One row per setting: the distinguishing config values, runs, mean, sd, min, max.
+def _ignored(key: str, ignore: Sequence[str]) -> bool:
+  """Whether `key` is one of `ignore` or under one ("distributed" covers "distributed.x")."""
+  return any(key == name or key.startswith(name + ".") for name in ignore)
+
+
+def shared_keys(configs: Sequence[dict[str, Any]],
+                ignore: Sequence[str] = DEFAULT_IGNORE) -> list[str]:
+  """The flattened config keys every one of `configs` has, minus `ignore`, sorted.
+
+  A key some configs lack was written by a jaxaug version without it, which then behaved as
+  its default: it is left out rather than told apart.
+  """
+  if not configs:
+    return []
+  shared = set.intersection(*(set(config) for config in configs))
+  return sorted(key for key in shared if not _ignored(key, ignore))
+
+
+def _takes_one_value_per(configs: Sequence[dict[str, Any]], key: str, leader: str) -> bool:
+  """Whether configs with the same `leader` value all have the same `key` value."""
+  values: dict[Any, set] = {}
+  for config in configs:
+    values.setdefault(_hashable(config[leader]), set()).add(_hashable(config[key]))
+  return all(len(seen) == 1 for seen in values.values())
+
+
+def distinguishing_keys(configs: Sequence[dict[str, Any]],
+                        ignore: Sequence[str] = DEFAULT_IGNORE) -> list[str]:
+  """The `shared_keys` whose values are not the same in all `configs`, sorted.
+
+  A key in `FOLLOWS` is left out when the key that sets it differs too and fixes its value
+  (`data.mean` is no news beside `data.dataset`). These keys tell apart the settings of a
+  set of runs: `summary_rows` groups on them, the results notebook names runs by them.
+  """
+  keys = shared_keys(configs, ignore)
+  varying = [key for key in keys
+             if len({_hashable(config[key]) for config in configs}) > 1]
+  return [key for key in varying
+          if not (FOLLOWS.get(key) in varying
+                  and _takes_one_value_per(configs, key, FOLLOWS[key]))]
+
+
+def setting_label(config: dict[str, Any], keys: Sequence[str]) -> str:
+  """A run's setting in words: `key=value` for each of `keys` (e.g. `distinguishing_keys`)
+  of its flattened config, comma-separated; "all runs" for no keys (one setting)."""
+  return ", ".join(f"{key}={config[key]}" for key in keys) or "all runs"
+
+
+def summary_rows(runs: Sequence[Run], metric: str, ignore: Sequence[str] = DEFAULT_IGNORE,
+                 all_keys: bool = False) -> list[dict[str, Any]]:
+  """One row per setting: its config values, runs, mean, sd, min, max.
 
   Args:
     runs: finished runs.
     metric: key of each run's results (a number).
     ignore: dotted config keys left out, with the keys under them, when deciding which
       runs share a setting ("distributed" covers "distributed.process_id").
+    all_keys: give every `shared_keys` value in the rows, not only the
+      `distinguishing_keys` ones (the groups are the same).
 
   Returns:
-    Rows sorted by mean, highest first. Each holds every config key whose value is not
-    the same in all runs (minus `ignore`, and minus keys some runs lack: those were written
-    by a jaxaug version without the key, which then behaved as its default), then `runs`,
-    `mean`, `sd` (None for one run), `min`, `max`.
+    Rows sorted by mean, highest first. Each holds the config keys (`distinguishing_keys`,
+    or with `all_keys` every shared key), then `runs`, `mean`, `sd` (None for one run),
+    `min`, `max`.
   """
   for run in runs:
     if not isinstance(run.results.get(metric), (int, float)):
       raise ValueError(f"{run.workdir}/{reporting.RESULTS_FILENAME} has no number "
                        f"{metric!r}; it has {sorted(run.results)}")
-  ignored = lambda key: any(key == name or key.startswith(name + ".") for name in ignore)
-  shared = set.intersection(*(set(run.config) for run in runs)) if runs else set()
-  keys = sorted(key for key in shared if not ignored(key))
-  settings = [tuple(_hashable(run.config[key]) for key in keys) for run in runs]
-  varying = [index for index in range(len(keys))
-             if len({setting[index] for setting in settings}) > 1]
-  groups: dict[tuple, list[float]] = {}
-  for run, setting in zip(runs, settings):
-    groups.setdefault(tuple(setting[i] for i in varying), []).append(run.results[metric])
-  rows = []
-  for values_of_keys, values in groups.items():
-    row = {keys[i]: value for i, value in zip(varying, values_of_keys)}
-    row.update(describe(values))
-    rows.append(row)
+  configs = [run.config for run in runs]
+  keys = shared_keys(configs, ignore) if all_keys else distinguishing_keys(configs, ignore)
+  groups: dict[tuple, list[Run]] = {}
+  for run in runs:
+    groups.setdefault(tuple(_hashable(run.config[key]) for key in keys), []).append(run)
+  rows = [{**{key: members[0].config[key] for key in keys},
+           **describe([run.results[metric] for run in members])}
+          for members in groups.values()]
   return sorted(rows, key=lambda row: -row["mean"])
 
 
@@ -154,7 +213,7 @@ def main(argv):
     else:
       runs.append(run)
   try:
-    rows = summary_rows(runs, FLAGS.metric, FLAGS.ignore)
+    rows = summary_rows(runs, FLAGS.metric, FLAGS.ignore, FLAGS.all_keys)
   except ValueError as rejected:  # e.g. a --metric the runs do not have: one line, status 2
     print(f"error: {rejected}", file=sys.stderr)
     sys.exit(2)

@@ -267,8 +267,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   final = eval_and_report(total_steps)
   save_images(total_steps)
-  reporter.plot_metrics(filename="augmentation_params.png")
+  reporter.plot_metrics(filename="augmentation_params.png", image_shape=info.image_shape[:2])
   reporter.plot_vectors()
+  reporter.plot_training()
   policy = method.export_policy(state)
   if policy is not None and is_chief:
     learned.write_policy(str(epath.Path(workdir) / "policy"), policy)

@@ -11,7 +11,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -32,27 +32,43 @@
 # at the default length). Without network, when CIFAR-10 cannot be downloaded, it uses
 # scikit-learn's bundled 8x8 digits instead.
 #
-# The settings are in the next cell; *Runtime → Run all* runs everything.
+# **Getting it onto Colab** from your copy of jaxaug: *File → Upload notebook* and pick
+# `notebooks/quickstart.ipynb` (or, if your copy is on GitHub, *File → Open notebook →
+# GitHub* and its address). Colab then has the notebook but not the code: set `REPO_URL` in
+# the next cell to your copy's clone URL (a private repository needs a URL with an access
+# token). Run from a checkout (Jupyter in `notebooks/`), it uses that checkout instead.
+#
+# The settings are in the next cell; *Runtime → Run all* runs everything. The outputs saved
+# in this file come from running it as it is on a 2-core CPU without network, so on the
+# digits; on a TPU with CIFAR-10 the same cells show the same kinds of tables and plots.
 
 # %% tags=["parameters"]
 DATASET = "cifar10"  # a tfds name (the first use downloads and prepares it, ~2 minutes)
 NUM_EPOCHS = 20  # of each of the two runs (the README's CIFAR-10 results use 60)
 WORKDIR = "runs/quickstart_notebook"  # WORKDIR/bilevel and WORKDIR/predefined; or gs://bucket/path
 SMOKE = False  # True: 160 training images and batches of 16 (what the tests run)
-REPO_URL = "https://github.com/jaxaug/jaxaug"  # cloned when jaxaug is not installed
+REPO_URL = ""  # your copy's clone URL: cloned when this notebook is not in a checkout
 
 # %% [markdown]
 # ## Install
 #
-# Uses the jaxaug checkout this notebook is in, or clones the repository, and installs it
+# Uses the jaxaug checkout this notebook is in, or clones `REPO_URL`, and installs it
 # unless `jaxaug` is importable already. On a TPU runtime it installs the `jax[tpu]` that
 # matches the JAX it ends up with.
 
 # %%
 import importlib.util
+import os
 import pathlib
 import subprocess
 import sys
+
+
+class SetupError(Exception):
+  """A set-up step that cannot go on; the notebook shows its message as one line."""
+
+  def _render_traceback_(self) -> list[str]:  # what IPython shows instead of a traceback
+    return [f"SetupError: {self}"]
 
 
 def find_checkout() -> pathlib.Path | None:
@@ -64,6 +80,9 @@ def find_checkout() -> pathlib.Path | None:
 
 
 REPO = find_checkout()
+if REPO is None and not REPO_URL:
+  raise SetupError("no jaxaug checkout around this notebook and REPO_URL is empty: set "
+                   "REPO_URL in the parameters cell to your copy's clone URL")
 if REPO is None:
   subprocess.run(["git", "clone", "--depth=1", REPO_URL, "jaxaug"], check=True)
   REPO = pathlib.Path("jaxaug").resolve()
@@ -71,7 +90,7 @@ if importlib.util.find_spec("jaxaug") is None:
   tpu = ["jax[tpu]"] if importlib.util.find_spec("libtpu") else []
   subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", str(REPO), *tpu], check=True)
   importlib.invalidate_caches()
-print(f"configs from {REPO / 'configs'}")
+print(f"configs from {os.path.relpath(REPO / 'configs')}")
 
 # %% [markdown]
 # ## The accelerator
@@ -187,39 +206,25 @@ def show_grids(workdir: str) -> None:
 show_grids(BILEVEL_DIR)
 
 # %% [markdown]
-# ### The learned transformation over training
+# ### The learned transformation and the training curves
 #
-# The augmenter's output statistics over a batch of noise (`aug/...`, logged with the
-# training metrics): e.g. `linear_xx_mean` is the mean horizontal scale (1 is the identity),
-# `translation_x_std` the spread of the horizontal shift (in units of half the image width).
+# The plots the run wrote in `plots/`. `augmentation_params.png`: the augmenter's output over a
+# batch of noise at each logged step, each parameter's mean (line) and standard deviation
+# (band), on the range the augmenter may reach by default: translations in pixels, the
+# affine matrix entries around the identity's 1 and 0. The dashed line is the identity (no
+# change). `training.png`: loss and accuracy on the training batches, the validation set and
+# the test set.
 
 # %%
-import math
-
-import matplotlib.pyplot as plt
-
-from jaxaug import reporting
-
-
-def plot_learned_scalars(workdir: str, columns: int = 4) -> None:
-  """One small plot per learned scalar (`learned` records of metrics.jsonl) against the step."""
-  records = [record for record in reporting.read_metrics(workdir) if record["split"] == "learned"]
-  names = sorted({name for record in records for name in record
-                  if name not in ("step", "split") and "[" not in name})
-  rows = math.ceil(len(names) / columns)
-  figure, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 2.2 * rows), squeeze=False)
-  for axis, name in zip(axes.flat, names):
-    points = [(record["step"], record[name]) for record in records if record.get(name) is not None]
-    axis.plot(*zip(*points), marker=".")
-    axis.set_title(name, fontsize=9)
-  for axis in axes.flat[len(names):]:
-    axis.set_visible(False)
-  figure.supxlabel("step")
-  figure.tight_layout()
-  plt.show()
+def show_plots(workdir: str, names: tuple[str, ...]) -> None:
+  """The run's `plots/<name>` images that exist, in order."""
+  for name in names:
+    path = epath.Path(workdir) / "plots" / name
+    if path.exists():
+      display(Image(data=path.read_bytes()))
 
 
-plot_learned_scalars(BILEVEL_DIR)
+show_plots(BILEVEL_DIR, ("augmentation_params.png", "training.png"))
 
 # %% [markdown]
 # ## The reference: a fixed augmentation, the same length
@@ -227,6 +232,7 @@ plot_learned_scalars(BILEVEL_DIR)
 # %%
 REFERENCE_DIR = f"{WORKDIR}/predefined"
 reference_results = train.train_and_evaluate(reference_config, REFERENCE_DIR)
+show_plots(REFERENCE_DIR, ("training.png",))
 
 # %% [markdown]
 # ## Test accuracy
@@ -235,7 +241,10 @@ reference_results = train.train_and_evaluate(reference_config, REFERENCE_DIR)
 # a short run the difference is noisy: the README's table gives the spread over seeds.
 
 # %%
+import matplotlib.pyplot as plt
 from IPython.display import Markdown
+
+from jaxaug import reporting
 
 RUNS = {
     f"bilevel (learned {bilevel_config.bilevel.augmenter.kind})": (BILEVEL_DIR, bilevel_results),

@@ -6,7 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -23,12 +23,15 @@
 # the `reinforce` controller's op and level probabilities and rewards per epoch, ...). It
 # needs no accelerator.
 #
-# Set `RUNS` in the next cell, then *Run all*.
+# Set `RUNS` in the next cell, then *Run all*. On Colab (*File → Upload notebook* with
+# `notebooks/results.ipynb` from your copy of jaxaug), also set `REPO_URL` to your copy's
+# clone URL, and give runs on `gs://`: a Colab runtime does not see your local runs. The
+# outputs saved in this file show the two runs of the quickstart notebook's saved outputs.
 
 # %% tags=["parameters"]
-RUNS = ["runs/*"]  # run directories or globs, local or gs://bucket/path/runs/*
+RUNS = ["runs/quickstart_notebook/*"]  # run directories or globs, local or gs://bucket/runs/*
 METRIC = "test_accuracy"  # the key of results.json the table summarises
-REPO_URL = "https://github.com/jaxaug/jaxaug"  # installed from here when jaxaug is missing
+REPO_URL = ""  # your copy's clone URL: installed from there when jaxaug is missing
 
 # %% [markdown]
 # ## Install and sign in
@@ -44,8 +47,20 @@ import pathlib
 import subprocess
 import sys
 
+
+class SetupError(Exception):
+  """A set-up step that cannot go on; the notebook shows its message as one line."""
+
+  def _render_traceback_(self) -> list[str]:  # what IPython shows instead of a traceback
+    return [f"SetupError: {self}"]
+
+
 if importlib.util.find_spec("jaxaug") is None:
   checkout = pathlib.Path.cwd().parent
+  if not (checkout / "jaxaug").is_dir() and not REPO_URL:
+    raise SetupError("jaxaug is not installed, this notebook is not in a checkout and "
+                     "REPO_URL is empty: set REPO_URL in the parameters cell to your copy's "
+                     "clone URL")
   source = str(checkout) if (checkout / "jaxaug").is_dir() else f"git+{REPO_URL}"
   subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", source], check=True)
   importlib.invalidate_caches()
@@ -93,23 +108,23 @@ print(f"{len(runs)} finished run(s)")
 # %% [markdown]
 # ## Summary over seeds
 #
-# One row per setting, best first: the config keys whose values differ between settings, the
-# number of runs (seeds) and the mean, standard deviation, minimum and maximum of `METRIC`.
+# One row per setting, best first: the config keys whose values differ between settings
+# (not the seeds, nor keys that change only logging, evaluation or checkpointing), the number
+# of runs (seeds) and the mean, standard deviation, minimum and maximum of `METRIC`. The
+# tables and legends below name each run by the same keys.
 
 # %%
 from IPython.display import HTML, Image, Markdown, display
 
 from jaxaug import reporting
 
-rows = summarize.summary_rows(runs, METRIC)
-display(Markdown(summarize.format_table(rows)))
-SETTING_KEYS = [key for key in (rows[0] if rows else {})
-                if key not in ("runs", *summarize.STATISTICS)]
+display(Markdown(summarize.format_table(summarize.summary_rows(runs, METRIC))))
+SETTING_KEYS = summarize.distinguishing_keys([run.config for run in runs])
 
 
 def setting(run: summarize.Run) -> str:
   """The run's values of the keys that tell the settings apart (its row of the table)."""
-  return ", ".join(f"{key}={run.config[key]}" for key in SETTING_KEYS) or "all runs"
+  return summarize.setting_label(run.config, SETTING_KEYS)
 
 
 table = [f"| run | setting | {METRIC} | steps | training time |", "|---|---|---|---|---|"]
@@ -124,8 +139,6 @@ display(Markdown("\n".join(table)))
 # per setting.
 
 # %%
-import math
-
 import matplotlib.pyplot as plt
 
 
@@ -145,6 +158,7 @@ for axis, split in zip(axes, ("val", "test")):
     axis.plot(*accuracy_curve(run, split), marker=".", color=colours[label], label=label)
   axis.set_title(f"{split} accuracy")
   axis.set_xlabel("epoch")
+  axis.set_ylim(0, 1)
 handles = {label: handle for handle, label in zip(*axes[1].get_legend_handles_labels())}
 figure.legend(handles.values(), handles.keys(), loc="upper center", bbox_to_anchor=(0.5, 0),
               fontsize=8)
@@ -154,62 +168,15 @@ plt.show()
 # ## What each run learned
 #
 # For a method that learns augmentation: its exported policy (`policy/policy.json`: the
-# family, a readable summary, the arrays `learned('<dir>')` replays), the learned scalars over
-# training, each learned vector over training as a heatmap (e.g. `hba/probability`: one row
-# per op of the policy), and the last grid of original and augmented images. A run with a
-# fixed augmentation shows its spec.
+# family, a readable summary, the arrays `learned('<dir>')` replays), the plots the run wrote
+# of what it learned over training (`plots/augmentation_params.png`, and one per learned
+# vector, e.g. `plots/hba_probability.png` with a line per op of the policy; each on a fixed
+# scale with the identity dashed), and the last grid of original and augmented images. A run
+# with a fixed augmentation shows its spec.
 
 # %%
 import html
 import json
-
-
-def learned_records(workdir: str) -> list[dict]:
-  return [record for record in reporting.read_metrics(workdir) if record["split"] == "learned"]
-
-
-def plot_learned_scalars(records: list[dict], columns: int = 4) -> None:
-  """One small plot per learned scalar against the step."""
-  names = sorted({name for record in records for name in record
-                  if name not in ("step", "split") and "[" not in name})
-  if not names:
-    return
-  rows = math.ceil(len(names) / columns)
-  figure, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 2.2 * rows), squeeze=False)
-  for axis, name in zip(axes.flat, names):
-    points = [(record["step"], record[name]) for record in records if record.get(name) is not None]
-    axis.plot(*zip(*points), marker=".")
-    axis.set_title(name, fontsize=9)
-  for axis in axes.flat[len(names):]:
-    axis.set_visible(False)
-  figure.supxlabel("step")
-  figure.tight_layout()
-  plt.show()
-
-
-def plot_learned_vectors(records: list[dict]) -> None:
-  """A heatmap per learned vector ("name[component]" entries): components x logged steps."""
-  vectors: dict[str, list[str]] = {}
-  for record in records:
-    for key in record:
-      if key.endswith("]") and "[" in key:
-        name, component = key[:-1].split("[", 1)
-        vectors.setdefault(name, [])
-        if component not in vectors[name]:
-          vectors[name].append(component)
-  steps = [record["step"] for record in records]
-  ticks = range(0, len(steps), max(1, len(steps) // 8))
-  for name, components in vectors.items():
-    values = [[record.get(f"{name}[{component}]", math.nan) for record in records]
-              for component in components]
-    figure, axis = plt.subplots(figsize=(8, 0.8 + 0.16 * len(components)))
-    image = axis.imshow(values, aspect="auto", interpolation="nearest")
-    axis.set_yticks(range(len(components)), components, fontsize=7)
-    axis.set_xticks(ticks, [steps[i] for i in ticks])
-    axis.set_xlabel("step")
-    axis.set_title(name)
-    figure.colorbar(image, ax=axis)
-    plt.show()
 
 
 def show_policy(run: summarize.Run) -> None:
@@ -226,9 +193,9 @@ def show_policy(run: summarize.Run) -> None:
         f"{policy['schedule_rows']} schedule row(s); arrays: {arrays}")
   summary = html.escape(json.dumps(policy["summary"], indent=1))
   display(HTML(f"<details><summary>policy summary</summary><pre>{summary}</pre></details>"))
-  records = learned_records(run.workdir)
-  plot_learned_scalars(records)
-  plot_learned_vectors(records)
+  for plot in sorted((epath.Path(run.workdir) / "plots").glob("*.png")):
+    if plot.name != "training.png":
+      display(Image(data=plot.read_bytes()))
   grids = sorted((epath.Path(run.workdir) / "images").glob("augmented_step*.png"))
   if grids:
     print(f"original and augmented images at the end ({grids[-1].name}):")

@@ -1,4 +1,5 @@
-"""The notebooks: each .ipynb in sync with its jupytext .py, stored without outputs, and run.
+"""The notebooks: each .ipynb in sync with its jupytext .py, stored with the outputs of one
+clean run, stopping in one line without a way to install jaxaug, and run.
 
 The runs execute the .ipynb files (what Colab opens) in a Jupyter kernel on the CPU with
 small settings, given as a cell inserted after the one tagged "parameters" (as papermill
@@ -13,6 +14,7 @@ import jupytext
 import nbformat
 import pytest
 from nbclient import NotebookClient
+from nbclient.exceptions import CellExecutionError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTEBOOKS = os.path.join(ROOT, "notebooks")
@@ -45,22 +47,41 @@ def test_pair_in_sync(name):
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_stored_without_outputs(name):
+def test_stored_outputs_are_one_clean_run(name):
+  """What a reader sees before running: every code cell run once, in order, without errors,
+  with figures, and without this machine's paths."""
   stored = nbformat.read(notebook_path(name, "ipynb"), as_version=4)
-  for cell in stored.cells:
-    if cell.cell_type == "code":
-      assert cell.outputs == [] and cell.execution_count is None, cell.source[:80]
+  code = [cell for cell in stored.cells if cell.cell_type == "code"]
+  assert [cell.execution_count for cell in code] == list(range(1, len(code) + 1))
+  assert not [output for cell in code for output in cell.outputs
+              if output.output_type == "error"]
+  assert images(stored) >= 2
+  text = outputs(stored) + outputs(stored, "text/markdown")
+  for machine_path in ("/work/", "/tmp/", "/home/"):
+    assert machine_path not in text
 
 
-def execute(name, **parameters):
-  """notebooks/<name>.ipynb run with `parameters` assigned after its "parameters" cell."""
+def with_parameters(name, setup="", **parameters):
+  """notebooks/<name>.ipynb with a cell of the code `setup` and `parameters` assigned
+  inserted after its "parameters" cell."""
   notebook = nbformat.read(notebook_path(name, "ipynb"), as_version=4)
   (index,) = [i for i, cell in enumerate(notebook.cells)
               if "parameters" in cell.metadata.get("tags", [])]
   assignments = "\n".join(f"{key} = {value!r}" for key, value in parameters.items())
-  notebook.cells.insert(index + 1, nbformat.v4.new_code_cell(assignments))
+  notebook.cells.insert(index + 1, nbformat.v4.new_code_cell(setup + assignments))
+  return notebook
+
+
+def run(notebook, path=NOTEBOOKS):
+  """Runs `notebook` in place, in a kernel started in directory `path`."""
   NotebookClient(notebook, timeout=TIMEOUT_SECONDS, kernel_name="python3",
-                 resources={"metadata": {"path": NOTEBOOKS}}).execute(env=ONE_DEVICE)
+                 resources={"metadata": {"path": str(path)}}).execute(env=ONE_DEVICE)
+
+
+def execute(name, **parameters):
+  """notebooks/<name>.ipynb run with `parameters` assigned after its "parameters" cell."""
+  notebook = with_parameters(name, **parameters)
+  run(notebook)
   return notebook
 
 
@@ -76,6 +97,26 @@ def outputs(notebook, mime="text/plain"):
 def images(notebook):
   return sum("image/png" in output.get("data", {})
              for cell in notebook.cells for output in cell.get("outputs", []))
+
+
+# As on a fresh Colab runtime: jaxaug is not importable (it is installed here for the tests).
+WITHOUT_JAXAUG = """import importlib.util
+_find_spec = importlib.util.find_spec
+importlib.util.find_spec = lambda name, *rest: None if name == "jaxaug" else _find_spec(name, *rest)
+"""
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_install_stops_in_one_line_without_a_checkout_or_repo_url(name, tmp_path):
+  notebook = with_parameters(name, setup=WITHOUT_JAXAUG, REPO_URL="")
+  with pytest.raises(CellExecutionError):
+    run(notebook, tmp_path)
+  errors = [output for cell in notebook.cells for output in cell.get("outputs", [])
+            if output.output_type == "error"]
+  assert len(errors) == 1 and errors[0].ename == "SetupError"
+  (line,) = errors[0].traceback  # no traceback: one line saying what to do
+  assert line.startswith("SetupError: ") and "set REPO_URL in the parameters cell" in line
+  assert list(tmp_path.iterdir()) == []  # nothing cloned or written
 
 
 @pytest.fixture(scope="module")
@@ -95,6 +136,8 @@ def test_quickstart(quickstart):
   assert "backend: cpu" in printed
   for run in ("bilevel", "predefined"):
     assert os.path.isfile(workdir / run / "results.json")
+    assert os.path.isfile(workdir / run / "plots" / "training.png")
+  assert os.path.isfile(workdir / "bilevel" / "plots" / "augmentation_params.png")
   table = outputs(notebook, "text/markdown")
   assert "| bilevel (learned affine) |" in table and "| supervised (crop(padding=2)) |" in table
   assert images(notebook) >= 4  # grids at the start and the end, parameters, accuracy

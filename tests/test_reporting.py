@@ -259,6 +259,137 @@ def test_plot_metrics(tmp_path):
     assert np.asarray(picture.convert("L")).min() < 128
 
 
+def test_axis_scales_come_from_the_table_with_distances_in_pixels():
+  # A translation is stored in normalised units: pixels = value * side / 2.
+  x = reporting.axis_scale("aug/translation_x", image_shape=(32, 48))
+  assert (x.factor, x.limits, x.identity, x.unit) == (24.0, (-6.0, 6.0), 0.0, "px")
+  y = reporting.axis_scale("aug/translation_y", image_shape=(32, 48))
+  assert (y.factor, y.limits) == (16.0, (-4.0, 4.0))
+  # Already in pixels: only the limits scale with the image (an eighth of the mean side).
+  shift = reporting.axis_scale("aug/displacement_px", image_shape=(32, 48))
+  assert (shift.factor, shift.limits, shift.identity) == (1.0, (0.0, 5.0), 0.0)
+  # Without the image size a distance keeps its unit and is auto-scaled.
+  assert reporting.axis_scale("aug/translation_x").limits is None
+  linear = reporting.axis_scale("aug/linear_yy")
+  assert (linear.limits, linear.identity) == ((0.75, 1.25), 1.0)
+  assert reporting.axis_scale("aug/contrast").identity == 1.0
+  assert reporting.axis_scale("hba/probability").identity == 0.0
+  choice = reporting.axis_scale("reinforce/op_probability")
+  assert (choice.limits, choice.identity) == ((0.0, 1.0), None)
+  assert reporting.axis_scale("uncertainty/selected_op_share").limits == (0.0, 1.0)
+  assert reporting.axis_scale("reinforce/reward") == reporting.AxisScale()  # auto-scaled
+  assert reporting.axis_scale("aug/translation_x_extra") == reporting.AxisScale()  # whole name
+
+
+def test_fixed_limits_widen_only_for_values_beyond_them():
+  assert reporting.y_limits((-1.0, 1.0), [0.02, -0.02, math.nan], margin=0) == (-1.0, 1.0)
+  assert reporting.y_limits((-1.0, 1.0), [3.0], margin=0) == (-1.0, 3.0)
+  assert reporting.y_limits((0.0, 1.0), [], margin=0.1) == pytest.approx((-0.1, 1.1))
+
+
+def test_metric_panels_pair_means_with_their_spreads():
+  names = ["aug/linear_deviation_mean", "aug/translation_x_mean", "aug/translation_x_std",
+           "hba/mean_probability", "loss_std"]
+  assert reporting.metric_panels(names) == [
+      ("aug/linear_deviation", "aug/linear_deviation_mean", None),
+      ("aug/translation_x", "aug/translation_x_mean", "aug/translation_x_std"),
+      ("hba/mean_probability", "hba/mean_probability", None),
+      ("loss_std", "loss_std", None)]
+
+
+def _learned(step, shift, spread):
+  return {"step": step, "split": "learned", "aug/translation_x_mean": shift,
+          "aug/translation_x_std": spread, "aug/linear_xx_mean": 1 + shift}
+
+
+def _identity_lines(axis):
+  return [line for line in axis.get_lines()
+          if line.get_linestyle() == "--" and len(set(line.get_ydata())) == 1]
+
+
+def test_parameter_plot_keeps_a_small_wobble_small_and_draws_the_identity():
+  records = [_learned(step, 0.02 * (-1) ** step, 0.01) for step in range(1, 6)]
+  figure = reporting.metrics_figure(
+      records, ["aug/linear_xx_mean", "aug/translation_x_mean", "aug/translation_x_std"],
+      image_shape=(32, 32))
+  linear, translation = figure.axes[:2]
+  assert translation.get_title() == "aug/translation_x (mean ± sd)"
+  assert translation.get_ylabel() == "px"
+  # +-0.02 normalised is +-0.32 px on 32 px: drawn on the +-4 px of the default bound.
+  low, high = translation.get_ylim()
+  assert low < -4 and high > 4 and high - low < 9
+  assert max(abs(translation.get_lines()[0].get_ydata())) == pytest.approx(0.32)
+  assert [list(line.get_ydata()) for line in _identity_lines(translation)] == [[0, 0]]
+  assert [list(line.get_ydata()) for line in _identity_lines(linear)] == [[1, 1]]
+  assert linear.get_ylim()[0] < 0.75 and linear.get_ylim()[1] > 1.25
+  assert len(translation.collections) == 1  # the +-sd band
+
+
+def test_a_single_logged_point_is_drawn_as_a_marker():
+  figure = reporting.metrics_figure([_learned(10, 0.1, 0.05)],
+                                    ["aug/translation_x_mean", "aug/translation_x_std"],
+                                    image_shape=(32, 32))
+  (axis,) = figure.axes
+  markers = [line for line in axis.get_lines() if line.get_marker() == "o"]
+  assert len(markers) == 1 and list(markers[0].get_ydata()) == pytest.approx([1.6])
+  records = [{"step": 10, "split": "learned", "hba/probability[Rotate#1]": 0.2,
+              "hba/probability[Invert#1]": 0.4}]
+  (axis,) = reporting.vector_figure(records, "hba/probability", ["Rotate#1", "Invert#1"]).axes
+  assert sorted(line.get_ydata()[0] for line in axis.get_lines()
+                if line.get_marker() == "o") == [0.2, 0.4]
+  assert axis.get_ylim()[0] < 0 and axis.get_ylim()[1] > 1  # probabilities: 0 to 1
+  assert len(_identity_lines(axis)) == 1
+
+
+def _training_records():
+  """Two epochs of 10 steps: train means every 5 steps, an evaluation each epoch."""
+  records = [{"step": step, "split": "train", "loss": 2.0 / step, "accuracy": step / 25,
+              "epoch": step / 10} for step in (5, 10, 15, 20)]
+  for step in (10, 20):
+    records += [{"step": step, "split": split, "loss": 1.0, "accuracy": accuracy}
+                for split, accuracy in (("val", 0.5), ("test", 0.45))]
+  records.append({"step": 20, "split": "learned", "aug/translation_x_mean": 0.0})
+  return records
+
+
+def test_training_curves_against_epoch_for_train_val_and_test():
+  label, curves = reporting.training_curves(_training_records())
+  assert label == "epoch"
+  assert list(curves) == ["loss", "accuracy"]
+  assert list(curves["accuracy"]) == ["train", "val", "test"]
+  np.testing.assert_allclose(curves["accuracy"]["train"][0], [0.5, 1.0, 1.5, 2.0])
+  np.testing.assert_allclose(curves["accuracy"]["train"][1], [0.2, 0.4, 0.6, 0.8])
+  np.testing.assert_allclose(curves["loss"]["test"][0], [1.0, 2.0])
+  # Without train records, against the step.
+  label, curves = reporting.training_curves(
+      [r for r in _training_records() if r["split"] == "test"])
+  assert label == "step" and list(curves["loss"]) == ["test"]
+  np.testing.assert_allclose(curves["loss"]["test"][0], [10, 20])
+  loss, accuracy = reporting.training_figure(_training_records()).axes
+  low, high = accuracy.get_ylim()
+  assert -0.1 < low < 0 and 1 < high < 1.1  # 0 to 1 whatever the values
+  low, high = loss.get_ylim()
+  assert -0.1 < low < 0 and 1 < high < 1.1  # from 0 to just above the largest loss, 1.0
+  assert [text.get_text() for text in accuracy.get_legend().get_texts()] == [
+      "train", "val", "test"]
+
+
+def test_plot_training_writes_plots_training_png(tmp_path):
+  reporter = reporting.Reporter(str(tmp_path / "empty"), total_steps=20)
+  assert reporter.plot_training() is None  # nothing to draw yet
+  reporter.close()
+  reporter = reporting.Reporter(str(tmp_path / "run"), total_steps=20)
+  for record in _training_records():
+    reporter.write(record["step"], record["split"],
+                   {name: value for name, value in record.items() if name not in ("step", "split")})
+  path = reporter.plot_training()
+  reporter.close()
+  assert path == str(tmp_path / "run" / "plots" / "training.png")
+  with Image.open(path) as picture:
+    assert picture.format == "PNG" and picture.size[0] > picture.size[1]
+    assert np.asarray(picture.convert("L")).min() < 128
+
+
 def test_progress_line_rate_and_eta_from_recent_window(tmp_path):
   clock, lines = FakeClock(), []
   reporter = reporting.Reporter(str(tmp_path), total_steps=250, log_every=100,

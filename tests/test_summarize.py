@@ -12,9 +12,12 @@ from jaxaug import reporting
 from jaxaug import summarize
 
 
-def _write_run(workdir, *, method, learning_rate, seed, accuracy, model="cnn6"):
+def _write_run(workdir, *, method, learning_rate, seed, accuracy, model="cnn6",
+               dataset="cifar10", mean=(0.5,)):
   config = {"method": method, "model": model, "seed": seed,
-            "data": {"seed": seed, "mean": (0.5,)}, "optim": {"learning_rate": learning_rate},
+            "data": {"seed": seed, "dataset": dataset, "mean": mean, "workers": seed},
+            "optim": {"learning_rate": learning_rate},
+            "log_every_steps": 10 * (seed + 1),  # bookkeeping: does not split a setting
             "distributed": {"enabled": seed > 0, "process_id": seed}}  # launch details
   reporting.write_config(str(workdir), config)
   reporting.write_results(str(workdir), {"test_accuracy": accuracy, "steps": 10})
@@ -82,6 +85,7 @@ def test_command_line_prints_a_markdown_table(runs, tmp_path):
   assert lines[0] == "| method | optim.learning_rate | runs | mean | sd | min | max |"
   assert lines[2] == "| bilevel | 0.1 | 2 | 0.7000 | 0.1414 | 0.6000 | 0.8000 |"
   assert lines[4] == "| supervised | 0.05 | 1 | 0.5500 |  | 0.5500 | 0.5500 |"
+  assert len(lines) == 5
   assert f"skipped {unfinished}: no results.json (not finished)" in completed.stderr
   assert f"skipped {log_file}: not a directory" in completed.stderr
 
@@ -109,3 +113,42 @@ def test_sections_of_methods_a_run_did_not_use_do_not_split_settings(tmp_path):
   assert "hba.sigma" not in runs[0].config
   rows = summarize.summary_rows(runs, "test_accuracy")
   assert len(rows) == 1 and rows[0]["runs"] == 2
+
+
+def test_keys_a_data_set_fixes_show_only_when_one_data_set_has_several_values(tmp_path):
+  runs = [summarize.load_run(_write_run(tmp_path / name, method="supervised", learning_rate=0.1,
+                                        seed=0, accuracy=accuracy, dataset=dataset, mean=mean))
+          for name, dataset, mean, accuracy in (("c", "cifar10", (0.49, 0.48, 0.45), 0.6),
+                                                ("s", "svhn", (0.44, 0.44, 0.47), 0.9))]
+  configs = [run.config for run in runs]
+  assert summarize.distinguishing_keys(configs) == ["data.dataset"]
+  assert [list(row)[0] for row in summarize.summary_rows(runs, "test_accuracy")] == [
+      "data.dataset"] * 2
+  # The same data set standardised two ways: then the mean is news.
+  other_mean = dict(configs[0], **{"data.mean": [0.5, 0.5, 0.5]})
+  assert summarize.distinguishing_keys([configs[0], other_mean]) == ["data.mean"]
+  assert summarize.distinguishing_keys([configs[0], other_mean, configs[1]]) == [
+      "data.dataset", "data.mean"]
+  # Ignored keys (here the seeds and the bookkeeping) never tell runs apart.
+  assert summarize.distinguishing_keys(configs, ignore=()) == ["data.dataset"]
+  assert "log_every_steps" in summarize.shared_keys(configs, ignore=())
+  assert "log_every_steps" not in summarize.shared_keys(configs)
+
+
+def test_setting_label_names_the_given_keys():
+  config = {"method": "bilevel", "optim.learning_rate": 0.1, "model": "cnn6"}
+  assert summarize.setting_label(config, ["method", "optim.learning_rate"]) == (
+      "method=bilevel, optim.learning_rate=0.1")
+  assert summarize.setting_label(config, []) == "all runs"
+
+
+def test_command_line_all_keys_shows_the_keys_every_run_shares(runs):
+  completed = subprocess.run(
+      [sys.executable, "-m", "jaxaug.summarize", "--all_keys", *runs],
+      capture_output=True, text=True, check=True)
+  lines = completed.stdout.strip().splitlines()
+  assert lines[0] == ("| data.dataset | data.mean | method | model | optim.learning_rate "
+                      "| runs | mean | sd | min | max |")
+  assert lines[2] == ("| cifar10 | [0.5] | bilevel | cnn6 | 0.1 "
+                      "| 2 | 0.7000 | 0.1414 | 0.6000 | 0.8000 |")
+  assert len(lines) == 5  # the same three groups
