@@ -6,6 +6,8 @@ import http.server
 import os
 import re
 import socket
+import subprocess
+import sys
 import tarfile
 import threading
 import time
@@ -323,6 +325,80 @@ def test_a_download_that_fails_after_the_probe_stops_with_one_message(tmp_path, 
   finally:
     server.shutdown()
     server.server_close()
+
+
+def test_tensorflow_prepares_with_no_accelerator_visible_to_it(tmp_path, monkeypatch):
+  """TensorFlow, imported only to prepare a tfds dataset, has GPUs and TPUs hidden before
+  tfds prepares (so it reserves no accelerator memory in the training process)."""
+  tf = pytest.importorskip("tensorflow")
+  tfds = pytest.importorskip("tensorflow_datasets")
+  tfds_fakes.offline(monkeypatch)
+  files, _ = tfds_fakes.fake_downloads("cifar10", np.random.default_rng(2), train=5, test=2)
+  tfds_fakes.put_in_download_cache("cifar10", tmp_path, files)
+  events = []
+  set_visible_devices = tf.config.set_visible_devices
+
+  def record_visible(devices, device_type=None):
+    events.append(("visible", device_type, list(devices)))
+    set_visible_devices(devices, device_type)
+
+  builder_class = type(tfds.builder("cifar10", data_dir=tmp_path))
+  download_and_prepare = builder_class.download_and_prepare
+
+  def record_prepare(self, *args, **kwargs):
+    events.append("prepare")
+    return download_and_prepare(self, *args, **kwargs)
+
+  monkeypatch.setattr(tf.config, "set_visible_devices", record_visible)
+  monkeypatch.setattr(builder_class, "download_and_prepare", record_prepare)
+  data.load_dataset(data_config(dataset="cifar10", data_dir=str(tmp_path)))
+  assert events == [("visible", "GPU", []), ("visible", "TPU", []), "prepare"]
+  assert {device.device_type for device in tf.config.get_visible_devices()} == {"CPU"}
+
+
+def test_preparing_without_tensorflow_stops_at_once_saying_what_to_install(tmp_path, monkeypatch):
+  tfds_fakes.offline(monkeypatch)
+  monkeypatch.setitem(sys.modules, "tensorflow", None)  # `import tensorflow` fails
+
+  def no_probe(*args):
+    raise AssertionError(f"probed the download hosts {args} without TensorFlow to prepare with")
+
+  monkeypatch.setattr(sources, "unreachable", no_probe)
+  with pytest.raises(sources.DatasetNotPrepared) as error:
+    data.load_dataset(data_config(dataset="cifar10", data_dir=str(tmp_path)))
+  message = str(error.value)
+  for part in (f"'cifar10' is not prepared in {tmp_path}", "only with TensorFlow",
+               "pip install tensorflow", "--config.data.dataset=folder:"):
+    assert part in message
+  assert not list(tmp_path.rglob("*.array_record*"))
+
+
+def test_reading_prepared_or_bundled_data_does_not_import_tensorflow(tmp_path, monkeypatch):
+  """A run on a prepared tfds dataset or on sklearn digits never imports TensorFlow: the
+  trainer's modules, loading and reading batches (in a fresh interpreter)."""
+  tfds_fakes.offline(monkeypatch)
+  files, _ = tfds_fakes.fake_downloads("cifar10", np.random.default_rng(3), train=10, test=4)
+  tfds_fakes.put_in_download_cache("cifar10", tmp_path, files)
+  data.load_dataset(data_config(dataset="cifar10", data_dir=str(tmp_path)))  # prepares
+  program = f"""
+import sys
+import numpy as np
+from jaxaug import data, main, train
+for dataset in ("cifar10", "sklearn_digits"):
+  config = data.default_data_config()
+  config.update(dataset=dataset, data_dir={str(tmp_path)!r}, workers=0)
+  loaded = data.load_dataset(config)
+  loaded.train.get(np.arange(3)), loaded.test.get(np.arange(2))
+  pipe = data.pipeline_from_config(loaded, config, global_batch_size=4, val_batch_size=2)
+  pipe.train_batches(0, 2)
+print(sorted(name for name in sys.modules if name.split(".")[0] == "tensorflow"))
+"""
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
+  completed = subprocess.run([sys.executable, "-c", program], cwd=root, env=env,
+                             capture_output=True, text=True, timeout=300, check=False)
+  assert completed.returncode == 0, completed.stderr[-3000:]
+  assert completed.stdout.strip().splitlines()[-1] == "[]"
 
 
 def test_imagenet2012_asks_for_the_files_it_cannot_download(tmp_path):

@@ -7,15 +7,18 @@ indices again). `load_dataset(config)` picks the source kind from `config.datase
   npz:/path/file.npz   arrays x_train, y_train, x_test, y_test, held in memory
   folder:/path         /path/{train,test}/<class>/<image file> (tfds ImageFolder layout)
   sklearn_digits       scikit-learn's bundled 8x8 digits, fixed 80/20 train/test split
-  any other name       a tfds catalog dataset, read through `tfds.data_source`
+  any other name       a tfds catalog dataset, read through `tfds.data_source` (no
+                       TensorFlow); prepared on first use, the one step that imports TensorFlow
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import importlib.util
 import os
 import posixpath
+import sys
 import threading
 import time
 from typing import Callable, Protocol, runtime_checkable
@@ -34,6 +37,8 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".
 TFDS_TEST_SPLITS = {"imagenet2012": "validation"}
 # tfds datasets are prepared and read in this format (random access by index).
 TFDS_FILE_FORMAT = "array_record"
+# Device kinds hidden from TensorFlow when it prepares a tfds dataset in the training process.
+TENSORFLOW_HIDDEN_DEVICES = ("GPU", "TPU")
 # How long the hosts of a tfds dataset's downloads get to answer before a run stops.
 DOWNLOAD_PROBE_SECONDS = 5.0
 SKLEARN_DIGITS_TRAIN_FRACTION = 0.8
@@ -536,13 +541,44 @@ def unreachable(urls: list[str], timeout: float) -> dict[str, str]:
   return {**{url: why for url, why in answered.items() if why is not None}, **late}
 
 
+def tensorflow_missing() -> bool:
+  """Whether TensorFlow cannot be imported (tfds prepares datasets only with it)."""
+  try:
+    return importlib.util.find_spec("tensorflow") is None
+  except (ImportError, ValueError):  # a finder refused it; sys.modules holds None for it
+    return True
+
+
+def hide_accelerators_from_tensorflow() -> None:
+  """Imports TensorFlow to prepare a tfds dataset, and hides GPUs and TPUs from it.
+
+  tfds reads and extracts downloads and generates examples through `tf.io.gfile`; it is the
+  only part of a run that imports TensorFlow (reading prepared array_record files does not).
+  Hidden before TensorFlow creates its devices, accelerators get no memory reserved by it in
+  the training process. If TensorFlow made its devices before (it ran something earlier in
+  this process), they cannot be hidden any more: a warning says so.
+  """
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
+  for kind in TENSORFLOW_HIDDEN_DEVICES:
+    try:
+      tf.config.set_visible_devices([], kind)
+    except RuntimeError as error:  # "Visible devices cannot be modified after being initialized"
+      print(f"warning: TensorFlow's {kind} devices were set up before jaxaug prepared a tfds "
+            f"dataset and stay visible to it ({error})", file=sys.stderr, flush=True)
+
+
 def prepare_tfds(builder) -> None:
   """Downloads what tfds `builder` needs and writes its splits into its data_dir as
   TFDS_FILE_FORMAT files (tfds's progress bars on stderr).
 
+  TensorFlow, which tfds prepares with, is imported here and only here, with no accelerator
+  visible to it (`hide_accelerators_from_tensorflow`).
+
   Raises DatasetNotPrepared, within DOWNLOAD_PROBE_SECONDS, when a file it must download is
-  not cached and its host does not answer, or when the builder needs files put by hand into
-  its manual directory (<data_dir>/downloads/manual) and they are not there.
+  not cached and its host does not answer, when the builder needs files put by hand into
+  its manual directory (<data_dir>/downloads/manual) and they are not there, or when
+  TensorFlow is not installed.
   """
   import requests  # pylint: disable=g-import-not-at-top
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
@@ -558,6 +594,10 @@ def prepare_tfds(builder) -> None:
     raise DatasetNotPrepared(f"{not_prepared}, and tfds prepares it only from files downloaded "
                              f"by hand into {manual_dir}: {files} (tfds: {instructions}). Or "
                              f"{ways_on(builder.name)}")
+  if tensorflow_missing():
+    raise DatasetNotPrepared(f"{not_prepared}, and tfds prepares datasets only with TensorFlow, "
+                             "which is not installed: pip install tensorflow. Or "
+                             f"{ways_on(builder.name)}")
   failures = unreachable(list(missing), DOWNLOAD_PROBE_SECONDS)
   if failures:
     raise DatasetNotPrepared(f"{not_prepared}, and it cannot be downloaded (no connection: "
@@ -567,6 +607,7 @@ def prepare_tfds(builder) -> None:
   print(f"preparing tfds {builder.name} in {builder.data_dir} (first use)"
         + (f": downloading {format_bytes(sum(missing.values()))} from {hosts}" if missing else ""),
         flush=True)
+  hide_accelerators_from_tensorflow()
   try:
     builder.download_and_prepare(
         download_dir=download_dir, file_format=TFDS_FILE_FORMAT,
