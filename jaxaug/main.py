@@ -2,17 +2,20 @@
 
 Resumes automatically when the workdir holds a checkpoint. Ctrl-C or SIGTERM (only SIGTERM when
 several processes run) saves one at the current step and exits with status 128 + the signal
-number. A configuration or data set it rejects ends it with the message alone (no traceback)
-and status 2, as absl does for bad flags.
+number. A mistake in the command line, the configuration or the data ends it with one line,
+`error: ...` (no traceback), and status 2, as absl does for bad flags.
 """
 
+import difflib
 import sys
 
 from absl import app
 from absl import flags
 from absl import logging
+import ml_collections
 from ml_collections import config_flags
 
+from jaxaug import config as config_lib
 from jaxaug import reporting
 from jaxaug import stopping
 from jaxaug import train
@@ -21,6 +24,59 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Training configuration file.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics, images and results.")
 flags.mark_flags_as_required(["config", "workdir"])
+
+
+def config_spec(argv: list[str]) -> str | None:
+  """The value of --config in `argv` ('FILE' or 'FILE:arg'), None if it is not given."""
+  for index, word in enumerate(argv):
+    if word.startswith("--config="):
+      return word.partition("=")[2]
+    if word == "--config" and index + 1 < len(argv):
+      return argv[index + 1]
+  return None
+
+
+def dotted_keys(config: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
+  """Every key of `config` and its sections, dotted ('optim.learning_rate')."""
+  keys = []
+  for key, value in config.items():
+    keys.append(prefix + key)
+    if isinstance(value, ml_collections.ConfigDict):
+      keys += dotted_keys(value, f"{prefix}{key}.")
+  return keys
+
+
+def check_overrides(config: ml_collections.ConfigDict, argv: list[str]) -> None:
+  """ValueError for the first `--config.<key>` of `argv` that names no key of `config`, with
+  the closest valid keys."""
+  valid = dotted_keys(config)
+  for word in argv:
+    if not word.startswith("--config."):
+      continue
+    key = word.removeprefix("--config.").partition("=")[0]
+    if key not in valid:
+      close = difflib.get_close_matches(key, valid, n=3)
+      hint = f"; did you mean {' or '.join(close)}?" if close else ""
+      raise ValueError(f"--config.{key}: the config has no key {key!r}{hint}")
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing, with the config file and its overrides checked first so that a
+  mistake in them ends the run with one `error:` line and status 2."""
+  spec = config_spec(argv)
+  try:
+    if spec is not None:
+      check_overrides(config_lib.load_config_file(spec), argv)
+    remaining = FLAGS(argv)
+    FLAGS.config  # pylint: disable=pointless-statement  (loads the file, applies overrides)
+  except Exception as error:  # pylint: disable=broad-except  (a config file may raise anything)
+    message = str(error).strip().splitlines()[-1] if str(error).strip() else repr(error)
+    about_the_file = spec is not None and not message.startswith(
+        ("--config", "flag --config", "no such config file"))
+    where = f"--config={spec}: " if about_the_file else ""
+    reporting.say(f"error: {where}{message}", file=sys.stderr)
+    sys.exit(2)
+  return remaining
 
 
 def main(argv):
@@ -39,4 +95,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

@@ -259,6 +259,14 @@ def _format_rate(steps_per_second: float) -> str:
   return f"{steps_per_second:.1f}" if steps_per_second >= 1 else f"{steps_per_second:.3g}"
 
 
+def format_evaluation(step: int, results: Mapping[str, Mapping[str, float]]) -> str:
+  """One line for an evaluation, e.g. 'step 1500  val accuracy 61.25% loss 1.4113  |  test
+  accuracy 60.59% loss 1.3744'; `results` maps a split to its accuracy and loss."""
+  parts = [f"{split} accuracy {values['accuracy']:.2%} loss {values['loss']:.4f}"
+           for split, values in results.items()]
+  return f"step {step}  " + "  |  ".join(parts)
+
+
 def format_progress(
     step: int, total_steps: int, steps_per_second: float | None, metrics: Mapping[str, Any]
 ) -> str:

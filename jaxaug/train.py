@@ -7,6 +7,7 @@ Nothing here is method-specific: `METHODS.get(config.method)` is a `methods.Meth
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from typing import Any, Iterator
 
@@ -115,6 +116,85 @@ def _interval(every_epochs: float, steps_per_epoch: int) -> int:
   return max(1, int(round(every_epochs * steps_per_epoch)))
 
 
+def check_workdir(workdir: str) -> None:
+  """Creates a local `workdir` if it is missing; SetupError if it is a file or cannot be
+  written (a `gs://` or other URL is left to the first write)."""
+  if "://" in workdir:
+    return
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise SetupError(f"--workdir={workdir} is a file: give the path of a directory")
+  try:
+    os.makedirs(workdir, exist_ok=True)
+  except OSError as error:
+    raise SetupError(f"--workdir={workdir} cannot be created: {error.strerror}") from None
+  if not os.access(workdir, os.W_OK | os.X_OK):
+    raise SetupError(f"--workdir={workdir} is not writable: give a directory you can write to")
+
+
+def check_config(config: ml_collections.ConfigDict, method: contract.Method, mesh) -> None:
+  """Rejects (ValueError) what the configuration alone shows to be wrong, before any data is
+  read: batch sizes, a validation split the method needs, and every value the method's
+  `init` reads (its state is built as shapes only, for 32 x 32 RGB images, or
+  `config.data.image_size`; what depends on the data is checked again once it is read)."""
+  for name in ("batch_size", "val_batch_size", "eval_batch_size"):
+    if isinstance(config[name], bool) or not isinstance(config[name], int) or config[name] < 1:
+      raise ValueError(f"config.{name}={config[name]!r} must be a positive integer")
+    parallel.check_batch_divisible(f"config.{name}", config[name], mesh)
+  if method.uses_val_batch(config) and not config.data.val_fraction:
+    raise ValueError(f"config.method={config.method!r} learns from validation images: "
+                     f"config.data.val_fraction must be > 0, got {config.data.val_fraction}")
+  side = config.data.image_size or 32
+  batches_per_step = method.train_batches_per_step(config)
+  nominal = training.DataInfo.create(num_classes=10, image_shape=(side, side, 3),
+                                     batches_per_epoch=batches_per_step,
+                                     batches_per_step=batches_per_step,
+                                     num_epochs=config.num_epochs)
+  jax.eval_shape(lambda: method.init(config, jax.random.PRNGKey(0), nominal))
+
+
+def describe_data(config: ml_collections.ConfigDict, dataset: data.Dataset,
+                  pipeline: data.Pipeline) -> str:
+  """E.g. '4,000 of 50,000 training images: 3,200 train, 800 validation (held out)'."""
+  used = pipeline.num_train_examples + pipeline.num_val_examples
+  images = (f"{used:,} of {len(dataset.train):,} training images" if used < len(dataset.train)
+            else f"{used:,} training images")
+  if not pipeline.num_val_examples:
+    return f"{images}, all trained on (no validation split)"
+  split = "re-drawn every epoch" if config.data.redraw_val_each_epoch else "held out"
+  return (f"{images}: {pipeline.num_train_examples:,} train, "
+          f"{pipeline.num_val_examples:,} validation ({split})")
+
+
+def describe_results(results: dict[str, Any], workdir: str) -> str:
+  """The lines a finished run ends with: accuracies, steps, time, where its outputs are."""
+  path = epath.Path(workdir)
+  accuracies = f"test accuracy {results['test_accuracy']:.2%} (loss {results['test_loss']:.4f})"
+  if "val_accuracy" in results:
+    accuracies += f", validation accuracy {results['val_accuracy']:.2%}"
+  minutes = results["wall_seconds"] / 60
+  return "\n".join([
+      f"done: {accuracies}; {results['steps']:,} steps in {minutes:.1f} min",
+      f"  results      {path / reporting.RESULTS_FILENAME}",
+      f"  plots        {path / 'plots'}",
+      f"  images       {path / 'images'}",
+      f"  TensorBoard  tensorboard --logdir {path / 'tensorboard'}"])
+
+
+def _restore(checkpointer: checkpoint.Checkpointer, state, config: ml_collections.ConfigDict,
+             workdir: str):
+  """The state saved at the newest checkpoint; SetupError (cause first) if it does not fit."""
+  try:
+    return checkpointer.restore(state)
+  except checkpoint.StateMismatchError as error:
+    checkpointer.close()
+    changes = _changes_since_saved(config, workdir)
+    cause = (f"the config changed since the checkpoint was saved ({'; '.join(changes)})"
+             if changes else "no config value changed since the checkpoint was saved, so the "
+                             "code that builds the state did")
+    raise SetupError(f"cannot resume {workdir}: {cause}. Resume with the config saved in its "
+                     f"{reporting.CONFIG_FILENAME}, or start a new --workdir. {error}") from None
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains `config.method` and writes config.json, metrics, images, plots, checkpoints, results.json.
 
@@ -132,25 +212,26 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   """
   start_time = time.time()
   parallel.initialize_distributed(config.distributed)
+  is_chief = jax.process_index() == 0
+  say = reporting.say if is_chief else lambda text: None
   with _rejections_are_setup_errors():
     method = METHODS.get(config.method)
+    mesh = parallel.make_mesh()
+    check_workdir(workdir)
+    check_config(config, method, mesh)
     batches_per_step = method.train_batches_per_step(config)
     uses_val_batch = method.uses_val_batch(config)
-    if uses_val_batch and not config.data.val_fraction:
-      raise SetupError(f"config.method={config.method!r} learns from validation images: "
-                       f"config.data.val_fraction must be > 0, got {config.data.val_fraction}")
-    mesh = parallel.make_mesh()
-    for name in ("batch_size", "val_batch_size", "eval_batch_size"):
-      parallel.check_batch_divisible(name, config[name], mesh)
 
-    dataset = data.load_dataset(config.data)
+    say(f"{config.method} on {config.data.dataset}: reading the data")
+    dataset = data.load_dataset(config.data, progress=say)
     pipeline = data.pipeline_from_config(
         dataset, config.data, global_batch_size=config.batch_size,
         val_batch_size=config.val_batch_size, process_index=jax.process_index(),
         process_count=jax.process_count(), train_batches_per_step=batches_per_step)
-    info = training.DataInfo.create(num_classes=dataset.num_classes, image_shape=dataset.image_shape,
-                                  batches_per_epoch=pipeline.batches_per_epoch,
-                                  batches_per_step=batches_per_step, num_epochs=config.num_epochs)
+    info = training.DataInfo.create(
+        num_classes=dataset.num_classes, image_shape=dataset.image_shape,
+        batches_per_epoch=pipeline.batches_per_epoch, batches_per_step=batches_per_step,
+        num_epochs=config.num_epochs)
     steps_per_epoch, total_steps = info.steps_per_epoch, info.total_steps
 
     rng = jax.random.PRNGKey(config.seed)
@@ -161,47 +242,34 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     start_step = checkpointer.latest_step() or 0
     earlier_seconds = 0.0  # wall time of the runs this one resumes
     if start_step:
-      try:
-        state = checkpointer.restore(state)
-      except checkpoint.StateMismatchError as error:
-        checkpointer.close()
-        changes = _changes_since_saved(config, workdir)
-        cause = (f"changed since it was saved: {', '.join(changes)}" if changes else
-                 "no config value changed since it was saved, so the code that builds the "
-                 "state did")
-        raise SetupError(f"{error}. {cause}. Resume with the configuration saved in the "
-                         f"workdir's {reporting.CONFIG_FILENAME} or start a new --workdir"
-                         ) from error
+      state = _restore(checkpointer, state, config, workdir)
       earlier_seconds = checkpointer.saved_metadata(start_step).get("wall_seconds", 0.0)
 
   def wall_seconds() -> float:
     return earlier_seconds + time.time() - start_time
 
-  is_chief = jax.process_index() == 0
   reporter = reporting.Reporter(workdir, total_steps=total_steps, is_chief=is_chief,
                                 log_every=config.log_every_steps, start_step=start_step)
   if is_chief:
     _save_config(config, workdir, resuming=start_step > 0)
-    reporting.say(
-        f"{config.method} on {config.data.dataset}: {len(dataset.train)} train examples "
-        f"({pipeline.num_train_examples} train / {pipeline.num_val_examples} val), "
-        f"{steps_per_epoch} steps/epoch x {batches_per_step} batch(es) of {config.batch_size}, "
-        f"{total_steps} steps on {mesh.devices.size} device(s)"
-        + (f"; resuming at step {start_step}" if start_step else ""))
-    if start_step >= total_steps:
-      reporting.say("all steps are done: evaluating the final checkpoint again")
+  say(f"{describe_data(config, dataset, pipeline)}; {total_steps:,} steps "
+      f"({steps_per_epoch} an epoch, {batches_per_step} batch(es) of {config.batch_size} each) "
+      f"on {mesh.devices.size} device(s)"
+      + (f"; resuming at step {start_step:,}" if start_step else ""))
+  if start_step >= total_steps:
+    say("all steps are done: evaluating the final checkpoint again")
 
   train_step = method.compile_train_step(config, info)
   eval_step = jax.jit(lambda state, batch: method.eval_step(state, to_float_images(batch)))
   augment = jax.jit(lambda state, images, rng: method.augment(state, images / 255.0, rng))
   summaries = jax.jit(method.summaries)
-  grid_images = pipeline.train_batches(0, 1)["image"][0, :GRID_IMAGES]
 
   eval_splits = ("val", "test") if pipeline.num_val_examples else ("test",)
   eval_every = _interval(config.eval_every_epochs, steps_per_epoch)
   image_every = _interval(config.image_every_epochs, steps_per_epoch)
 
   def save_images(step):
+    grid_images = pipeline.train_batches(0, 1)["image"][0, :GRID_IMAGES]
     rows = [grid_images / 255.0] + [
         np.asarray(augment(state, grid_images, jax.random.fold_in(image_rng, step * 2 + k)))
         for k in range(2)]
@@ -214,6 +282,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       results[split] = evaluate(eval_step, state, pipeline, split, config.eval_batch_size, mesh,
                                 epoch=epoch)
       reporter.write(step, split, results[split])
+    say(reporting.format_evaluation(step, results))
     return results
 
   def write_learned(step):
@@ -235,6 +304,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                                     val_batch, jax.random.fold_in(train_rng, step), step)
         history.append(metrics)
         done = step + 1
+        if step == start_step:  # compiled: steps/s is measured from here
+          jax.block_until_ready(metrics)
+          reporter.progress(done)
         last = done == total_steps
         stop = stop_signals.requested(done)  # then only report and save this step
         log = stop or last or done % config.log_every_steps == 0
@@ -259,14 +331,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       if stop_signals.signum is not None:  # arrived while the last checkpoint was written
         raise stopping.TrainingInterrupted(total_steps, stop_signals.signum,
                                            checkpointer.directory)
+    except data.UnreadableImageError as error:
+      done = int(jax.device_get(state.step))
+      reporter.close()
+      if done > (checkpointer.latest_step() or 0):
+        checkpointer.save(done, state, metadata={"wall_seconds": wall_seconds()})
+      raise SetupError(f"{error}; the run stopped with a checkpoint at step {done}") from None
     except BaseException:
       reporter.close()  # writes out the records and events so far
       raise
     finally:
       checkpointer.close()  # an interrupted run keeps every checkpoint it started writing
 
-  final = eval_and_report(total_steps)
-  save_images(total_steps)
+  try:
+    final = eval_and_report(total_steps)
+    save_images(total_steps)
+  except data.UnreadableImageError as error:
+    reporter.close()
+    raise SetupError(f"{error}; every step is done and checkpointed") from None
   reporter.plot_metrics(filename="augmentation_params.png", image_shape=info.image_shape[:2])
   reporter.plot_vectors()
   reporter.plot_training()
@@ -290,4 +372,5 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   if is_chief:
     reporting.write_results(workdir, results)
   reporter.close()
+  say(describe_results(results, workdir))
   return results

@@ -125,3 +125,25 @@ def test_a_stop_signal_is_taken_when_stderr_is_a_pipe_whose_reader_has_gone(sigi
     os.dup2(stderr, 2)
     os.close(stderr)
     os.close(write_fd)
+
+
+def test_a_run_prints_its_data_every_interval_each_evaluation_and_a_summary(tmp_path, capsys):
+  """The header counts the images, the first logging interval prints, each evaluation is one
+  line, and the run ends with its accuracies and where its outputs are."""
+  from jaxaug import train
+  from test_train import smoke_config
+
+  results = train.train_and_evaluate(smoke_config("supervised"), str(tmp_path))
+  lines = capsys.readouterr().out.splitlines()
+  assert lines[0] == "supervised on sklearn_digits: reading the data"
+  assert lines[1].startswith("160 of 1,438 training images: 128 train, 32 validation (held "
+                             "out); 16 steps (8 an epoch, 1 batch(es) of 16 each) on ")
+  assert lines[2].startswith("step 4/16 (25.0%)")  # the first interval of log_every_steps = 4
+  evaluations = [line for line in lines if line.startswith("step 8  ")]
+  assert len(evaluations) == 1 and " val accuracy " in evaluations[0] and (
+      " test accuracy " in evaluations[0])
+  assert lines[-5] == (f"done: test accuracy {results['test_accuracy']:.2%} (loss "
+                       f"{results['test_loss']:.4f}), validation accuracy "
+                       f"{results['val_accuracy']:.2%}; 16 steps in "
+                       f"{results['wall_seconds'] / 60:.1f} min")
+  assert lines[-4] == f"  results      {tmp_path / 'results.json'}"

@@ -155,6 +155,15 @@ def _build(stage: Stage, spec: str) -> Sampler:
   return factory(*stage.args, **stage.kwargs)
 
 
+def check_spec(spec: str, key: str) -> None:
+  """ValueError naming the config `key` (e.g. 'config.augment') and `spec` unless `compose`
+  accepts the spec."""
+  try:
+    compose(spec)
+  except ValueError as error:
+    raise ValueError(f"{key}={spec!r}: {error}") from None
+
+
 def compose(spec: str) -> Sampler:
   """The sampler for `spec` (module docstring): its stages applied left to right.
 

@@ -8,6 +8,7 @@ from jaxaug.data.sources import (
     LOADERS,
     Source,
     TfdsSource,
+    UnreadableImageError,
     default_data_config,
     load_dataset,
 )
@@ -20,6 +21,7 @@ __all__ = [
     "Pipeline",
     "Source",
     "TfdsSource",
+    "UnreadableImageError",
     "default_data_config",
     "load_dataset",
     "pipeline_from_config",

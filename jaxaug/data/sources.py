@@ -95,6 +95,8 @@ def default_data_config() -> ml_collections.ConfigDict:
   seed: seeds the cap, the split and every epoch's order.
   in_memory_max_bytes: a folder split whose decoded uint8 pixels fit in this many
     bytes is decoded once at load; a larger one is decoded on every access.
+  skip_unreadable: leave out the image files of a folder dataset that cannot be decoded
+    (their count is printed) instead of stopping with the first one's path.
   workers: Grain worker processes that decode, resize and batch ahead of the trainer
     (0: one background thread; None: none for data held in memory, else the CPU count
     less one).
@@ -110,6 +112,7 @@ def default_data_config() -> ml_collections.ConfigDict:
       "train_examples": config_dict.placeholder(int),
       "seed": 0,
       "in_memory_max_bytes": 2**31,
+      "skip_unreadable": False,
       "workers": config_dict.placeholder(int),
   })
 
@@ -214,6 +217,25 @@ class ArraySource:
     return {"image": self.images[indices], "label": self.labels[indices]}
 
 
+class UnreadableImageError(ValueError):
+  """An image file that PIL cannot decode; the message names it and the way around it."""
+
+
+PROGRESS_SECONDS = 2.0  # the least time between two progress lines of a long read
+Progress = Callable[[str], None]  # prints one line (e.g. `reporting.say`)
+
+
+def decode_image(path: str) -> Image.Image:
+  """The image at `path` decoded as RGB; UnreadableImageError naming it if PIL cannot."""
+  try:
+    with Image.open(path) as image:
+      return image.convert("RGB")
+  except (OSError, SyntaxError, ValueError) as error:  # what PIL raises for a broken file
+    raise UnreadableImageError(
+        f"cannot read image {path} ({error}): remove it, or set "
+        f"config.data.skip_unreadable=True to leave unreadable images out") from None
+
+
 class FolderSource:
   """Image files decoded with PIL (as RGB) on every access.
 
@@ -235,11 +257,10 @@ class FolderSource:
   def decode(self, index: int) -> np.ndarray:
     """uint8 [H, W, 3] pixels of image `index`; ValueError naming a file of another size."""
     path = self.paths[index]
-    with Image.open(path) as image:
-      image = image.convert("RGB")
-      if self.resize is not None:
-        image = self.resize.pil(image)
-      pixels = np.asarray(image)
+    image = decode_image(path)
+    if self.resize is not None:
+      image = self.resize.pil(image)
+    pixels = np.asarray(image)
     if pixels.shape != self.image_shape:
       raise ValueError(
           f"image {path} is {pixels.shape[1]}x{pixels.shape[0]}, others are "
@@ -399,24 +420,62 @@ def list_image_files(split_dir: str, classes: list[str]) -> tuple[list[str], np.
   return paths, np.array(labels, np.int32)
 
 
+def readable(path: str) -> bool:
+  """Whether PIL can decode the image file at `path`."""
+  try:
+    decode_image(path)
+  except UnreadableImageError:
+    return False
+  return True
+
+
+def read_each(items: list, read: Callable, what: str, progress: Progress | None) -> list:
+  """[read(item) for item in items], with a line to `progress` every PROGRESS_SECONDS
+  ('<what>: 12,000 of 50,000 (24%)') while it takes long."""
+  results, last = [], time.monotonic()
+  for done, item in enumerate(items):
+    results.append(read(item))
+    if progress is not None and time.monotonic() - last >= PROGRESS_SECONDS:
+      progress(f"{what}: {done + 1:,} of {len(items):,} ({(done + 1) / len(items):.0%})")
+      last = time.monotonic()
+  return results
+
+
 def folder_split(split_dir: str, classes: list[str], resize: Resize | None,
-                 in_memory_max_bytes: int) -> Source:
-  """Source over split_dir/<class>/*; decoded into memory once if it fits in_memory_max_bytes."""
+                 in_memory_max_bytes: int, *, skip_unreadable: bool = False,
+                 progress: Progress | None = None) -> Source:
+  """Source over split_dir/<class>/*; decoded into memory once if it fits in_memory_max_bytes.
+
+  With `skip_unreadable` the files PIL cannot decode are left out (a line to `progress`
+  says how many), else the first one stops the load (or, read on access, the run) with
+  UnreadableImageError.
+  """
   paths, labels = list_image_files(split_dir, classes)
+  if skip_unreadable:
+    kept = np.flatnonzero(read_each(paths, readable, f"checking {split_dir}", progress))
+    if len(kept) < len(paths) and progress is not None:
+      first = paths[np.setdiff1d(np.arange(len(paths)), kept)[0]]
+      progress(f"left out {len(paths) - len(kept):,} unreadable image(s) of {split_dir}, "
+               f"e.g. {first}")
+    if not len(kept):
+      raise ValueError(f"folder {split_dir} holds no readable images")
+    paths, labels = [paths[i] for i in kept], labels[kept]
   if resize is None:
-    with Image.open(paths[0]) as first:
-      width, height = first.size
+    width, height = decode_image(paths[0]).size
   else:
     width = height = resize.size
   source = FolderSource(paths, labels, len(classes), (height, width, 3), resize)
   if len(source) * height * width * 3 > in_memory_max_bytes:
     return source
-  return ArraySource(source.get(np.arange(len(source)))["image"], labels, len(classes), split_dir)
+  images = read_each(range(len(source)), source.decode, f"reading {split_dir}", progress)
+  return ArraySource(np.stack(images), labels, len(classes), split_dir)
 
 
 @LOADERS.register("folder")
-def load_folder(root: str, config: ml_collections.ConfigDict) -> Dataset:
-  """Dataset from root/{train,test}/<class>/<image>; labels follow sorted class-folder names."""
+def load_folder(root: str, config: ml_collections.ConfigDict,
+                progress: Progress | None = None) -> Dataset:
+  """Dataset from root/{train,test}/<class>/<image>; labels follow sorted class-folder names.
+  `progress` gets a line every few seconds while the images are read."""
   train_dir, test_dir = os.path.join(root, "train"), os.path.join(root, "test")
   for split_dir in (train_dir, test_dir):
     if not os.path.isdir(split_dir):
@@ -426,8 +485,9 @@ def load_folder(root: str, config: ml_collections.ConfigDict) -> Dataset:
   if not classes:
     raise ValueError(f"folder {train_dir} holds no class sub-folders, so no images")
   resize = resize_from_config(config)
-  train = folder_split(train_dir, classes, resize, config.in_memory_max_bytes)
-  test = folder_split(test_dir, classes, resize, config.in_memory_max_bytes)
+  train, test = (folder_split(split_dir, classes, resize, config.in_memory_max_bytes,
+                              skip_unreadable=config.skip_unreadable, progress=progress)
+                 for split_dir in (train_dir, test_dir))
   if train.image_shape != test.image_shape:
     raise ValueError(f"folder {root}: train images are {train.image_shape}, test images "
                      f"{test.image_shape}; set config.data.image_size")
@@ -655,10 +715,13 @@ def load_tfds(name: str, config: ml_collections.ConfigDict) -> Dataset:
   return Dataset(train, test, num_classes, image_shape)
 
 
-def load_dataset(config: ml_collections.ConfigDict) -> Dataset:
-  """The Dataset named by config.dataset (fields: see `default_data_config`)."""
+def load_dataset(config: ml_collections.ConfigDict, progress: Progress | None = None) -> Dataset:
+  """The Dataset named by config.dataset (fields: see `default_data_config`). `progress` gets
+  a line every few seconds while a folder's images are read."""
   resize_from_config(config)  # checks image_size and resize
   kind, _, argument = config.dataset.partition(":")
+  if kind == "folder" and argument:
+    return load_folder(argument, config, progress)
   if argument and kind in LOADERS:
     return LOADERS.get(kind)(argument, config)
   if config.dataset in LOADERS and config.dataset != "tfds":

@@ -169,6 +169,10 @@ def create_augmenter(section: str, config: ml_collections.ConfigDict, rng: jax.A
   """
   cfg = config[section]
   channels = info.image_shape[-1]
+  for name, registry in (("kind", augmenters.AUGMENTERS), ("size", augmenters.AUGMENTER_SIZES)):
+    if cfg.augmenter[name] not in registry:
+      raise ValueError(f"config.{section}.augmenter.{name}={cfg.augmenter[name]!r}; valid: "
+                       f"{', '.join(registry.names())}")
   if "color" in cfg.augmenter.kind and channels != 3:
     raise ValueError(f"config.{section}.augmenter.kind={cfg.augmenter.kind!r} needs RGB images; "
                      f"these have {channels} channel(s): use 'affine' or 'translation'")

@@ -143,7 +143,7 @@ def init(config: ml_collections.ConfigDict, rng: jax.Array, info: training.DataI
   if cfg.strategy not in space.STRATEGIES:
     raise ValueError(f"unknown config.ohl.strategy {cfg.strategy!r}; valid: "
                      f"{', '.join(space.STRATEGIES)}")
-  fixed.compose(cfg.augment_after)  # rejects unknown stages now
+  fixed.check_spec(cfg.augment_after, "config.ohl.augment_after")
   names, table = operation_table(cfg)
   settings = Settings(names=names, operations=tuple(map(tuple, table.tolist())), copies=copies,
                       steps_per_epoch=info.steps_per_epoch, augment_after=cfg.augment_after,

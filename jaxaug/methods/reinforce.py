@@ -150,7 +150,7 @@ def _settings(config: ml_collections.ConfigDict, info: training.DataInfo) -> Set
   """The validated static settings of `config.reinforce`."""
   cfg = config.reinforce
   _check_config(cfg)
-  fixed.compose(cfg.augment_after)  # rejects unknown stages now
+  fixed.check_spec(cfg.augment_after, "config.reinforce.augment_after")
   return Settings(ops=tuple(cfg.ops), num_levels=cfg.num_levels, num_policies=cfg.num_policies,
                   sub_policies=cfg.sub_policies, ops_per_sub_policy=cfg.ops_per_sub_policy,
                   policies=cfg.policies, entropy_weight=float(cfg.entropy_weight),

@@ -324,7 +324,7 @@ class Settings:
         raise ValueError(f"config.data.{name}={values} must have 1 or {channels} entries")
     if min(std) <= 0:
       raise ValueError(f"config.data.std={std} must be positive")
-    fixed.compose(config.augment)  # rejects unknown names and bad policy folders now
+    fixed.check_spec(config.augment, "config.augment")  # unknown names, bad policy folders
     return cls(augment=config.augment, mean=mean * (channels // len(mean)),
                std=std * (channels // len(std)), total_steps=info.total_steps)
 

@@ -108,7 +108,7 @@ def _settings(cfg: ml_collections.ConfigDict) -> Settings:
   if cfg.strategy not in space.STRATEGIES:
     raise ValueError(f"unknown config.uncertainty.strategy {cfg.strategy!r}; valid: "
                      f"{', '.join(space.STRATEGIES)}")
-  fixed.compose(cfg.augment_after)
+  fixed.check_spec(cfg.augment_after, "config.uncertainty.augment_after")
   return Settings(ops=tuple(cfg.ops), candidates=cfg.candidates, keep=cfg.keep,
                   depth=cfg.depth, num_levels=cfg.num_levels,
                   random_probability=bool(cfg.random_probability), selection=cfg.selection,
