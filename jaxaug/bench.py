@@ -1,6 +1,7 @@
 """Benchmark: python -m jaxaug.bench --config FILE [--config.key=value] [--steps N] [--sections ...].
 
-Two sections, both by default (`--sections=steps,augment`), printing one JSON object per line:
+Three sections, `steps` and `augment` by default (`--sections=steps,augment`), printing one
+JSON object per line:
 
 steps: times, in one process on the same model and data, a plain supervised step (no
 augmentation) and the train steps every registered method declares
@@ -25,7 +26,9 @@ CIFAR-10 on `--augment_batch_size` training images of `config.data`: jaxaug's ji
 torchvision's `transforms.v2` policy on the uint8 batch [B, C, H, W] called once (one op draw
 for the whole batch) and called per image in a Python loop (per-image randomness, as in a
 DataLoader): name, images_per_s, us_per_image, ratio_to_torchvision_per_image (time per image
-over torchvision's per-image loop: below 1 is faster), thread counts.
+over torchvision's per-image loop: below 1 is faster), thread counts. Also
+`apply_sub_policies` on Adversarial AutoAugment's M copies of that batch with `space.apply`'s
+'switch' and 'select' strategies (`sub_policy_strategy_records`).
 
 input: images per second the input pipeline delivers from JPEG image folders (decoded on every
 access, `config.data.in_memory_max_bytes` = 0) at 32 px (stored at 32 px) and 224 px (stored

@@ -6,8 +6,9 @@ trainer writes it at the end of the run:
   policy/policy.json   {"family", "settings", "summary", "schedule_rows", "arrays"}
   policy/arrays.npz    the arrays, each with a leading axis of schedule rows
 
-Row r holds what was learned at the start of the r-th of R equal parts of training
-(R = 1 for a policy that does not change). `learned('<dir>')` in `config.augment`
+Row r holds the policy for the r-th of R equal parts of training (R = 1 for a policy that
+does not change); each family says which value that is (hba and bilevel: the value at the
+end of search epoch r; reinforce and ohl: what was sampled from during epoch r). `learned('<dir>')` in `config.augment`
 replays the policy with any method (usually `supervised`, on another model or data
 set): at training progress p in [0, 1] it uses row min(floor(p R), R - 1), so a
 schedule learned over E epochs is stretched linearly over a run of any length (HBA's

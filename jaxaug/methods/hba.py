@@ -1,4 +1,5 @@
-"""Hypernetwork-Based Augmentation (HBA; Lin et al., "Hypernetwork-Based Augmentation").
+"""Hypernetwork-Based Augmentation (HBA; Chen and Chang, "Hypernetwork-Based Augmentation",
+arXiv 2006.06320).
 
 One classifier whose chosen layers are hyper-layers conditioned on augmentation
 hyper-parameters h (`jaxaug.models.hyper`, Self-Tuning Networks' form) stands for a

@@ -8,8 +8,10 @@ gets a sub-policy of policy m, and the classifier takes one update on all N x M 
 accumulated over the epoch; at the epoch's last step (inside `train_step`) the rewards,
 these epoch means normalised across the M, drive a REINFORCE step that raises the
 probability of the high-loss policies (with an entropy bonus), and the next M policies
-are sampled. The reward is the training loss: the method reads no validation batch and
-trains on the whole training set (`config.data.val_fraction = 0` is accepted).
+are sampled. The reward is the training loss: the method reads no validation batch, so it
+can train on the whole training set (`config.data.val_fraction = 0`, as the paper does and
+configs/cifar10_adversarial_autoaugment.py sets; with a fraction > 0 that part is held out
+and only evaluated).
 
 Where each setting comes from (the paper, section 3 and 4.1, unless said otherwise):
 
@@ -120,7 +122,7 @@ def default_config() -> ml_collections.ConfigDict:
 
 
 def uses_val_batch(config: ml_collections.ConfigDict) -> bool:
-  """No: the reward is the training loss, and training uses the whole training set."""
+  """No: the reward is the training loss (so `config.data.val_fraction` may be 0)."""
   del config
   return False
 

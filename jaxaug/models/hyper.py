@@ -1,5 +1,5 @@
-"""Hyper-layers for Hypernetwork-Based Augmentation (HBA, Lin et al.) and the graph surgery
-that puts them into any registered model.
+"""Hyper-layers for Hypernetwork-Based Augmentation (HBA, Chen and Chang, arXiv 2006.06320)
+and the graph surgery that puts them into any registered model.
 
 A hyper-layer is conditioned on a per-example vector of hyper-parameters h (float32
 [B, D]), in the form of Self-Tuning Networks (MacKay et al. 2019): each output channel o of
