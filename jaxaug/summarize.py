@@ -25,6 +25,8 @@ expanded here (quote it), so `gs://` globs work too:
 from __future__ import annotations
 
 import dataclasses
+import functools
+import json
 import statistics
 import sys
 from typing import Any, Sequence
@@ -35,6 +37,7 @@ from etils import epath
 
 from jaxaug import reporting
 from jaxaug import storage
+from jaxaug.config import default_config
 from jaxaug.methods import METHODS
 
 FLAGS = flags.FLAGS
@@ -95,22 +98,42 @@ def _ignored(key: str, ignore: Sequence[str]) -> bool:
 
 def shared_keys(configs: Sequence[dict[str, Any]],
                 ignore: Sequence[str] = DEFAULT_IGNORE) -> list[str]:
-  """The flattened config keys every one of `configs` has, minus `ignore`, sorted.
+  """The flattened config keys any of `configs` has, minus `ignore`, sorted. A run lacks
+  the sections of the methods it did not use, and an older run the keys added since (see
+  `value`)."""
+  return sorted(key for key in set().union(*configs) if not _ignored(key, ignore))
 
-  A key some configs lack was written by a jaxaug version without it, which then behaved as
-  its default: it is left out rather than told apart.
-  """
-  if not configs:
-    return []
-  shared = set.intersection(*(set(config) for config in configs))
-  return sorted(key for key in shared if not _ignored(key, ignore))
+
+@functools.cache
+def _defaults() -> dict[str, Any]:
+  """The flattened default config, in its JSON form."""
+  return reporting.flatten(json.loads(json.dumps(default_config().to_dict())))
+
+
+def value(config: dict[str, Any], key: str) -> Any:
+  """`key`'s value in a run's flattened config; None for another method's section; for a
+  key its config.json lacks (written before the setting existed) today's default, which is
+  how that run behaved."""
+  section = key.split(".")[0]
+  if section in METHODS and section != config.get("method"):
+    return None
+  return config[key] if key in config else _defaults().get(key)
+
+
+def _compared(configs: Sequence[dict[str, Any]], key: str) -> list[Any]:
+  """The values of `key` that tell runs apart: of a method's section (`bilevel.truncation`),
+  those of the runs of that method only; of any other key, every run's."""
+  section = key.split(".")[0]
+  return [_hashable(value(config, key)) for config in configs
+          if section not in METHODS or config.get("method") == section]
 
 
 def _takes_one_value_per(configs: Sequence[dict[str, Any]], key: str, leader: str) -> bool:
   """Whether configs with the same `leader` value all have the same `key` value."""
   values: dict[Any, set] = {}
   for config in configs:
-    values.setdefault(_hashable(config[leader]), set()).add(_hashable(config[key]))
+    values.setdefault(_hashable(value(config, leader)), set()).add(
+        _hashable(value(config, key)))
   return all(len(seen) == 1 for seen in values.values())
 
 
@@ -123,8 +146,7 @@ def distinguishing_keys(configs: Sequence[dict[str, Any]],
   set of runs: `summary_rows` groups on them, the results notebook names runs by them.
   """
   keys = shared_keys(configs, ignore)
-  varying = [key for key in keys
-             if len({_hashable(config[key]) for config in configs}) > 1]
+  varying = [key for key in keys if len(set(_compared(configs, key))) > 1]
   return [key for key in varying
           if not (FOLLOWS.get(key) in varying
                   and _takes_one_value_per(configs, key, FOLLOWS[key]))]
@@ -133,7 +155,8 @@ def distinguishing_keys(configs: Sequence[dict[str, Any]],
 def setting_label(config: dict[str, Any], keys: Sequence[str]) -> str:
   """A run's setting in words: `key=value` for each of `keys` (e.g. `distinguishing_keys`)
   of its flattened config, comma-separated; "all runs" for no keys (one setting)."""
-  return ", ".join(f"{key}={config[key]}" for key in keys) or "all runs"
+  return ", ".join(f"{key}={value(config, key)}" for key in keys
+                   if value(config, key) is not None) or "all runs"
 
 
 def summary_rows(runs: Sequence[Run], metric: str, ignore: Sequence[str] = DEFAULT_IGNORE,
@@ -161,8 +184,8 @@ def summary_rows(runs: Sequence[Run], metric: str, ignore: Sequence[str] = DEFAU
   keys = shared_keys(configs, ignore) if all_keys else distinguishing_keys(configs, ignore)
   groups: dict[tuple, list[Run]] = {}
   for run in runs:
-    groups.setdefault(tuple(_hashable(run.config[key]) for key in keys), []).append(run)
-  rows = [{**{key: members[0].config[key] for key in keys},
+    groups.setdefault(tuple(_hashable(value(run.config, key)) for key in keys), []).append(run)
+  rows = [{**{key: value(members[0].config, key) for key in keys},
            **describe([run.results[metric] for run in members])}
           for members in groups.values()]
   return sorted(rows, key=lambda row: -row["mean"])

@@ -44,7 +44,7 @@
 
 # %% tags=["parameters"]
 DATASET = "cifar10"  # a tfds name (the first use downloads and prepares it, ~2 minutes)
-NUM_EPOCHS = 20  # of each of the two runs (the README's CIFAR-10 results use 60)
+NUM_EPOCHS = 20  # of each of the two runs (docs/results.md's CIFAR-10 runs use 60)
 WORKDIR = "runs/quickstart_notebook"  # WORKDIR/bilevel and WORKDIR/predefined; or gs://bucket/path
 SMOKE = False  # True: 160 training images and batches of 16 (what the tests run)
 REPO_URL = ""  # your copy's clone URL: cloned when this notebook is not in a checkout
@@ -238,7 +238,7 @@ show_plots(REFERENCE_DIR, ("training.png",))
 # ## Test accuracy
 #
 # On the whole test set, at the end and at each evaluation during training. With one seed and
-# a short run the difference is noisy: the README's table gives the spread over seeds.
+# a short run the difference is noisy: docs/results.md gives the spread over seeds.
 
 # %%
 import matplotlib.pyplot as plt
@@ -276,7 +276,7 @@ plt.show()
 # ## Next
 #
 # - The learned augmenter is in `WORKDIR/bilevel/policy/`; `--config.augment="learned('<dir>')"`
-#   replays it for another model (see the README).
+#   replays it for another model (see docs/methods.md).
 # - `notebooks/results.ipynb` compares finished runs, e.g. several seeds of each method.
-# - Longer runs and the paper's experiments: the README's commands, on a TPU pod slice with
+# - Longer runs and the paper's experiments: the configs in docs/methods.md, on a TPU pod slice with
 #   `launch/tpu_pod.sh`.

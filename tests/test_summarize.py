@@ -47,12 +47,15 @@ def test_summary_rows_group_seeds_and_show_only_the_keys_that_differ(runs):
   assert rows[0]["sd"] == pytest.approx(np.std([0.8, 0.6], ddof=1))
   assert rows[1]["sd"] == pytest.approx(np.std([0.5, 0.6, 0.7], ddof=1))
   assert rows[2]["sd"] is None
-  # A key that one run lacks (an older config.json) does not split its setting.
+  # A key that one run lacks (an older config.json) takes its default (here 0.1, the value
+  # of the other runs): it does not split its setting.
   older = summarize.load_run(runs[2])
   del older.config["optim.learning_rate"]
   rows_with_older = summarize.summary_rows(
       [summarize.load_run(r) for r in runs[:2]] + [older], "test_accuracy")
   assert [row["runs"] for row in rows_with_older] == [3]
+  # A key of one method's section tells apart the runs of that method only.
+  assert summarize.value(older.config, "bilevel.truncation") is None
   # Ignoring a key ignores the keys under it: "distributed" covers "distributed.enabled".
   assert len(summarize.summary_rows([summarize.load_run(r) for r in runs], "test_accuracy",
                                     ignore=("seed", "data.seed"))) == len(runs)
@@ -152,3 +155,17 @@ def test_command_line_all_keys_shows_the_keys_every_run_shares(runs):
   assert lines[2] == ("| cifar10 | [0.5] | bilevel | cnn6 | 0.1 "
                       "| 2 | 0.7000 | 0.1414 | 0.6000 | 0.8000 |")
   assert len(lines) == 5  # the same three groups
+
+
+def test_a_methods_setting_splits_its_runs_beside_runs_of_other_methods():
+  """bilevel runs that differ in a bilevel setting stay apart when supervised runs (which
+  have no bilevel section) are summarised with them; a bilevel run written before the
+  setting existed has its default."""
+  run = lambda name, config, accuracy: summarize.Run(name, config, {"test_accuracy": accuracy})
+  runs = [run("a", {"method": "supervised", "augment": "crop"}, 0.6),
+          run("b", {"method": "bilevel", "augment": "hflip", "bilevel.hypergradient": "implicit"},
+              0.5),
+          run("c", {"method": "bilevel", "augment": "hflip"}, 0.4)]  # older: the unroll
+  rows = summarize.summary_rows(runs, "test_accuracy")
+  assert [(row["method"], row["bilevel.hypergradient"]) for row in rows] == [
+      ("supervised", None), ("bilevel", "implicit"), ("bilevel", "unroll")]
