@@ -123,7 +123,7 @@ def test_step_section_times_each_variant_against_the_plain_step():
   assert list(by_name) == ["plain", "predefined", "random_transform", "invariant",
                            "bilevel_T1", "bilevel_T2", "bilevel_T4",
                            "bilevel_T1_reverse_over_reverse", "bilevel_implicit_without_update",
-                           "bilevel_implicit_K1", "bilevel_implicit_K5",
+                           "bilevel_implicit_K1", "bilevel_implicit_K5", "bilevel_implicit_K20",
                            "hba_without_lambda_update", "hba_with_lambda_update", "plain_x8",
                            "adversarial_M8", "plain_x4", "ohl_K4", "uncertainty_C4"]
   assert by_name["plain"]["ratio_to_plain"] == 1.0
@@ -168,7 +168,7 @@ def test_step_section_times_each_variant_in_each_dtype(monkeypatch):
   method = lambda name: {"plain": "supervised", "predefined": "supervised", "random": "supervised",
                          "adversarial": "reinforce"}.get(
                              name.split("_")[0], name.split("_")[0])
-  assert len(records) == 2 * 18
+  assert len(records) == 2 * 19
   assert timed == [(method(record["name"]), record["dtype"]) for record in records]
   for record in records:
     bilevel = record["name"].startswith("bilevel")

@@ -42,6 +42,16 @@ def smoke_config(method="supervised", overrides=None):
   return config
 
 
+def assert_final_evaluation_is_the_result(records, results):
+  """results.json holds the last evaluation of the last step, as metrics.jsonl records it."""
+  finals = {r["split"]: r for r in records
+            if r["step"] == results["steps"] and r["split"] in ("val", "test")}
+  for split in finals:
+    assert results[f"{split}_accuracy"] == pytest.approx(finals[split]["accuracy"])
+    assert results[f"{split}_loss"] == pytest.approx(finals[split]["loss"])
+  assert "test" in finals and np.isfinite(results["test_loss"])
+
+
 def _check_outputs(workdir, results, *, expect_aug_plot):
   assert os.path.exists(os.path.join(workdir, "results.json"))
   with open(os.path.join(workdir, "results.json")) as f:
@@ -49,8 +59,8 @@ def _check_outputs(workdir, results, *, expect_aug_plot):
   for key in ("test_accuracy", "val_accuracy", "steps", "wall_seconds"):
     assert key in on_disk
   assert on_disk["test_accuracy"] == pytest.approx(results["test_accuracy"])
-  assert 0.0 <= on_disk["test_accuracy"] <= 1.0
   records = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+  assert_final_evaluation_is_the_result(records, on_disk)
   splits = {r["split"] for r in records}
   assert {"train", "val", "test"} <= splits
   assert all("step" in r for r in records)
@@ -111,7 +121,8 @@ def test_a_learned_policy_replays_with_supervised(tmp_path, method):
   replay = smoke_config("supervised", {"augment": f"learned('{tmp_path / 'search'}')+crop",
                                        "model": "cnn6", "num_epochs": 1})
   results = train.train_and_evaluate(replay, str(tmp_path / "replay"))
-  assert 0 <= results["test_accuracy"] <= 1
+  assert_final_evaluation_is_the_result(
+      [json.loads(line) for line in open(tmp_path / "replay" / "metrics.jsonl")], results)
   for bad, message in ((tmp_path / "nowhere", "no learned policy"),
                        (tmp_path / "replay", "no learned policy")):
     config = smoke_config("supervised", {"augment": f"learned('{bad}')"})

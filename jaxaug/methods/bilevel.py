@@ -460,7 +460,7 @@ IMPLICIT_BENCH_UPDATE_EVERY = 4  # the implicit rows' cost is also given per ste
 
 def bench_variants(config: ml_collections.ConfigDict) -> list[contract.BenchVariant]:
   """The unroll at T = 1, 2, 4 (and T = 1 by plain reverse-over-reverse autodiff, the
-  reference), the implicit hypergradient's update step at K = 1 and 5 Neumann terms, and its
+  reference), the implicit hypergradient's update step at K = 1, 5 and 20 Neumann terms, and its
   step without an update."""
   del config
   unroll = [contract.BenchVariant(f"bilevel_T{truncation}", {"bilevel.truncation": truncation})
@@ -474,4 +474,4 @@ def bench_variants(config: ml_collections.ConfigDict) -> list[contract.BenchVari
       *(contract.BenchVariant(f"bilevel_implicit_K{terms}",
                               {**implicit, "bilevel.neumann_terms": terms},
                               amortise=(without, IMPLICIT_BENCH_UPDATE_EVERY))
-        for terms in (1, 5))]
+        for terms in (1, 5, 20))]
