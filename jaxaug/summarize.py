@@ -223,24 +223,25 @@ def main(argv):
   for pattern in patterns:
     matches = storage.expand(pattern)
     if not matches:
-      print(f"skipped {pattern}: matches nothing", file=sys.stderr)
+      reporting.say(f"skipped {pattern}: matches nothing", file=sys.stderr)
     workdirs += [str(path) for path in matches]
   runs = []
   for workdir in workdirs:
     if not epath.Path(workdir).is_dir():  # e.g. a log file a glob such as runs/* also matches
-      print(f"skipped {workdir}: not a directory", file=sys.stderr)
+      reporting.say(f"skipped {workdir}: not a directory", file=sys.stderr)
       continue
     run = load_run(workdir)
     if run is None:
-      print(f"skipped {workdir}: no {reporting.RESULTS_FILENAME} (not finished)", file=sys.stderr)
+      reporting.say(f"skipped {workdir}: no {reporting.RESULTS_FILENAME} (not finished)",
+                    file=sys.stderr)
     else:
       runs.append(run)
   try:
     rows = summary_rows(runs, FLAGS.metric, FLAGS.ignore, FLAGS.all_keys)
   except ValueError as rejected:  # e.g. a --metric the runs do not have: one line, status 2
-    print(f"error: {rejected}", file=sys.stderr)
+    reporting.say(f"error: {rejected}", file=sys.stderr)
     sys.exit(2)
-  print(format_table(rows))
+  reporting.say(format_table(rows))
 
 
 if __name__ == "__main__":

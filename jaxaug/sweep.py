@@ -45,6 +45,7 @@ from absl import app
 from absl import flags
 
 from jaxaug import config as config_lib
+from jaxaug import reporting
 from jaxaug import summarize
 
 FLAGS = flags.FLAGS
@@ -184,7 +185,7 @@ def run_jobs(jobs: Sequence[Job], *, processes: int = 1, pin_cpus: bool = False,
   pending = []
   for job in jobs:
     if finished(job):
-      print(f"finished already: {job.workdir}", flush=True)
+      reporting.say(f"finished already: {job.workdir}")
     else:
       pending.append(job)
   running: dict[int, tuple[subprocess.Popen, Job, float]] = {}  # slot -> process, job, start
@@ -208,7 +209,7 @@ def run_jobs(jobs: Sequence[Job], *, processes: int = 1, pin_cpus: bool = False,
           process = subprocess.Popen(prefix + list(job.command), stdout=log,
                                      stderr=subprocess.STDOUT, start_new_session=True)
         running[slot] = (process, job, time.time())
-        print(f"started {total - len(pending)}/{total}: {job.workdir}", flush=True)
+        reporting.say(f"started {total - len(pending)}/{total}: {job.workdir}")
       if stop:
         for process, _, _ in running.values():
           if process.pid not in signalled:
@@ -221,8 +222,8 @@ def run_jobs(jobs: Sequence[Job], *, processes: int = 1, pin_cpus: bool = False,
         del running[slot]
         statuses[job.workdir] = process.returncode
         outcome = "done" if process.returncode == 0 else f"FAILED (status {process.returncode})"
-        print(f"{outcome} in {time.time() - start:.0f} s: {job.workdir} (log: "
-              f"{os.path.join(job.workdir, LOG_FILENAME)})", flush=True)
+        reporting.say(f"{outcome} in {time.time() - start:.0f} s: {job.workdir} (log: "
+                      f"{os.path.join(job.workdir, LOG_FILENAME)})")
   finally:
     for signum, handler in handlers.items():
       signal.signal(signum, handler)
@@ -325,33 +326,34 @@ def main(argv):
                        f"{', '.join(grid_keys) or 'none'}")
     check_configs(jobs)
   except ValueError as error:
-    print(f"error: {error}", file=sys.stderr)
+    reporting.say(f"error: {error}", file=sys.stderr)
     sys.exit(2)
   if FLAGS.dry_run:
     for job in jobs:
-      print(" ".join(job.command))
+      reporting.say(" ".join(job.command))
     return
   try:
     statuses = run_jobs(jobs, processes=FLAGS.processes, pin_cpus=FLAGS.pin_cpus)
   except ValueError as error:
-    print(f"error: {error}", file=sys.stderr)
+    reporting.say(f"error: {error}", file=sys.stderr)
     sys.exit(2)
   except _Stop as stopped:
-    print(f"sweep stopped on {stopped}; run the same command again to resume", file=sys.stderr)
+    reporting.say(f"sweep stopped on {stopped}; run the same command again to resume",
+                  file=sys.stderr)
     sys.exit(128 + stopped.signum)
   try:
     runs = finished_runs(jobs)
-    print(summarize.format_table(summarize.summary_rows(list(runs.values()), FLAGS.metric,
+    reporting.say(summarize.format_table(summarize.summary_rows(list(runs.values()), FLAGS.metric,
                                                         FLAGS.ignore)))
     if FLAGS.select is not None:
-      print("\n" + selection_table(jobs, runs, metric=FLAGS.select, report=FLAGS.metric,
+      reporting.say("\n" + selection_table(jobs, runs, metric=FLAGS.select, report=FLAGS.metric,
                                    over=over))
   except ValueError as error:
-    print(f"error: {error}", file=sys.stderr)
+    reporting.say(f"error: {error}", file=sys.stderr)
     sys.exit(2)
   failed = [workdir for workdir, status in statuses.items() if status != 0]
   if failed:
-    print(f"{len(failed)} run(s) failed: {', '.join(failed)}", file=sys.stderr)
+    reporting.say(f"{len(failed)} run(s) failed: {', '.join(failed)}", file=sys.stderr)
     sys.exit(1)
 
 

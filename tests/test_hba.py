@@ -11,7 +11,6 @@ from jaxaug.augment import policies
 from jaxaug.augment import space
 from jaxaug.config import default_config
 from jaxaug.methods import bilevel
-from jaxaug.methods import augmentation
 from jaxaug.methods import training
 from jaxaug.methods import hba
 

@@ -172,6 +172,20 @@ def test_bilevel_forward_and_reverse_second_order_agree(truncation):
   _assert_leaves_close(results["forward"][0], results["reverse"][0], rtol=1e-3, atol=1e-7)
 
 
+def _augmenter_step_sizes(config, updates):
+  """How far the augmenter's first parameter moves in each of `updates` optimiser updates
+  along unit gradients (its learning rate at each update, for SGD without momentum)."""
+  learner = _init(config).augmenter
+  grads = jax.tree.map(jnp.ones_like, learner.params)
+  step_sizes = []
+  for _ in range(updates):
+    moved = learner.apply_update(grads)
+    step_sizes.append(float(jax.tree.leaves(learner.params)[0].ravel()[0]
+                            - jax.tree.leaves(moved.params)[0].ravel()[0]))
+    learner = moved
+  return step_sizes
+
+
 @pytest.mark.parametrize("schedule", ["constant", *(pytest.param(schedule, marks=pytest.mark.slow)
                                                   for schedule in ("cosine", "step"))])
 def test_bilevel_augmenter_takes_every_schedule(schedule):
@@ -181,14 +195,7 @@ def test_bilevel_augmenter_takes_every_schedule(schedule):
   config.bilevel.optim.update(name="sgd", learning_rate=1.0, schedule=schedule, momentum=0.0,
                               weight_decay=0.0, grad_clip=0.0, warmup_epochs=0.3,
                               step_epochs=(0.6,), step_factor=0.5)
-  learner = _init(config).augmenter
-  grads = jax.tree.map(jnp.ones_like, learner.params)
-  step_sizes = []
-  for _ in range(10):
-    moved = learner.apply_update(grads)
-    step_sizes.append(float(jax.tree.leaves(learner.params)[0].ravel()[0]
-                            - jax.tree.leaves(moved.params)[0].ravel()[0]))
-    learner = moved
+  step_sizes = _augmenter_step_sizes(config, 10)
   expected = training.learning_rate_schedule(config.bilevel.optim, steps_per_epoch=10,
                                              total_steps=10)
   np.testing.assert_allclose(step_sizes, [expected(i) for i in range(10)], rtol=1e-5,
@@ -281,14 +288,7 @@ def test_bilevel_augmenter_schedule_spans_its_updates_not_the_train_steps():
   config = _config("bilevel", update_every=3)
   config.bilevel.optim.update(name="sgd", learning_rate=1.0, schedule="cosine", momentum=0.0,
                               weight_decay=0.0, grad_clip=0.0)
-  learner = _init(config).augmenter  # 1 epoch of 10 steps: updates at steps 0, 3, 6, 9
-  grads = jax.tree.map(jnp.ones_like, learner.params)
-  step_sizes = []
-  for _ in range(4):
-    moved = learner.apply_update(grads)
-    step_sizes.append(float(jax.tree.leaves(learner.params)[0].ravel()[0]
-                            - jax.tree.leaves(moved.params)[0].ravel()[0]))
-    learner = moved
+  step_sizes = _augmenter_step_sizes(config, 4)  # 1 epoch of 10 steps: updates at 0, 3, 6, 9
   expected = optax.cosine_decay_schedule(1.0, 4)
   np.testing.assert_allclose(step_sizes, [expected(i) for i in range(4)], rtol=1e-5, atol=1e-6)
 

@@ -6,7 +6,6 @@ central finite differences in float64.
 """
 
 import colorsys
-import io
 import math
 import re
 import os

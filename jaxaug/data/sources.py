@@ -30,6 +30,7 @@ from ml_collections import config_dict
 import numpy as np
 from PIL import Image
 
+from jaxaug import reporting
 from jaxaug.registry import Registry
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
@@ -624,8 +625,8 @@ def hide_accelerators_from_tensorflow() -> None:
     try:
       tf.config.set_visible_devices([], kind)
     except RuntimeError as error:  # "Visible devices cannot be modified after being initialized"
-      print(f"warning: TensorFlow's {kind} devices were set up before jaxaug prepared a tfds "
-            f"dataset and stay visible to it ({error})", file=sys.stderr, flush=True)
+      reporting.say(f"warning: TensorFlow's {kind} devices were set up before jaxaug prepared "
+                    f"a tfds dataset and stay visible to it ({error})", file=sys.stderr)
 
 
 def prepare_tfds(builder) -> None:
@@ -664,9 +665,9 @@ def prepare_tfds(builder) -> None:
                              f"{'; '.join(sorted(set(failures.values())))}). To go on, "
                              f"{ways_on(builder.name)}")
   hosts = ", ".join(sorted({url_host(url) for url in missing}))
-  print(f"preparing tfds {builder.name} in {builder.data_dir} (first use)"
-        + (f": downloading {format_bytes(sum(missing.values()))} from {hosts}" if missing else ""),
-        flush=True)
+  reporting.say(f"preparing tfds {builder.name} in {builder.data_dir} (first use)"
+                + (f": downloading {format_bytes(sum(missing.values()))} from {hosts}"
+                   if missing else ""))
   hide_accelerators_from_tensorflow()
   try:
     builder.download_and_prepare(

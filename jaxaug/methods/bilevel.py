@@ -129,7 +129,7 @@ def default_config() -> ml_collections.ConfigDict:
       # theorem at the current classifier, Neumann series; T = 1)
       "hypergradient": "unroll",
       "neumann_terms": 5,       # K: Hessian-vector products of the implicit hypergradient
-      "neumann_scale": 0.02,    # alpha: below 2 / the largest Hessian eigenvalue of the training loss
+      "neumann_scale": 0.02,    # alpha: below 2 / the training loss's largest Hessian eigenvalue
       "second_order": "forward",  # the unroll's: forward (forward-over-reverse, fast) | reverse
       "remat": False,           # rematerialise the unroll's inner steps: memory O(1) in T
   })

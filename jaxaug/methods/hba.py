@@ -237,7 +237,8 @@ def train_step(state: State, train_batch: dict, val_batch: dict, rng: jax.Array)
   batch = images.shape[0]
   h = lam + state.hba.sigma * jax.random.normal(noise_rng, (batch, lam.shape[0]), lam.dtype)
   augmented = _policy_augment(state, policy_rng, images, h)
-  augmented = augmentation.fixed_augment_stack(state.settings, fixed_rng, augmented[None], state.step)
+  augmented = augmentation.fixed_augment_stack(state.settings, fixed_rng, augmented[None],
+                                               state.step)
   classifier, aux = training.classifier_updates(
       state.classifier, state.settings, augmented, train_batch["label"],
       model_kwargs={"hyper": h[None]})

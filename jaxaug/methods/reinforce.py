@@ -104,7 +104,7 @@ class State:
 def default_config() -> ml_collections.ConfigDict:
   """`config.reinforce`: the Adversarial AutoAugment paper's settings (module docstring)."""
   return ml_collections.ConfigDict({
-      "reward": "adversarial",      # the training loss (OHL-Auto-Aug's validation reward: method=ohl)
+      "reward": "adversarial",      # the training loss (OHL-Auto-Aug's reward: method=ohl)
       "policies": "adversarial",    # adversarial | random | fixed: the paper's ablation (table 6)
       "num_policies": 8,            # M: policies per epoch, copies of each batch
       "sub_policies": 5,            # per policy
@@ -156,8 +156,8 @@ def _settings(config: ml_collections.ConfigDict, info: training.DataInfo) -> Set
   return Settings(ops=tuple(cfg.ops), num_levels=cfg.num_levels, num_policies=cfg.num_policies,
                   sub_policies=cfg.sub_policies, ops_per_sub_policy=cfg.ops_per_sub_policy,
                   policies=cfg.policies, entropy_weight=float(cfg.entropy_weight),
-                  carry_state=bool(cfg.controller.carry_state), augment_after=cfg.augment_after, strategy=cfg.strategy,
-                  steps_per_epoch=info.steps_per_epoch)
+                  carry_state=bool(cfg.controller.carry_state), augment_after=cfg.augment_after,
+                  strategy=cfg.strategy, steps_per_epoch=info.steps_per_epoch)
 
 
 def create_controller(config: ml_collections.ConfigDict, rng: jax.Array,
