@@ -137,16 +137,20 @@ def test_bilevel_look_ahead_is_the_update_the_classifier_takes(truncation):
   rng = jax.random.PRNGKey(3)
   new_state, _ = step(state, train, val, rng)
 
-  _, noise_rng = jax.random.split(rng)
-  images, _ = bilevel.learned_augment(state, state.augmenter.params, jnp.asarray(train["image"]),
-                                       noise_rng)
-  expected = state.classifier
-  for t in range(truncation):
-    (_, (rest, _)), grads = jax.value_and_grad(training.classifier_loss, argnums=1, has_aux=True)(
-        expected, expected.params, expected.rest, images[t], train["label"][t],
-        mean=state.settings.mean, std=state.settings.std)
-    expected = expected.apply_update(grads, rest)
-  _assert_leaves_close(new_state.classifier, expected, rtol=1e-5, atol=1e-6)
+  @jax.jit  # one program: the same math as op by op, compiled once
+  def plain_updates(state, train):
+    _, noise_rng = jax.random.split(rng)
+    images, _ = bilevel.learned_augment(state, state.augmenter.params, train["image"], noise_rng)
+    expected = state.classifier
+    for t in range(truncation):
+      (_, (rest, _)), grads = jax.value_and_grad(training.classifier_loss, argnums=1,
+                                                 has_aux=True)(
+          expected, expected.params, expected.rest, images[t], train["label"][t],
+          mean=state.settings.mean, std=state.settings.std)
+      expected = expected.apply_update(grads, rest)
+    return expected
+
+  _assert_leaves_close(new_state.classifier, plain_updates(state, train), rtol=1e-5, atol=1e-6)
   # and the augmenter moved
   moved = jax.tree.map(lambda a, b: float(jnp.abs(a - b).max()), new_state.augmenter.params,
                        state.augmenter.params)
@@ -229,16 +233,21 @@ def test_bilevel_implicit_step_is_the_neumann_hypergradient_at_the_current_class
                                                   noise_rng)[0]
   labels = train["label"][0]
   images = images_of(state.augmenter.params)
-  hvp = lambda u: jax.grad(lambda p: _tree_vdot(jax.grad(loss)(p, images, labels), u))(
-      classifier.params)
-  v = jax.grad(loss)(classifier.params, val["image"], val["label"])
-  term, total = v, v
-  for _ in range(2):
-    term = jax.tree.map(lambda t, h: t - 0.05 * h, term, hvp(term))
-    total = jax.tree.map(jnp.add, total, term)
-  p = jax.tree.map(lambda t: 0.05 * t, total)
-  hypergrads = jax.grad(lambda lam: -_tree_vdot(
-      jax.grad(loss)(classifier.params, images_of(lam), labels), p))(state.augmenter.params)
+
+  @jax.jit  # one program: the same math as op by op, compiled once
+  def neumann_hypergradient(augmenter_params):
+    hvp = lambda u: jax.grad(lambda p: _tree_vdot(jax.grad(loss)(p, images, labels), u))(
+        classifier.params)
+    v = jax.grad(loss)(classifier.params, val["image"], val["label"])
+    term, total = v, v
+    for _ in range(2):
+      term = jax.tree.map(lambda t, h: t - 0.05 * h, term, hvp(term))
+      total = jax.tree.map(jnp.add, total, term)
+    p = jax.tree.map(lambda t: 0.05 * t, total)
+    return jax.grad(lambda lam: -_tree_vdot(
+        jax.grad(loss)(classifier.params, images_of(lam), labels), p))(augmenter_params)
+
+  hypergrads = neumann_hypergradient(state.augmenter.params)
   moved = jax.tree.map(jnp.subtract, new_state.augmenter.params, state.augmenter.params)
   _assert_leaves_close(moved, jax.tree.map(jnp.negative, hypergrads), rtol=2e-3, atol=1e-7)
   assert float(metrics["hypergrad_norm"].value) > 0

@@ -107,6 +107,27 @@ def test_end_to_end_on_tfds_mock_data(tmp_path, method, augment):
       assert os.path.exists(tmp_path / "plots" / name)
 
 
+@pytest.mark.parametrize("method", METHODS.names())
+def test_a_short_run_of_every_registered_method(tmp_path, method):
+  """One epoch of three steps through train_and_evaluate: results, metrics, images, events and,
+  for a method that learns a policy, the exported policy; the steps' losses are finite."""
+  config = smoke_config(method, {
+      "augment": "hflip", "num_epochs": 1, "data.train_examples": 64, "log_every_steps": 1,
+      "hba.warmup_epochs": 0.0, "hba.update_every": 1, "reinforce.num_policies": 2,
+      "reinforce.augment_after": "cutout(4)", "ohl.copies": 2, "ohl.augment_after": "cutout(4)",
+      "uncertainty.candidates": 2, "uncertainty.augment_after": "cutout(4)",
+      "invariant.augmenter.kind": "affine"})
+  results = train.train_and_evaluate(config, str(tmp_path))
+  learns = METHODS.get(method).export_policy is not contract.no_policy
+  records = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+  train_records = [r for r in records if r["split"] == "train"]
+  assert results["steps"] == 3 and [r["step"] for r in train_records] == [1, 2, 3]
+  assert all(np.isfinite(r["loss"]) for r in train_records)
+  assert_final_evaluation_is_the_result(records, results)
+  assert os.listdir(tmp_path / "images") and os.listdir(tmp_path / "tensorboard")
+  assert os.path.isfile(tmp_path / "policy" / "policy.json") == learns
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["bilevel", "hba"])
 def test_a_learned_policy_replays_with_supervised(tmp_path, method):
