@@ -228,7 +228,7 @@ def init(config: ml_collections.ConfigDict, rng: jax.Array, info: training.DataI
 
 
 def _flat(augmenter: training.Learner) -> jax.Array:
-  """The augmenter's parameters and other state as one vector [P] (`_augmenter_template`
+  """The augmenter's parameters and other state as one vector [P] (`augmenter_template`
   unravels it)."""
   return ravel_pytree((augmenter.params, augmenter.rest))[0]
 
@@ -426,7 +426,7 @@ def export_policy(state: State) -> learned.Policy:
       arrays={"augmenter": np.asarray(jax.device_get(state.trajectory), np.float32)})
 
 
-def _augmenter_template(settings: dict) -> tuple[nnx.GraphDef, int, Callable]:
+def augmenter_template(settings: dict) -> tuple[nnx.GraphDef, int, Callable]:
   """The augmenter module of exported `settings` (`_augmenter_settings`) as
   (graphdef, P, unravel), where `unravel(flat f32 [P]) -> (params, rest)` (`_flat`'s inverse)."""
   module = augmenters.create_augmenter(
@@ -441,7 +441,7 @@ def replay_policy(policy: learned.Policy) -> learned.ProgressSampler:
   """`export_policy`'s augmenter replayed (`learned('<dir>')`, also `invariant`'s): array
   augmenter [R, P] (flat parameters at the end of each epoch); each image gets its own noise
   draw, as in training."""
-  graphdef, size, unravel = _augmenter_template(policy.settings)
+  graphdef, size, unravel = augmenter_template(policy.settings)
   flat = np.asarray(policy.arrays["augmenter"], np.float32)
   if flat.ndim != 2 or flat.shape[1] != size:
     raise ValueError(f"bilevel policy: augmenter parameters {flat.shape} do not fit a "
