@@ -321,7 +321,7 @@ def _implicit_step(state: State, train_batch: dict, val_batch: dict, rng: jax.Ar
         train_loss, classifier.params, classifier.rest, (images, labels), val_grads,
         terms=cfg.neumann_terms, scale=cfg.neumann_scale)
     hypergrads = images_vjp(image_cotangent)[0]
-    scalars = (val_loss, val_aux.metrics["accuracy"], optax.global_norm(hypergrads))
+    scalars = (val_loss, val_aux.metrics["accuracy"], optax.tree.norm(hypergrads))
     return (grads, rest, aux.metrics, augmenter.apply_update(hypergrads),
             *(scalar.astype(jnp.float32) for scalar in scalars))
 
@@ -364,7 +364,7 @@ def _unroll_step(state: State, train_batch: dict, val_batch: dict, rng: jax.Arra
     (val_loss, aux), hypergrads = jax.value_and_grad(val_loss_after_updates, has_aux=True)(
         augmenter.params)
     return (augmenter.apply_update(hypergrads), val_loss, aux,
-            optax.global_norm(hypergrads).astype(jnp.float32))
+            optax.tree.norm(hypergrads).astype(jnp.float32))
 
   def without_augmenter_update(augmenter):
     val_loss, aux = val_loss_after_updates(augmenter.params)

@@ -252,7 +252,7 @@ def train_step(state: State, train_batch: dict, val_batch: dict, rng: jax.Array)
 
   def with_update(hyper_learner):
     loss, grads = jax.value_and_grad(val_loss)(hyper_learner.params)
-    return hyper_learner.apply_update(grads), loss, optax.global_norm(grads)
+    return hyper_learner.apply_update(grads), loss, optax.tree.norm(grads)
 
   def without_update(hyper_learner):
     zero = jnp.zeros((), hyper_learner.params.dtype)

@@ -90,7 +90,7 @@ def train_step(state: State, train_batch: dict, val_batch: None, rng: jax.Array)
   (loss, (rest, aux)), (classifier_grads, augmenter_grads) = jax.value_and_grad(
       loss_fn, argnums=(0, 1), has_aux=True)(classifier.params, state.augmenter.params)
   augmenter = state.augmenter.apply_update(augmenter_grads)
-  metrics = {**aux.metrics, "augmenter_grad_norm": optax.global_norm(augmenter_grads)}
+  metrics = {**aux.metrics, "augmenter_grad_norm": optax.tree.norm(augmenter_grads)}
   nonfinite = training.first_nonfinite(state.step, state.nonfinite_step, loss,
                                      metrics["augmenter_grad_norm"])
   return state.replace(step=state.step + 1,
