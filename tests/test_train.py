@@ -74,7 +74,9 @@ def _check_outputs(workdir, results, *, expect_aug_plot):
 SLOW = pytest.mark.slow  # end to end: see README, Tests
 
 
-@pytest.mark.parametrize("method,augment", [("supervised", "none"),
+# Every setting is slow: the default run has a short run of every method
+# (test_a_short_run_of_every_registered_method) and reads tfds data in test_data.py.
+@pytest.mark.parametrize("method,augment", [pytest.param("supervised", "none", marks=SLOW),
                                             pytest.param("supervised", "predefined", marks=SLOW),
                                             pytest.param("bilevel", "hflip", marks=SLOW),
                                             pytest.param("hba", "hflip", marks=SLOW),
