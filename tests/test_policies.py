@@ -372,11 +372,13 @@ def test_apply_sub_policies_equals_each_op_image_by_image():
   probability = np.stack([np.ones(2 * count), np.zeros(2 * count)], axis=1)
   out = np.asarray(jax.jit(policies.apply_sub_policies, static_argnames="names")(
       jax.random.key(0), jnp.asarray(images), op_index, level, probability, names=names))
+  reference = {}  # each op under jit: one program per op, not op by op
   for b in range(2 * count):
     entry = space.SPACE.get(names[op_index[b, 0]])
     magnitude = float(entry.level_to_magnitude(jnp.float32(level[b, 0])))
     candidates = [magnitude, -magnitude] if entry.signed else [magnitude]
-    expected = [np.asarray(ops.OPS.get(entry.op).fn(images[b:b + 1], jnp.array([m])))[0]
+    fn = reference.setdefault(entry.op, jax.jit(ops.OPS.get(entry.op).fn))
+    expected = [np.asarray(fn(images[b:b + 1], jnp.array([m], jnp.float32)))[0]
                 for m in candidates]
     assert any(np.allclose(out[b], e, atol=1e-6) for e in expected), (b, names[op_index[b, 0]])
 
