@@ -57,6 +57,7 @@ def test_import_torchvision_warns_and_returns_none_when_missing(monkeypatch, cap
   assert '.[bench]' in caplog.text
 
 
+@pytest.mark.slow  # the bench is not the library
 def test_augment_section_prints_one_parsable_record_per_policy_and_implementation(tmp_path):
   # With torchvision installed (the bench extra) its lines must be there, without it absent.
   rng = np.random.default_rng(0)

@@ -92,7 +92,7 @@ def _folder_with_a_broken_image(root, size=8):
   return broken
 
 
-@pytest.mark.parametrize("in_memory", [True, False])
+@pytest.mark.parametrize("in_memory", [True, pytest.param(False, marks=pytest.mark.slow)])
 def test_an_unreadable_image_names_its_path_and_the_way_to_skip_it(tmp_path, capsys, in_memory):
   """Decoded at load (in memory) or on access (every step): the error names the file."""
   broken = _folder_with_a_broken_image(tmp_path / "data")

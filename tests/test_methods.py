@@ -211,6 +211,7 @@ def _tree_vdot(a, b):
   return sum(jnp.vdot(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
 
 
+@pytest.mark.slow  # the Neumann hypergradient's math: test_hypergrad (exact inverse, closed form)
 def test_bilevel_implicit_step_is_the_neumann_hypergradient_at_the_current_classifier():
   """hypergradient='implicit': the classifier takes the plain update on the augmented batch,
   and the augmenter's SGD step (lr 1) is -(-d/dlambda <dL_T/dtheta, p>) with

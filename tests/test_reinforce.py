@@ -130,6 +130,7 @@ def test_reinforce_steps_converge_to_the_best_arm_of_a_bandit():
   assert float(rollout.op_probs[0, 0, 1]) > 0.9, rollout.op_probs[0, 0]
 
 
+@pytest.mark.slow  # a property of the controller's loss, second to its REINFORCE step
 def test_the_entropy_term_raises_the_entropy():
   settings = _settings(entropy_weight=1.0)
   controller = _learner(_controller(), 1e-2)
@@ -204,6 +205,7 @@ def _batch(batch=8, seed=0):
           "label": rng.integers(0, 4, (1, batch)).astype(np.int32)}
 
 
+@pytest.mark.slow  # a symmetry check; the copies' update and losses are checked by the next tests
 def test_permuting_the_policies_permutes_their_accumulated_losses_and_nothing_else():
   config = _config(ops=DETERMINISTIC_OPS)
   state = reinforce.init(config, jax.random.PRNGKey(0), _info())
