@@ -1,8 +1,10 @@
 """Test set-up: 8 simulated CPU devices, float32 default.
 
-XLA compiles the tests' programs without its backend optimisations: the tests' programs are
-small and many, so compiling takes most of their time, and that flag makes it about 30% faster.
-Training runs, the bench and the experiments compile with XLA's defaults.
+The default run (`-m 'not slow'`) compiles without XLA's backend optimisations: its programs
+are small and many, so compiling takes most of its time, and that flag makes it about 30%
+faster. The slow run compiles as training runs do, with XLA's defaults: its whole-run
+comparisons (resumed against uninterrupted, several processes against one, float64 checks
+next to the warp's kinks) are about the programs users run.
 """
 
 import os
@@ -10,11 +12,18 @@ import signal
 
 import pytest
 
-# Must be set before jax is imported anywhere in the test session.
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8 "
-                                   "--xla_backend_optimization_level=0")
-os.environ.setdefault("JAX_PLATFORMS", "cpu")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+FAST_COMPILE = "--xla_backend_optimization_level=0"
+
+
+def pytest_configure(config):
+  """XLA's flags, before jax is imported anywhere in the test session (test modules are
+  imported after this hook, in every xdist worker too; subprocesses inherit them)."""
+  flags = ["--xla_force_host_platform_device_count=8"]
+  if config.option.markexpr.strip() == "not slow":
+    flags.append(FAST_COMPILE)
+  os.environ.setdefault("XLA_FLAGS", " ".join(flags))
+  os.environ.setdefault("JAX_PLATFORMS", "cpu")
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
 @pytest.fixture
