@@ -358,12 +358,17 @@ def dataset_from_arrays(x_train: np.ndarray, y_train: np.ndarray, x_test: np.nda
   return Dataset(train, test, num_classes, train.image_shape)
 
 
-LOADERS: Registry[Callable[[str, ml_collections.ConfigDict], Dataset]] = Registry("dataset kind")
+# A loader: (argument after "kind:", config.data, progress) -> Dataset; `progress` gets a line
+# every few seconds while a loader reads long (see `read_each`).
+LOADERS: Registry[Callable[[str, ml_collections.ConfigDict, Progress | None], Dataset]] = (
+    Registry("dataset kind"))
 
 
 @LOADERS.register("npz")
-def load_npz(path: str, config: ml_collections.ConfigDict) -> Dataset:
+def load_npz(path: str, config: ml_collections.ConfigDict,
+             progress: Progress | None = None) -> Dataset:
   """Dataset from a .npz with x_train, y_train, x_test, y_test (and optionally num_classes)."""
+  del progress  # one read
   if not os.path.isfile(path):
     raise ValueError(
         f"npz dataset file {path!r} does not exist (dataset is 'npz:/path/file.npz')")
@@ -377,11 +382,13 @@ def load_npz(path: str, config: ml_collections.ConfigDict) -> Dataset:
 
 
 @LOADERS.register("sklearn_digits")
-def load_sklearn_digits(_: str, config: ml_collections.ConfigDict) -> Dataset:
+def load_sklearn_digits(_: str, config: ml_collections.ConfigDict,
+                        progress: Progress | None = None) -> Dataset:
   """scikit-learn's 1,797 8x8 grayscale digits: uint8 [N, 8, 8, 1] (0..16 scaled to 0..255).
 
   The train/test split (80/20) is a fixed permutation, the same for every config.seed.
   """
+  del progress  # bundled, read at once
   from sklearn import datasets  # pylint: disable=g-import-not-at-top
 
   digits = datasets.load_digits()
@@ -679,13 +686,15 @@ def prepare_tfds(builder) -> None:
 
 
 @LOADERS.register("tfds")
-def load_tfds(name: str, config: ml_collections.ConfigDict) -> Dataset:
+def load_tfds(name: str, config: ml_collections.ConfigDict,
+              progress: Progress | None = None) -> Dataset:
   """Dataset of tfds catalog `name` (train split and 'test', or 'validation' for imagenet2012).
 
   Read by index from array_record files in config.data_dir (None: tfds's default,
   ~/tensorflow_datasets or $TFDS_DATA_DIR); the first use prepares them there
   (`prepare_tfds`: downloads, then writes them).
   """
+  del progress  # tfds shows its own progress bars
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
   check_tfds_name(name)
@@ -718,13 +727,11 @@ def load_tfds(name: str, config: ml_collections.ConfigDict) -> Dataset:
 
 def load_dataset(config: ml_collections.ConfigDict, progress: Progress | None = None) -> Dataset:
   """The Dataset named by config.dataset (fields: see `default_data_config`). `progress` gets
-  a line every few seconds while a folder's images are read."""
+  a line every few seconds while a loader reads long (a folder's images)."""
   resize_from_config(config)  # checks image_size and resize
   kind, _, argument = config.dataset.partition(":")
-  if kind == "folder" and argument:
-    return load_folder(argument, config, progress)
   if argument and kind in LOADERS:
-    return LOADERS.get(kind)(argument, config)
+    return LOADERS.get(kind)(argument, config, progress)
   if config.dataset in LOADERS and config.dataset != "tfds":
-    return LOADERS.get(config.dataset)("", config)
-  return LOADERS.get("tfds")(config.dataset, config)
+    return LOADERS.get(config.dataset)("", config, progress)
+  return LOADERS.get("tfds")(config.dataset, config, progress)
