@@ -360,26 +360,29 @@ def test_every_method_keeps_the_contract(name, tmp_path):
   state = _init(config)
   assert int(state.step) == 0 and int(state.nonfinite_step) == -1
   train, val = _batches(batches)
-  step = jax.jit(method.train_step)
-  new_state, metrics = step(state, train, val if method.uses_val_batch(config) else None,
-                            jax.random.PRNGKey(1))
-  assert int(new_state.step) == 1 and int(new_state.nonfinite_step) == -1
-  assert jax.tree.structure(new_state) == jax.tree.structure(state)  # one compilation
+  # The step's types, by abstract evaluation (test_train's short run of every method runs it):
+  # the state it returns has the state's structure, shapes and dtypes (one compilation).
+  new_state, metrics = jax.eval_shape(
+      method.train_step, state, train, val if method.uses_val_batch(config) else None,
+      jax.random.PRNGKey(1))
+  assert jax.tree.structure(new_state) == jax.tree.structure(state)
+  assert ([(leaf.shape, leaf.dtype) for leaf in jax.tree.leaves(new_state)] ==
+          [(leaf.shape, leaf.dtype) for leaf in jax.tree.leaves(state)])
   assert {"loss", "accuracy"} <= set(metrics)
   assert all(_is_scalar_metric(value) for value in metrics.values()), metrics
   # eval sums over the masked examples only
   mask = np.arange(16) < 11
-  sums = jax.jit(method.eval_step)(new_state, {**val, "mask": mask})
+  sums = jax.jit(method.eval_step)(state, {**val, "mask": mask})
   assert set(sums) == {"loss_sum", "correct", "count"} and float(sums["count"]) == 11
-  images = jax.jit(method.augment)(new_state, val["image"], jax.random.PRNGKey(2))
+  images = jax.jit(method.augment)(state, val["image"], jax.random.PRNGKey(2))
   assert images.shape == val["image"].shape
   assert float(images.min()) >= 0 and float(images.max()) <= 1
-  summaries = jax.jit(method.summaries)(new_state)
+  summaries = jax.jit(method.summaries)(state)
   assert isinstance(summaries, contract.Summaries)
   labels = dict(summaries.labels)
   assert set(labels) == set(summaries.vectors)
   assert all(len(labels[key]) == np.size(value) for key, value in summaries.vectors.items())
-  policy = method.export_policy(new_state)
+  policy = method.export_policy(state)
   # the methods that learn augmentation export a replayable policy
   assert (policy is None) == (name in ("supervised", "uncertainty"))
   if policy is not None:

@@ -1,6 +1,7 @@
 """The REINFORCE family: controller, REINFORCE step, Adversarial AutoAugment's M copies,
 OHL's K vmapped copies, uncertainty-based sampling, and their policy replay."""
 
+import functools
 import json
 import os
 
@@ -236,9 +237,9 @@ def test_the_classifier_takes_one_update_on_all_m_copies():
   state = reinforce.init(config, jax.random.PRNGKey(0), _info())
   batch = _batch()
   after, metrics = jax.jit(reinforce.train_step)(state, batch, None, jax.random.PRNGKey(3))
-  expected, aux = training.classifier_updates(state.classifier, state.settings,
-                                                jnp.asarray(batch["image"]),
-                                                jnp.asarray(batch["label"]))
+  expected, aux = jax.jit(training.classifier_updates)(state.classifier, state.settings,
+                                                         jnp.asarray(batch["image"]),
+                                                         jnp.asarray(batch["label"]))
   for a, b in zip(jax.tree.leaves(after.classifier), jax.tree.leaves(expected)):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
   np.testing.assert_allclose(after.loss_sum, np.full(3, aux.metrics["loss"][0]), rtol=1e-5)
@@ -294,8 +295,10 @@ def test_ohl_vmapped_copies_equal_separate_single_copy_updates():
   labels = jnp.asarray(rng.integers(0, 4, 8), jnp.int32)
   stacked, aux = jax.jit(ohl.update_copies)(state.classifiers, state.settings, images, labels)
   val = {"image": images[0], "label": labels}
-  accuracy = ohl.copy_accuracy(stacked, state.settings, val)
+  accuracy = jax.jit(ohl.copy_accuracy)(stacked, state.settings, val)
   single_update = jax.jit(training.classifier_updates)
+  eval_metrics = jax.jit(functools.partial(training.eval_metrics, mean=state.settings.mean,
+                                           std=state.settings.std))
   for k in range(3):
     single = jax.tree.map(lambda leaf: leaf[k], state.classifiers)
     expected, expected_aux = single_update(single, state.settings, images[k][None], labels[None])
@@ -303,8 +306,7 @@ def test_ohl_vmapped_copies_equal_separate_single_copy_updates():
                     jax.tree.leaves(expected)):
       np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(aux.per_example_loss[k], expected_aux.per_example_loss, rtol=1e-5)
-    sums = training.eval_metrics(expected, {**val, "mask": np.ones(8, bool)},
-                               mean=state.settings.mean, std=state.settings.std)
+    sums = eval_metrics(expected, {**val, "mask": np.ones(8, bool)})
     assert float(accuracy[k]) == pytest.approx(float(sums["correct"]) / 8)
 
 
@@ -339,13 +341,13 @@ def test_ohl_rewards_are_the_copies_accuracies_after_the_trajectory():
   # the end of the trajectory: the copies after their second update, scored on `val`
   no_end = first.replace(ohl=first.ohl.replace(steps_per_epoch=100))
   updated, _ = step(no_end, _batch(seed=1), val, jax.random.PRNGKey(2))
-  expected = ohl.copy_accuracy(updated.classifiers, updated.settings, val)
+  expected = jax.jit(ohl.copy_accuracy)(updated.classifiers, updated.settings, val)
   second, metrics = step(first, _batch(seed=1), val, jax.random.PRNGKey(2))
   np.testing.assert_allclose(second.rewards[0], expected)
   assert float(metrics["best_copy_val_accuracy"].value) == pytest.approx(float(expected.max()))
   best = int(np.argmax(np.asarray(expected)))
   for leaf, kept in zip(jax.tree.leaves(second.classifiers), jax.tree.leaves(updated.classifiers)):
-    np.testing.assert_allclose(leaf[0], kept[best], rtol=1e-6)
+    np.testing.assert_allclose(leaf[0], kept[best], rtol=1e-6, atol=1e-7)  # two programs
 
 
 def test_ohl_elements_are_ordered_pairs_of_its_operations():
@@ -388,16 +390,17 @@ def test_uncertainty_sampling_trains_on_the_hardest_candidates():
   # the same candidates (same key), scored and selected here by hand
   tiled = jnp.tile(jnp.asarray(batch["image"][0]), (3, 1, 1, 1))
   draw_rng, _ = jax.random.split(jax.random.PRNGKey(4))
-  candidates, _ = uncertainty.draw_candidates(state, draw_rng, tiled)
-  logits, _ = state.classifier.apply(state.classifier.params, state.classifier.rest,
-                                     training.standardize(candidates, state.settings.mean,
-                                                        state.settings.std), train=False)
+  candidates, _ = jax.jit(uncertainty.draw_candidates)(state, draw_rng, tiled)
+  logits, _ = jax.jit(lambda images: state.classifier.apply(
+      state.classifier.params, state.classifier.rest,
+      training.standardize(images, state.settings.mean, state.settings.std), train=False))(
+          candidates)
   labels = np.tile(batch["label"][0], 3)
   losses = np.asarray(optax.softmax_cross_entropy_with_integer_labels(logits, labels)).reshape(3, 8)
   hardest = losses.argmax(0)
   chosen = np.asarray(candidates).reshape((3, 8) + IMAGE_SHAPE)[hardest, np.arange(8)]
-  expected, aux = training.classifier_updates(state.classifier, state.settings, chosen[None],
-                                                batch["label"])
+  expected, aux = jax.jit(training.classifier_updates)(state.classifier, state.settings,
+                                                         chosen[None], batch["label"])
   for a, b in zip(jax.tree.leaves(after.classifier), jax.tree.leaves(expected)):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
   assert float(metrics["candidate_loss"]) == pytest.approx(losses.mean(), rel=1e-5)
