@@ -2,9 +2,10 @@
 
 The default run (`-m 'not slow'`) compiles without XLA's backend optimisations and, where
 jaxlib has the choice (before 0.11), with XLA:CPU's older fusion emitters: its programs are
-small and many, so compiling takes most of its time, and these flags halve it. The slow run compiles as training runs do, with XLA's defaults: its whole-run
-comparisons (resumed against uninterrupted, several processes against one, float64 checks
-next to the warp's kinks) are about the programs users run.
+small and many, so compiling takes most of its time, and these flags about halve it. The slow
+run compiles as training runs do, with XLA's defaults: its whole-run comparisons (resumed
+against uninterrupted, several processes against one, float64 checks next to the warp's kinks)
+are about the programs users run.
 """
 
 import importlib.metadata
