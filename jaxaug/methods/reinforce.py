@@ -105,7 +105,7 @@ def default_config() -> ml_collections.ConfigDict:
   """`config.reinforce`: the Adversarial AutoAugment paper's settings (module docstring)."""
   return ml_collections.ConfigDict({
       "reward": "adversarial",      # the training loss (OHL-Auto-Aug's reward: method=ohl)
-      "policies": "adversarial",    # adversarial | random | fixed: the paper's ablation (table 6)
+      "policies": "adversarial",    # adversarial | random | fixed: the ablation, section 4.4
       "num_policies": 8,            # M: policies per epoch, copies of each batch
       "sub_policies": 5,            # per policy
       "ops_per_sub_policy": 2,
