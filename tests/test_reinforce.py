@@ -329,6 +329,37 @@ def test_ohl_trajectory_end_broadcasts_the_best_copy_and_steps_towards_its_eleme
   assert float(ended.counts.sum()) == 0
 
 
+def test_ohl_reinforce_gradient_is_the_closed_form():
+  """d/dtheta of sum_e f_e log softmax(theta)_e is f - p (the frequencies sum to 1), so the
+  gradient is -mean_k(advantage_k (f_k - p))."""
+  rng = np.random.default_rng(0)
+  theta = rng.normal(size=12).astype(np.float32)
+  counts = rng.integers(0, 5, size=(3, 12)).astype(np.float32)
+  accuracy = np.array([0.2, 0.7, 0.4], np.float32)
+  frequency = counts / counts.sum(1, keepdims=True)
+  p = np.exp(theta) / np.exp(theta).sum()
+  advantage = accuracy - accuracy.mean()
+  expected = -(advantage[:, None] * (frequency - p)).mean(0)
+  np.testing.assert_allclose(ohl.reinforce_gradient(theta, counts, accuracy), expected,
+                             atol=1e-6)
+
+
+def test_ohl_uninformed_probability_takes_adams_steps_on_noise():
+  """Adam's first step is about -lr sign(gradient) (less where the gradient is near Adam's
+  epsilon): after it, the log-probabilities lie on a grid of spacing lr, 2 lr from the
+  lowest to the highest; later rows drift further from uniform on noise alone."""
+  optim = ohl.default_config().optim
+  rows = np.asarray(ohl.uninformed_probability(
+      optim, copies=4, num_elements=100, draws=300, trajectories=30, rng=jax.random.key(0)))
+  assert rows.shape == (30, 100)
+  np.testing.assert_allclose(rows.sum(1), 1, rtol=1e-5)
+  steps = (np.log(rows[0]) - np.log(rows[0]).min()) / optim.learning_rate
+  np.testing.assert_allclose(steps, np.round(steps), atol=0.05)
+  assert np.ptp(steps) == pytest.approx(2, abs=0.05)
+  largest_over_uniform = rows.max(1) * 100
+  assert largest_over_uniform[-1] > largest_over_uniform[0] > 1
+
+
 def test_ohl_rewards_are_the_copies_accuracies_after_the_trajectory():
   """The reward of a copy is its accuracy on the last step's validation batch, scored with
   the weights it has after that step's update, not an accumulation over the steps."""

@@ -13,8 +13,11 @@ Each RUN_GLOB matches run directories (one per seed) holding `policy/` (written 
 
 import argparse
 import glob
+import json
 
+import jax
 import matplotlib
+import ml_collections
 import numpy as np
 
 matplotlib.use("Agg")
@@ -24,14 +27,36 @@ from jaxaug.augment import learned
 from jaxaug.methods import ohl
 
 EPOCHS_PER_BAR = 5  # the paper's: "the mean of each five epochs"
+NULL_RUNS = 10  # simulated searches whose rewards carry no information
 
 
-def read_policies(pattern: str) -> list[learned.Policy]:
-  """The exported policies of the run directories matching `pattern` (ValueError if none)."""
+def run_dirs(pattern: str) -> list[str]:
+  """The run directories matching `pattern` (ValueError if none)."""
   runs = sorted(glob.glob(pattern))
   if not runs:
     raise ValueError(f"no run directory matches {pattern!r}")
+  return runs
+
+
+def read_policies(runs: list[str]) -> list[learned.Policy]:
+  """The policies the runs exported."""
   return [learned.read_policy(f"{run}/policy") for run in runs]
+
+
+def uninformed_largest_over_uniform(run: str, num_elements: int) -> np.ndarray:
+  """[NULL_RUNS, epochs]: the largest element over the uniform share when OHL's REINFORCE
+  steps get rewards without information (`ohl.uninformed_probability`), with the run's
+  optimiser, copies and draws per trajectory (batch size x steps per epoch)."""
+  with open(f"{run}/config.json") as f:
+    config = ml_collections.ConfigDict(json.load(f))
+  with open(f"{run}/results.json") as f:
+    results = json.load(f)
+  draws = config.batch_size * results["steps"] // results["epochs"]
+  rows = [ohl.uninformed_probability(config.ohl.optim, copies=config.ohl.copies,
+                                     num_elements=num_elements, draws=draws,
+                                     trajectories=results["epochs"], rng=jax.random.key(seed))
+          for seed in range(NULL_RUNS)]
+  return np.asarray(rows).max(-1) * num_elements
 
 
 def per_bar(rows: np.ndarray) -> np.ndarray:
@@ -64,9 +89,11 @@ def plot_reinforce(axes, policies: list[learned.Policy]) -> None:
                f"(b) controller: magnitude levels ({seeds})")
 
 
-def plot_ohl(axes, policies: list[learned.Policy]) -> None:
-  """Panels (c) the largest element over the uniform share per epoch and (d) each
-  operation's probability (either place of the pair) per five epochs, mean over the seeds."""
+def plot_ohl(axes, runs: list[str]) -> None:
+  """Panels (c) the largest element over the uniform share per epoch, beside the range of
+  NULL_RUNS searches on uninformative rewards, and (d) each operation's probability (either
+  place of the pair) per five epochs, mean over the seeds."""
+  policies = read_policies(runs)
   probability = np.mean([p.arrays["probability"] for p in policies], axis=0)  # [epochs, E]
   names = policies[0].settings["names"]
   operations = [tuple(row) for row in policies[0].settings["operations"]]
@@ -75,10 +102,15 @@ def plot_ohl(axes, policies: list[learned.Policy]) -> None:
                           strategy="")
   epochs = np.arange(1, probability.shape[0] + 1)
   axes[0].plot(epochs, probability.max(-1) * probability.shape[-1], label="largest element")
+  null = uninformed_largest_over_uniform(runs[0], probability.shape[-1])
+  # probability row e is the distribution during epoch e + 1, after e steps; null row t after t + 1
+  null = null[:, :len(epochs) - 1]
+  axes[0].fill_between(epochs[1:], null.min(0), null.max(0), alpha=0.3,
+                       color="gray", label=f"rewards without information ({NULL_RUNS} draws)")
   axes[0].axhline(2.0, color="gray", linestyle="--", label="twice the uniform share")
   axes[0].axhline(1.0, color="gray", linestyle=":", label="uniform")
   axes[0].set(title="(c) OHL: largest element / uniform share", xlabel="epoch")
-  axes[0].legend(fontsize=7)
+  axes[0].legend(fontsize=7, loc="upper left")
   stacked_bars(axes[1], per_bar(np.asarray(ohl.operation_probability(settings, probability))),
                settings.operation_labels(), "(d) OHL: operations")
 
@@ -91,9 +123,9 @@ def main() -> None:
   args = parser.parse_args()
   rows = 2 if args.ohl else 1
   figure, axes = plt.subplots(rows, 2, figsize=(13, 4.2 * rows), squeeze=False)
-  plot_reinforce(axes[0], read_policies(args.reinforce))
+  plot_reinforce(axes[0], read_policies(run_dirs(args.reinforce)))
   if args.ohl:
-    plot_ohl(axes[1], read_policies(args.ohl))
+    plot_ohl(axes[1], run_dirs(args.ohl))
   figure.tight_layout()
   figure.savefig(args.out, dpi=110)
   print(f"wrote {args.out}")

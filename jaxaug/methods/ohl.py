@@ -204,19 +204,52 @@ def end_trajectory(state: State, val_batch: dict) -> tuple[State, jax.Array]:
   return learn_from_accuracy(state, accuracy), accuracy
 
 
-def learn_from_accuracy(state: State, accuracy: jax.Array) -> State:
-  """The REINFORCE step on theta with advantage = `accuracy` [K] minus its mean, every copy
-  set to the most accurate one, the trajectory's counts reset and the epoch's rows written."""
-  settings = state.ohl
-  epoch = state.step // settings.steps_per_epoch
+def reinforce_gradient(theta: jax.Array, counts: jax.Array, accuracy: jax.Array) -> jax.Array:
+  """f32 [E]: the gradient in theta [E] of -mean_k(advantage_k log p(copy k)), advantage =
+  `accuracy` [K] minus its mean, log p(copy k) = the mean log-probability under softmax(theta)
+  of the elements copy k drew in the trajectory (`counts` [K, E])."""
   advantage = accuracy - accuracy.mean()
-  frequency = state.counts / jnp.maximum(state.counts.sum(1, keepdims=True), 1.0)
+  frequency = counts / jnp.maximum(counts.sum(1, keepdims=True), 1.0)
 
   def loss_fn(theta):
     log_prob = (frequency * jax.nn.log_softmax(theta)).sum(1)  # [K]
     return -(advantage * log_prob).mean()
 
-  distribution = state.distribution.apply_update(jax.grad(loss_fn)(state.distribution.params))
+  return jax.grad(loss_fn)(theta)
+
+
+def uninformed_probability(optim: ml_collections.ConfigDict, *, copies: int, num_elements: int,
+                           draws: int, trajectories: int, rng: jax.Array) -> jax.Array:
+  """f32 [trajectories, E]: softmax(theta) after each of `trajectories` REINFORCE steps whose
+  rewards carry no information: each of the `copies` draws `draws` elements from the current
+  distribution and gets an accuracy drawn uniformly in [0, 1], independent of them. With the
+  optimiser `optim` (a `config.ohl.optim`) and theta = 0 at the start, as in the method: the
+  reference for how far from uniform the distribution moves without a signal (Adam scales
+  each element's step to about the learning rate, whatever the gradient's size)."""
+  tx = training.make_optimizer(optim, steps_per_epoch=1.0, total_steps=trajectories)
+  theta = jnp.zeros((num_elements,), jnp.float32)
+
+  def trajectory(learner: training.Learner, rng: jax.Array):
+    draw_rng, reward_rng = jax.random.split(rng)
+    elements = jax.random.categorical(draw_rng, learner.params, shape=(copies, draws))
+    counts = jax.vmap(lambda row: jnp.bincount(row, length=num_elements))(elements)
+    accuracy = jax.random.uniform(reward_rng, (copies,))
+    learner = learner.apply_update(
+        reinforce_gradient(learner.params, counts.astype(jnp.float32), accuracy))
+    return learner, jax.nn.softmax(learner.params)
+
+  _, rows = jax.lax.scan(trajectory, training.Learner.of_params(theta, tx),
+                         jax.random.split(rng, trajectories))
+  return rows
+
+
+def learn_from_accuracy(state: State, accuracy: jax.Array) -> State:
+  """The REINFORCE step on theta with advantage = `accuracy` [K] minus its mean, every copy
+  set to the most accurate one, the trajectory's counts reset and the epoch's rows written."""
+  settings = state.ohl
+  epoch = state.step // settings.steps_per_epoch
+  distribution = state.distribution.apply_update(
+      reinforce_gradient(state.distribution.params, state.counts, accuracy))
   best = jnp.argmax(accuracy)
   classifiers = jax.tree.map(lambda leaf: jnp.broadcast_to(leaf[best], leaf.shape),
                              state.classifiers)
