@@ -4,7 +4,7 @@ level, averaged over each five epochs and over the seeds; and OHL-Auto-Aug's dis
 its elements (its largest element over the uniform share per epoch, and each operation's
 probability per five epochs).
 
-  python docs/figures/policies.py OUT.png --reinforce RUN_GLOB [--ohl RUN_GLOB]
+  python docs/figures/policies.py OUT.png [--reinforce RUN_GLOB] [--ohl RUN_GLOB]
 
 Each RUN_GLOB matches run directories (one per seed) holding `policy/` (written by
 `jaxaug.main`): `method=reinforce` runs with `reinforce.policies=adversarial` for
@@ -79,19 +79,19 @@ def stacked_bars(axis, rows: np.ndarray, labels, title: str) -> None:
 
 
 def plot_reinforce(axes, policies: list[learned.Policy]) -> None:
-  """Panels (a) ops and (b) levels of the controller's softmax, mean over the seeds."""
+  """Panels: ops and levels of the controller's softmax, mean over the seeds."""
   names = policies[0].settings["names"]
   ops = np.mean([p.arrays["op_probability"] for p in policies], axis=0)
   levels = np.mean([p.arrays["level_probability"] for p in policies], axis=0)
   seeds = f"{len(policies)} seed{'s' if len(policies) > 1 else ''}"
-  stacked_bars(axes[0], per_bar(ops), names, f"(a) controller: operations ({seeds})")
+  stacked_bars(axes[0], per_bar(ops), names, f"controller: operations ({seeds})")
   stacked_bars(axes[1], per_bar(levels), [f"level {k}" for k in range(levels.shape[1])],
-               f"(b) controller: magnitude levels ({seeds})")
+               f"controller: magnitude levels ({seeds})")
 
 
 def plot_ohl(axes, runs: list[str]) -> None:
-  """Panels (c) the largest element over the uniform share per epoch, beside the range of
-  NULL_RUNS searches on uninformative rewards, and (d) each operation's probability (either
+  """Panels: the largest element over the uniform share per epoch, beside the range of
+  NULL_RUNS searches on uninformative rewards, and each operation's probability (either
   place of the pair) per five epochs, mean over the seeds."""
   policies = read_policies(runs)
   probability = np.mean([p.arrays["probability"] for p in policies], axis=0)  # [epochs, E]
@@ -109,23 +109,26 @@ def plot_ohl(axes, runs: list[str]) -> None:
                        color="gray", label=f"rewards without information ({NULL_RUNS} draws)")
   axes[0].axhline(2.0, color="gray", linestyle="--", label="twice the uniform share")
   axes[0].axhline(1.0, color="gray", linestyle=":", label="uniform")
-  axes[0].set(title="(c) OHL: largest element / uniform share", xlabel="epoch")
+  axes[0].set(title="OHL: largest element / uniform share", xlabel="epoch")
   axes[0].legend(fontsize=7, loc="upper left")
   stacked_bars(axes[1], per_bar(np.asarray(ohl.operation_probability(settings, probability))),
-               settings.operation_labels(), "(d) OHL: operations")
+               settings.operation_labels(), "OHL: operations")
 
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("out")
-  parser.add_argument("--reinforce", required=True, help="glob of adversarial reinforce runs")
+  parser.add_argument("--reinforce", help="glob of adversarial reinforce runs")
   parser.add_argument("--ohl", help="glob of ohl runs")
   args = parser.parse_args()
-  rows = 2 if args.ohl else 1
-  figure, axes = plt.subplots(rows, 2, figsize=(13, 4.2 * rows), squeeze=False)
-  plot_reinforce(axes[0], read_policies(run_dirs(args.reinforce)))
-  if args.ohl:
-    plot_ohl(axes[1], run_dirs(args.ohl))
+  panels = [(plot, pattern) for plot, pattern in
+            ((lambda axes, runs: plot_reinforce(axes, read_policies(runs)), args.reinforce),
+             (plot_ohl, args.ohl)) if pattern]
+  if not panels:
+    parser.error("give --reinforce, --ohl or both")
+  figure, axes = plt.subplots(len(panels), 2, figsize=(13, 4.2 * len(panels)), squeeze=False)
+  for row, (plot, pattern) in zip(axes, panels):
+    plot(row, run_dirs(pattern))
   figure.tight_layout()
   figure.savefig(args.out, dpi=110)
   print(f"wrote {args.out}")
