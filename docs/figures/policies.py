@@ -12,10 +12,12 @@ Each RUN_GLOB matches run directories (one per seed) holding `policy/` (written 
 """
 
 import argparse
+import functools
 import glob
 import json
 
 import jax
+import jax.numpy as jnp
 import matplotlib
 import ml_collections
 import numpy as np
@@ -52,10 +54,10 @@ def uninformed_largest_over_uniform(run: str, num_elements: int) -> np.ndarray:
   with open(f"{run}/results.json") as f:
     results = json.load(f)
   draws = config.batch_size * results["steps"] // results["epochs"]
-  rows = [ohl.uninformed_probability(config.ohl.optim, copies=config.ohl.copies,
-                                     num_elements=num_elements, draws=draws,
-                                     trajectories=results["epochs"], rng=jax.random.key(seed))
-          for seed in range(NULL_RUNS)]
+  rows = jax.jit(jax.vmap(functools.partial(
+      ohl.uninformed_probability, config.ohl.optim, copies=config.ohl.copies,
+      num_elements=num_elements, draws=draws, trajectories=results["epochs"])))(
+          rng=jnp.stack([jax.random.key(seed) for seed in range(NULL_RUNS)]))
   return np.asarray(rows).max(-1) * num_elements
 
 
@@ -78,8 +80,9 @@ def stacked_bars(axis, rows: np.ndarray, labels, title: str) -> None:
   axis.legend(fontsize=6, ncol=2, loc="upper left", bbox_to_anchor=(1.0, 1.0))
 
 
-def plot_reinforce(axes, policies: list[learned.Policy]) -> None:
+def plot_reinforce(axes, runs: list[str]) -> None:
   """Panels: ops and levels of the controller's softmax, mean over the seeds."""
+  policies = read_policies(runs)
   names = policies[0].settings["names"]
   ops = np.mean([p.arrays["op_probability"] for p in policies], axis=0)
   levels = np.mean([p.arrays["level_probability"] for p in policies], axis=0)
@@ -122,8 +125,7 @@ def main() -> None:
   parser.add_argument("--ohl", help="glob of ohl runs")
   args = parser.parse_args()
   panels = [(plot, pattern) for plot, pattern in
-            ((lambda axes, runs: plot_reinforce(axes, read_policies(runs)), args.reinforce),
-             (plot_ohl, args.ohl)) if pattern]
+            ((plot_reinforce, args.reinforce), (plot_ohl, args.ohl)) if pattern]
   if not panels:
     parser.error("give --reinforce, --ohl or both")
   figure, axes = plt.subplots(len(panels), 2, figsize=(13, 4.2 * len(panels)), squeeze=False)
