@@ -69,10 +69,17 @@ def parse_flags(argv: list[str]) -> list[str]:
       check_overrides(config_lib.load_config_file(spec), argv)
     remaining = FLAGS(argv)
     FLAGS.config  # pylint: disable=pointless-statement  (loads the file, applies overrides)
+  except flags.UnrecognizedFlagError as error:
+    close = difflib.get_close_matches(error.flagname, ["config", "workdir"], n=1)
+    hint = f"did you mean --{close[0]}? " if close else ""
+    reporting.say(f"error: unknown flag --{error.flagname}; {hint}this program takes "
+                  "--config=FILE, --workdir=DIR, --config.<key>=<value> and absl's flags "
+                  "(--helpfull)", file=sys.stderr)
+    sys.exit(2)
   except Exception as error:  # pylint: disable=broad-except  (a config file may raise anything)
     message = str(error).strip().splitlines()[-1] if str(error).strip() else repr(error)
-    about_the_file = spec is not None and not message.startswith(
-        ("--config", "flag --config", "no such config file"))
+    about_the_file = spec is not None and not isinstance(error, flags.Error) and not (
+        message.startswith(("--config", "flag --config", "no such config file")))
     where = f"--config={spec}: " if about_the_file else ""
     reporting.say(f"error: {where}{message}", file=sys.stderr)
     sys.exit(2)

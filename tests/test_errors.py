@@ -26,6 +26,8 @@ def _main(*args, timeout=300):
     (SMOKE, "--config.num_epoch=3",
      "error: --config.num_epoch: the config has no key 'num_epoch'; did you mean num_epochs?"),
     (SMOKE, "--config.num_epochs=three", "error: flag --config.num_epochs=three: invalid literal"),
+    (SMOKE, "--workdri=x", "error: unknown flag --workdri; did you mean --workdir? this "
+     "program takes --config=FILE, --workdir=DIR, --config.<key>=<value>"),
     (SMOKE + ":method=bad", None, "error: --config=" + SMOKE + ":method=bad: unknown "
      "method='bad'; valid: baseline, predefined"),
 ])
@@ -58,6 +60,12 @@ def test_setup_errors_reach_the_terminal_as_one_line(tmp_path):
     ({"batch_size": -3}, "config.batch_size=-3 must be a positive integer"),
     ({"method": "reinforce", "reinforce.augment_after": "cutout(4)+blur"},
      "config.reinforce.augment_after='cutout(4)+blur': unknown augmentation 'blur'"),
+    ({"optim.learning_rate": -0.1},
+     "config.optim.learning_rate=-0.1 must be a finite number >= 0"),
+    ({"method": "reinforce", "reinforce.optim.name": "adamw"},
+     "config.reinforce.optim.name='adamw' must be one of adam, sgd"),
+    ({"method": "bilevel", "bilevel.optim.momentum": 1.0},
+     "config.bilevel.optim.momentum=1.0 must be in [0, 1)"),
     ({"method": "bilevel", "bilevel.augmenter.kind": "warp"},
      "config.bilevel.augmenter.kind='warp'; valid: affine, affine_color, color, translation"),
 ])

@@ -117,6 +117,41 @@ def learning_rate_schedule(optim: ml_collections.ConfigDict, *, steps_per_epoch:
   return optax.join_schedules([warmup, main], [warmup_steps])
 
 
+def check_optimizer(optim: ml_collections.ConfigDict, *, name: str) -> None:
+  """ValueError, naming the key as `name`.key with its value, for an optimiser section whose
+  values `make_optimizer` would take without complaint but train wrongly: an unknown name or
+  schedule, a learning rate that is not a finite number >= 0 (0 freezes what it trains), a
+  momentum outside [0, 1), a negative weight decay, clip norm or warm-up."""
+  def fail(key, requirement):
+    raise ValueError(f"{name}.{key}={optim[key]!r} must be {requirement}")
+
+  if optim.name not in ("adam", "sgd"):
+    fail("name", "one of adam, sgd")
+  if optim.schedule not in SCHEDULES:
+    fail("schedule", f"one of {', '.join(SCHEDULES)}")
+  rate = optim.learning_rate
+  if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate < math.inf:
+    fail("learning_rate", "a finite number >= 0")
+  if not 0 <= (optim.momentum or 0.0) < 1:
+    fail("momentum", "in [0, 1)")
+  for key in ("weight_decay", "grad_clip", "warmup_epochs"):
+    if (optim.get(key) or 0.0) < 0:
+      fail(key, ">= 0")
+
+
+def optimizer_sections(config: ml_collections.ConfigDict,
+                       prefix: str = "config") -> list[tuple[str, ml_collections.ConfigDict]]:
+  """(dotted name, section) of every optimiser section of `config`: the ones keyed `optim`."""
+  sections = []
+  for key, value in config.items():
+    if isinstance(value, ml_collections.ConfigDict):
+      if key == "optim":
+        sections.append((f"{prefix}.{key}", value))
+      else:
+        sections += optimizer_sections(value, f"{prefix}.{key}")
+  return sections
+
+
 def make_optimizer(optim: ml_collections.ConfigDict, *, steps_per_epoch: float,
                    total_steps: int) -> optax.GradientTransformation:
   """SGD (momentum, Nesterov) or Adam with decoupled-from-loss L2 weight decay and a schedule.
