@@ -155,6 +155,18 @@ def finished(job: Job) -> bool:
   return summarize.load_run(job.workdir) is not None
 
 
+def last_error_line(log_path: str) -> str:
+  """The last line of the log at `log_path` that starts with 'error:' (jaxaug.main's one-line
+  errors) or, failing that, the last non-empty line ('' for an empty or missing log)."""
+  try:
+    with open(log_path, errors="replace") as log:
+      lines = [line.strip() for line in log if line.strip()]
+  except OSError:
+    return ""
+  errors = [line for line in lines if line.startswith("error:")]
+  return (errors or lines or [""])[-1]
+
+
 def cpu_slots(processes: int) -> list[list[int]]:
   """This process's CPUs dealt round-robin to `processes` slots (ValueError if fewer)."""
   cpus = sorted(os.sched_getaffinity(0))
@@ -221,9 +233,11 @@ def run_jobs(jobs: Sequence[Job], *, processes: int = 1, pin_cpus: bool = False,
           continue
         del running[slot]
         statuses[job.workdir] = process.returncode
+        log_path = os.path.join(job.workdir, LOG_FILENAME)
         outcome = "done" if process.returncode == 0 else f"FAILED (status {process.returncode})"
-        reporting.say(f"{outcome} in {time.time() - start:.0f} s: {job.workdir} (log: "
-                      f"{os.path.join(job.workdir, LOG_FILENAME)})")
+        error = "" if process.returncode == 0 else last_error_line(log_path)
+        reporting.say(f"{outcome} in {time.time() - start:.0f} s: {job.workdir}"
+                      f"{': ' + error if error else ''} (log: {log_path})")
   finally:
     for signum, handler in handlers.items():
       signal.signal(signum, handler)

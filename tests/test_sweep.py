@@ -1,6 +1,7 @@
 """jaxaug.sweep: grid expansion, skipping and resuming runs, selection on validation metrics only."""
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -63,7 +64,7 @@ def _finish(workdir):
   reporting.write_results(str(workdir), {"test_accuracy": 0.5})
 
 
-def test_run_jobs_skips_finished_runs_and_runs_the_rest_in_parallel(tmp_path):
+def test_run_jobs_skips_finished_runs_and_runs_the_rest_in_parallel(tmp_path, capsys):
   finished_dir, resumed_dir, failing_dir = (tmp_path / name for name in ("a", "b", "c"))
   _finish(finished_dir)  # finished earlier: its command (exit 3) must not run
   before = os.path.getmtime(finished_dir / reporting.RESULTS_FILENAME)
@@ -74,10 +75,14 @@ def test_run_jobs_skips_finished_runs_and_runs_the_rest_in_parallel(tmp_path):
       sweep.Job((("x", "b"),), 0, str(resumed_dir), (
           sys.executable, "-c", record + "; print('resumed')", str(tmp_path / "times_b"))),
       sweep.Job((("x", "c"),), 0, str(failing_dir), (
-          sys.executable, "-c", record + "; sys.exit(5)", str(tmp_path / "times_c"))),
+          sys.executable, "-c", record + "; print('error: no such thing'); print('at exit');"
+          " sys.exit(5)", str(tmp_path / "times_c"))),
   ]
   statuses = sweep.run_jobs(jobs, processes=2, poll_seconds=0.05)
   assert statuses == {str(resumed_dir): 0, str(failing_dir): 5}
+  assert re.search(rf"FAILED \(status 5\) in \d+ s: {re.escape(str(failing_dir))}: error: no such "
+                   rf"thing \(log: {re.escape(str(failing_dir / sweep.LOG_FILENAME))}\)",
+                   capsys.readouterr().out)
   assert os.path.getmtime(finished_dir / reporting.RESULTS_FILENAME) == before
   assert (resumed_dir / sweep.LOG_FILENAME).read_text().strip() == "resumed"
   (start_b, end_b), (start_c, end_c) = (
