@@ -702,12 +702,17 @@ class Reporter:
     for name, value in values.items():
       self._summary_writer.add_scalar(f"{split}/{name}", value, int(step))
 
+  def start_clock(self, step: int) -> None:
+    """Measures steps/s from now, at `step`: call it once the first step and whatever it
+    compiled (its images, summaries) are done, so that compilation is not counted."""
+    self._last_progress = (step, self._clock())
+
   def progress(self, step: int, metrics: Mapping[str, Any] | None = None) -> None:
     """Prints `format_progress(...)` every `log_every` steps and at step `total_steps`.
 
-    steps/s is measured (wall clock via `clock`) since the previous printed line; the first
-    call after construction only starts the clock (so compilation time is not counted) and
-    prints nothing.
+    steps/s is measured (wall clock via `clock`) since the previous printed line or
+    `start_clock`; without `start_clock`, the first call only starts the clock and prints
+    nothing.
     """
     if not self.is_chief:
       return

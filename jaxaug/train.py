@@ -306,9 +306,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                                     val_batch, jax.random.fold_in(train_rng, step), step)
         history.append(metrics)
         done = step + 1
-        if step == start_step:  # compiled: steps/s is measured from here
-          jax.block_until_ready(metrics)
-          reporter.progress(done)
         last = done == total_steps
         stop = stop_signals.requested(done)  # then only report and save this step
         log = stop or last or done % config.log_every_steps == 0
@@ -328,6 +325,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             _check_finite(state, checkpointer)
           reporter.flush()  # a resume from this checkpoint finds every record up to it
           checkpointer.save(done, state, metadata={"wall_seconds": wall_seconds()})
+        if step == start_step:  # compiled, images saved: steps/s is measured from here
+          jax.block_until_ready(state)
+          reporter.start_clock(done)
         if stop:
           raise stopping.TrainingInterrupted(done, stop_signals.signum, checkpointer.directory)
       if stop_signals.signum is not None:  # arrived while the last checkpoint was written

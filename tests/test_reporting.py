@@ -409,6 +409,22 @@ def test_progress_line_rate_and_eta_from_recent_window(tmp_path):
   ]
 
 
+def test_progress_rate_counts_from_start_clock(tmp_path):
+  """What happens before `start_clock` (the first step's compilation) is not in the rate."""
+  clock, lines = FakeClock(), []
+  reporter = reporting.Reporter(str(tmp_path), total_steps=20, log_every=10,
+                                print_fn=lines.append, clock=clock)
+  clock.now += 100.0  # step 1 compiles
+  reporter.start_clock(1)
+  for step in range(2, 21):
+    clock.now += 0.5
+    reporter.progress(step, {})
+  reporter.close()
+  # 9 steps in 4.5 s, 10 left; then 10 steps in 5 s.
+  assert lines == ["step 10/20 (50.0%)  2.0 steps/s  ETA 5s",
+                   "step 20/20 (100.0%)  2.0 steps/s  ETA 0s"]
+
+
 def test_progress_formatting_of_durations_and_slow_rates():
   assert reporting.format_duration(54) == "54s"
   assert reporting.format_duration(3 * 60 + 54) == "3m54s"
