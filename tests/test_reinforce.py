@@ -207,6 +207,40 @@ def _batch(batch=8, seed=0):
 
 
 @pytest.mark.slow  # a symmetry check; the copies' update and losses are checked by the next tests
+def _press_r2(features, targets):
+  """Leave-one-group-out R^2 from one fit (the block PRESS identity): group g's held-out
+  residuals are (I - H_gg)^-1 e_g, H the hat matrix and e the residuals of the full fit."""
+  groups, size, width = features.shape
+  flat = features.reshape(-1, width)
+  hat = flat @ np.linalg.pinv(flat)
+  residuals = targets.reshape(-1) - hat @ targets.reshape(-1)
+  held_out = [np.linalg.solve(np.eye(size) - hat[g * size:(g + 1) * size, g * size:(g + 1) * size],
+                              residuals[g * size:(g + 1) * size]) for g in range(groups)]
+  return 1 - np.sum(np.square(held_out)) / np.sum(np.square(targets))
+
+
+def test_reward_predictability_is_the_leave_one_epoch_out_r2_of_the_policies_content():
+  """Rewards made from the policies' op counts and levels plus noise are predicted; rewards
+  drawn apart from the policies are not; the value is the block PRESS identity's."""
+  rng = np.random.default_rng(0)
+  epochs, num_policies, sub_policies, length, num_ops = 40, 4, 5, 2, 6
+  tokens = np.stack([rng.integers(0, num_ops, (epochs, num_policies * sub_policies, length)),
+                     rng.integers(0, 10, (epochs, num_policies * sub_policies, length))], -1)
+  counts = np.stack([(tokens[..., 0] == k).reshape(epochs, num_policies, -1).sum(-1)
+                     for k in range(num_ops)], -1)
+  mean_level = tokens[..., 1].reshape(epochs, num_policies, -1).mean(-1)
+  signal = counts @ rng.normal(size=num_ops) + 0.3 * mean_level
+  noisy = signal + 0.3 * signal.std() * rng.normal(size=signal.shape)
+  noisy -= noisy.mean(1, keepdims=True)
+  predicted = reinforce.reward_predictability(tokens, noisy, num_ops=num_ops)
+  assert 0.8 < predicted < 1
+  features = np.concatenate([counts, mean_level[..., None]], -1).astype(float)
+  assert predicted == pytest.approx(_press_r2(features - features.mean(1, keepdims=True), noisy),
+                                    abs=1e-9)
+  unrelated = rng.normal(size=(epochs, num_policies))
+  assert reinforce.reward_predictability(tokens, unrelated, num_ops=num_ops) < 0.05
+
+
 def test_permuting_the_policies_permutes_their_accumulated_losses_and_nothing_else():
   config = _config(ops=DETERMINISTIC_OPS)
   state = reinforce.init(config, jax.random.PRNGKey(0), _info())

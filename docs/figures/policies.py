@@ -4,11 +4,15 @@ level, averaged over each five epochs and over the seeds; and OHL-Auto-Aug's dis
 its elements (its largest element over the uniform share per epoch, and each operation's
 probability per five epochs).
 
-  python docs/figures/policies.py OUT.png [--reinforce RUN_GLOB] [--ohl RUN_GLOB]
+  python docs/figures/policies.py OUT.png [--reinforce RUN_GLOB ...] [--ohl RUN_GLOB]
+  python docs/figures/policies.py --reward_signal RUN_GLOB
 
 Each RUN_GLOB matches run directories (one per seed) holding `policy/` (written by
 `jaxaug.main`): `method=reinforce` runs with `reinforce.policies=adversarial` for
---reinforce, `method=ohl` runs for --ohl.
+--reinforce (one row of panels per --reinforce, titled with the controller's learning
+rate), `method=ohl` runs for --ohl. For each --reinforce run, and each `method=reinforce`
+run of --reward_signal (random policies too), it prints how much of the rewards the
+policies' content predicts (`reinforce.reward_predictability`).
 """
 
 import argparse
@@ -27,6 +31,7 @@ import matplotlib.pyplot as plt
 
 from jaxaug.augment import learned
 from jaxaug.methods import ohl
+from jaxaug.methods import reinforce
 
 EPOCHS_PER_BAR = 5  # the paper's: "the mean of each five epochs"
 NULL_RUNS = 10  # simulated searches whose rewards carry no information
@@ -80,16 +85,27 @@ def stacked_bars(axis, rows: np.ndarray, labels, title: str) -> None:
   axis.legend(fontsize=6, ncol=2, loc="upper left", bbox_to_anchor=(1.0, 1.0))
 
 
+def print_reward_signal(runs: list[str]) -> None:
+  """One line per run: the leave-one-epoch-out R^2 of its rewards on its policies' content."""
+  for run, policy in zip(runs, read_policies(runs)):
+    r2 = reinforce.reward_predictability(policy.arrays["sub_policies"], policy.arrays["rewards"],
+                                         num_ops=len(policy.settings["names"]))
+    print(f"{run}: reward predicted by the policies' content, leave-one-epoch-out R^2 {r2:.2f}")
+
+
 def plot_reinforce(axes, runs: list[str]) -> None:
   """Panels: ops and levels of the controller's softmax, mean over the seeds."""
   policies = read_policies(runs)
   names = policies[0].settings["names"]
   ops = np.mean([p.arrays["op_probability"] for p in policies], axis=0)
   levels = np.mean([p.arrays["level_probability"] for p in policies], axis=0)
-  seeds = f"{len(policies)} seed{'s' if len(policies) > 1 else ''}"
-  stacked_bars(axes[0], per_bar(ops), names, f"controller: operations ({seeds})")
+  with open(f"{runs[0]}/config.json") as f:
+    rate = json.load(f)["reinforce"]["optim"]["learning_rate"]
+  about = f"Adam {rate:g}, {len(policies)} seed{'s' if len(policies) > 1 else ''}"
+  stacked_bars(axes[0], per_bar(ops), names, f"controller: operations ({about})")
   stacked_bars(axes[1], per_bar(levels), [f"level {k}" for k in range(levels.shape[1])],
-               f"controller: magnitude levels ({seeds})")
+               f"controller: magnitude levels ({about})")
+  print_reward_signal(runs)
 
 
 def plot_ohl(axes, runs: list[str]) -> None:
@@ -120,14 +136,22 @@ def plot_ohl(axes, runs: list[str]) -> None:
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("out")
-  parser.add_argument("--reinforce", help="glob of adversarial reinforce runs")
+  parser.add_argument("out", nargs="?", help="the figure's path (PNG)")
+  parser.add_argument("--reinforce", action="append", default=[],
+                      help="glob of adversarial reinforce runs (a row of panels each)")
   parser.add_argument("--ohl", help="glob of ohl runs")
+  parser.add_argument("--reward_signal", help="glob of reinforce runs: print only")
   args = parser.parse_args()
-  panels = [(plot, pattern) for plot, pattern in
-            ((plot_reinforce, args.reinforce), (plot_ohl, args.ohl)) if pattern]
+  panels = [(plot_reinforce, pattern) for pattern in args.reinforce]
+  panels += [(plot_ohl, args.ohl)] if args.ohl else []
+  if args.reward_signal:
+    print_reward_signal(run_dirs(args.reward_signal))
   if not panels:
-    parser.error("give --reinforce, --ohl or both")
+    if not args.reward_signal:
+      parser.error("give --reinforce, --ohl or --reward_signal")
+    return
+  if not args.out:
+    parser.error("give the figure's path")
   figure, axes = plt.subplots(len(panels), 2, figsize=(13, 4.2 * len(panels)), squeeze=False)
   for row, (plot, pattern) in zip(axes, panels):
     plot(row, run_dirs(pattern))

@@ -370,6 +370,41 @@ def export_policy(state: State) -> learned.Policy | None:
               "rewards": np.asarray(rewards, np.float32)})
 
 
+def reward_predictability(sub_policies: np.ndarray, rewards: np.ndarray, *,
+                          num_ops: int) -> float:
+  """How much of the reward the policies' content predicts: the leave-one-epoch-out R^2 of
+  a least-squares fit of each policy's reward on its op counts and mean magnitude level.
+
+  A diagnostic of the controller's signal: near or below 0 when the rewards carry no
+  information about what the policies hold, towards 1 when they are a linear function of it.
+
+  Args:
+    sub_policies: int [E, M * S, L, 2], (op index, level) of the sub-policies of epoch e's
+      M policies (policy m's are rows m * S .. (m + 1) * S), as `export_policy` writes them.
+    rewards: float [E, M], the rewards of epoch e's policies.
+    num_ops: the number of operations op indices count in.
+
+  Returns:
+    1 - (sum of squared errors predicting each epoch from a fit on the others) / (sum of
+    squares), with features and rewards centred within each epoch (the rewards are
+    normalised among an epoch's M policies).
+  """
+  epochs, num_policies = rewards.shape
+  ops = sub_policies[..., 0].reshape(epochs, num_policies, -1)
+  levels = sub_policies[..., 1].reshape(epochs, num_policies, -1)
+  features = np.concatenate([(ops[..., None] == np.arange(num_ops)).sum(2),
+                             levels.mean(-1, keepdims=True)], -1).astype(np.float64)
+  features -= features.mean(1, keepdims=True)
+  targets = rewards.astype(np.float64) - rewards.mean(1, keepdims=True)
+  errors = []
+  for epoch in range(epochs):
+    others = np.arange(epochs) != epoch
+    coefficients, *_ = np.linalg.lstsq(features[others].reshape(-1, features.shape[-1]),
+                                       targets[others].reshape(-1), rcond=None)
+    errors.append(targets[epoch] - features[epoch] @ coefficients)
+  return float(1 - np.sum(np.square(errors)) / np.sum(np.square(targets)))
+
+
 def replay_policy(policy: learned.Policy) -> learned.ProgressSampler:
   """`export_policy`'s sub-policies replayed (`learned('<dir>')`): array sub_policies int
   [R, S, L, 2] ((op index into settings names, level) pairs); each image gets one of its
