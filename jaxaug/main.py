@@ -3,7 +3,8 @@
 Resumes automatically when the workdir holds a checkpoint. Ctrl-C or SIGTERM (only SIGTERM when
 several processes run) saves one at the current step and exits with status 128 + the signal
 number. A mistake in the command line, the configuration or the data ends it with one line,
-`error: ...` (no traceback), and status 2, as absl does for bad flags.
+`error: ...` (no traceback), and status 2, as absl does for bad flags; a loss that
+becomes NaN or infinite ends it with one `error:` line naming the step, and status 1.
 """
 
 import difflib
@@ -96,6 +97,11 @@ def main(argv):
   except train.SetupError as rejected:
     reporting.say(f"error: {rejected}", file=sys.stderr)
     sys.exit(2)
+  except train.NonFiniteError as diverged:
+    reporting.say(f"error: {diverged}. Lower the learning rate or clip the gradients "
+                  "(config.optim.grad_clip), then resume or start a new --workdir",
+                  file=sys.stderr)
+    sys.exit(1)
   except stopping.TrainingInterrupted as stopped:
     reporting.say(str(stopped), file=sys.stderr)
     sys.exit(128 + stopped.signum)

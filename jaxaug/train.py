@@ -77,9 +77,11 @@ def evaluate(eval_step, state, pipeline: data.Pipeline, split: str, batch_size: 
 def _check_finite(state, checkpointer: checkpoint.Checkpointer) -> None:
   bad_step = int(jax.device_get(state.nonfinite_step))
   if bad_step >= 0:
-    raise NonFiniteError(
-        f"non-finite loss or hypergradient at train step {bad_step}; stopping. The last good "
-        f"checkpoint (step {checkpointer.latest_step()}) is kept in {checkpointer.directory}")
+    saved = checkpointer.latest_step()
+    kept = (f"The last good checkpoint (step {saved}) is kept in {checkpointer.directory}"
+            if saved is not None else "No checkpoint was saved before it")
+    raise NonFiniteError(f"non-finite loss or hypergradient at train step {bad_step}; "
+                         f"stopping. {kept}")
 
 
 def _changes_since_saved(config: ml_collections.ConfigDict, workdir: str) -> list[str]:

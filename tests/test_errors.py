@@ -1,6 +1,7 @@
 """Every user mistake ends with status 2 and one `error:` line naming what to change."""
 
 import os
+import re
 import subprocess
 import sys
 
@@ -79,6 +80,18 @@ def test_config_mistakes_are_found_before_any_data_is_read(tmp_path, monkeypatch
   with pytest.raises(train.SetupError) as error:
     train.train_and_evaluate(config, str(tmp_path))
   assert str(error.value).startswith(message)
+
+
+def test_a_diverged_run_is_one_error_line_naming_the_step(tmp_path):
+  status, lines = _main(f"--config={SMOKE}", f"--workdir={tmp_path}",
+                        "--config.optim.learning_rate=1e9")
+  assert status == 1 and not any("Traceback" in line for line in lines), lines
+  kept = (rf"(The last good checkpoint \(step \d+\) is kept in {tmp_path}/checkpoints|No "
+          r"checkpoint was saved before it)")
+  assert re.fullmatch(rf"error: non-finite loss or hypergradient at train step \d+; stopping\. "
+                      rf"{kept}\. Lower the learning rate or clip the gradients "
+                      r"\(config\.optim\.grad_clip\), then resume or start a new --workdir",
+                      lines[-1]), lines
 
 
 def test_a_workdir_that_cannot_be_created_is_a_setup_error(tmp_path):

@@ -588,7 +588,7 @@ def test_a_nonfinite_implicit_hypergradient_stops_the_run_with_its_step(tmp_path
                                     "bilevel.neumann_scale": 1e38, "bilevel.neumann_terms": 3,
                                     "checkpoint_every_steps": 1, "log_every_steps": 1})
   with pytest.raises(train.NonFiniteError, match=r"non-finite loss or hypergradient at train "
-                     r"step 0; stopping"):
+                     r"step 0; stopping. No checkpoint was saved before it$"):
     train.train_and_evaluate(config, str(tmp_path))
 
 
