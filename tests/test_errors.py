@@ -82,7 +82,9 @@ def test_config_mistakes_are_found_before_any_data_is_read(tmp_path, monkeypatch
   assert str(error.value).startswith(message)
 
 
+@pytest.mark.slow
 def test_a_diverged_run_is_one_error_line_naming_the_step(tmp_path):
+  """The command line's end of train.NonFiniteError (raised as tested in test_train)."""
   status, lines = _main(f"--config={SMOKE}", f"--workdir={tmp_path}",
                         "--config.optim.learning_rate=1e9")
   assert status == 1 and not any("Traceback" in line for line in lines), lines
