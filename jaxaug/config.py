@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import importlib.util
 import os
 
@@ -148,3 +149,27 @@ def load_config_file(spec: str) -> ml_collections.ConfigDict:
   module = importlib.util.module_from_spec(loader)
   loader.loader.exec_module(module)
   return module.get_config(*([arg] if sep else []))
+
+
+def dotted_keys(config: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
+  """Every key of `config` and its sections, dotted ('optim.learning_rate')."""
+  keys = []
+  for key, value in config.items():
+    keys.append(prefix + key)
+    if isinstance(value, ml_collections.ConfigDict):
+      keys += dotted_keys(value, f"{prefix}{key}.")
+  return keys
+
+
+def check_overrides(config: ml_collections.ConfigDict, argv: list[str]) -> None:
+  """ValueError for the first `--config.<key>` of `argv` that names no key of `config`, with
+  the closest valid keys."""
+  valid = dotted_keys(config)
+  for word in argv:
+    if not word.startswith("--config."):
+      continue
+    key = word.removeprefix("--config.").partition("=")[0]
+    if key not in valid:
+      close = difflib.get_close_matches(key, valid, n=3)
+      hint = f"; did you mean {' or '.join(close)}?" if close else ""
+      raise ValueError(f"--config.{key}: the config has no key {key!r}{hint}")

@@ -13,7 +13,6 @@ import sys
 from absl import app
 from absl import flags
 from absl import logging
-import ml_collections
 from ml_collections import config_flags
 
 from jaxaug import config as config_lib
@@ -37,37 +36,13 @@ def config_spec(argv: list[str]) -> str | None:
   return None
 
 
-def dotted_keys(config: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
-  """Every key of `config` and its sections, dotted ('optim.learning_rate')."""
-  keys = []
-  for key, value in config.items():
-    keys.append(prefix + key)
-    if isinstance(value, ml_collections.ConfigDict):
-      keys += dotted_keys(value, f"{prefix}{key}.")
-  return keys
-
-
-def check_overrides(config: ml_collections.ConfigDict, argv: list[str]) -> None:
-  """ValueError for the first `--config.<key>` of `argv` that names no key of `config`, with
-  the closest valid keys."""
-  valid = dotted_keys(config)
-  for word in argv:
-    if not word.startswith("--config."):
-      continue
-    key = word.removeprefix("--config.").partition("=")[0]
-    if key not in valid:
-      close = difflib.get_close_matches(key, valid, n=3)
-      hint = f"; did you mean {' or '.join(close)}?" if close else ""
-      raise ValueError(f"--config.{key}: the config has no key {key!r}{hint}")
-
-
 def parse_flags(argv: list[str]) -> list[str]:
   """absl's flag parsing, with the config file and its overrides checked first so that a
   mistake in them ends the run with one `error:` line and status 2."""
   spec = config_spec(argv)
   try:
     if spec is not None:
-      check_overrides(config_lib.load_config_file(spec), argv)
+      config_lib.check_overrides(config_lib.load_config_file(spec), argv)
     remaining = FLAGS(argv)
     FLAGS.config  # pylint: disable=pointless-statement  (loads the file, applies overrides)
   except flags.UnrecognizedFlagError as error:

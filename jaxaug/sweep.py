@@ -10,7 +10,8 @@ seed 0..N-1 (`--config.seed=s --config.data.seed=s`), each as its own
 (only the keys with several values name it). A key `config.x.y` becomes the override
 `--config.x.y=value`; any other key joins the `get_config` argument after ':' (big_vision
 style, e.g. `jaxaug.comparison`'s `method`, `kind`, `magnitude`). `--set key=value` fixes
-one value that may contain commas.
+one value that may contain commas. Each config is built, and every `config.x.y` key checked
+against it, before any run starts.
 
 A run whose workdir has results.json is finished and skipped; any other is started,
 and resumes from its checkpoint if it has one (the trainer's own resume), so running
@@ -138,16 +139,21 @@ def expand(config: str, grids: Sequence[str], sets: Sequence[str], seeds: int,
 
 
 def check_configs(jobs: Sequence[Job]) -> None:
-  """Builds the config of every distinct `--config=FILE[:arg]` of `jobs` now.
+  """Builds the config of every distinct `--config=FILE[:arg]` of `jobs` now, and checks that
+  each job's `--config.<key>=` overrides name keys of its config.
 
-  Raises ValueError with the config's own message if one is rejected.
+  Raises ValueError with the config's own message if one is rejected, or naming the unknown
+  key and the closest valid ones.
   """
-  for spec in dict.fromkeys(arg[len("--config="):] for job in jobs for arg in job.command
-                            if arg.startswith("--config=")):
-    try:
-      config_lib.load_config_file(spec)
-    except (ValueError, TypeError) as error:
-      raise ValueError(f"--config={spec}: {error}") from None
+  configs = {}
+  for job in jobs:
+    spec = next(arg[len("--config="):] for arg in job.command if arg.startswith("--config="))
+    if spec not in configs:
+      try:
+        configs[spec] = config_lib.load_config_file(spec)
+      except (ValueError, TypeError) as error:
+        raise ValueError(f"--config={spec}: {error}") from None
+    config_lib.check_overrides(configs[spec], list(job.command))
 
 
 def finished(job: Job) -> bool:

@@ -53,6 +53,21 @@ def test_check_configs_names_the_config_that_is_rejected(tmp_path, config, messa
     sweep.check_configs(sweep.expand(config, [], [], 1, str(tmp_path)))
 
 
+@pytest.mark.parametrize("grids,sets,message", [
+    (["config.optim.learning_rat=0.1,0.2"], [],
+     r"^--config.optim.learning_rat: the config has no key 'optim.learning_rat'; did you mean "
+     r"optim.learning_rate"),
+    ([], ["config.agument=crop"], r"^--config.agument: the config has no key 'agument'; did you "
+     r"mean augment\?$"),
+])
+def test_check_configs_names_an_override_the_config_lacks(tmp_path, grids, sets, message):
+  jobs = sweep.expand(SMOKE, grids, sets, 1, str(tmp_path))
+  with pytest.raises(ValueError, match=message):
+    sweep.check_configs(jobs)
+  sweep.check_configs(sweep.expand(SMOKE, ["config.optim.learning_rate=0.1,0.2"], [], 1,
+                                   str(tmp_path)))  # the keys it has pass
+
+
 def _script_job(workdir, code):
   return sweep.Job(point=(("x", os.path.basename(workdir)),), seed=0, workdir=str(workdir),
                    command=(sys.executable, "-c", code))
