@@ -40,6 +40,13 @@ def parse_flags(argv: list[str]) -> list[str]:
   """absl's flag parsing, with the config file and its overrides checked first so that a
   mistake in them ends the run with one `error:` line and status 2."""
   spec = config_spec(argv)
+  missing = [name for name in ("config", "workdir")
+             if not any(word == f"--{name}" or word.startswith(f"--{name}=") for word in argv)]
+  if missing and not any(word.startswith("--help") for word in argv):
+    reporting.say(f"error: {' and '.join(f'--{name}' for name in missing)} missing: "
+                  "python -m jaxaug.main --config=FILE --workdir=DIR [--config.<key>=<value> ...]",
+                  file=sys.stderr)
+    sys.exit(2)
   try:
     if spec is not None:
       config_lib.check_overrides(config_lib.load_config_file(spec), argv)

@@ -39,6 +39,17 @@ def test_a_command_line_mistake_is_one_error_line(tmp_path, config, override, me
   assert lines[0].startswith(message), lines
 
 
+@pytest.mark.parametrize("args,missing", [
+    ((), "--config and --workdir"),
+    ((f"--config={SMOKE}",), "--workdir"),
+    (("--workdir=w",), "--config"),
+])
+def test_a_missing_required_flag_is_one_error_line_with_the_usage(args, missing):
+  status, lines = _main(*args, timeout=120)
+  usage = "python -m jaxaug.main --config=FILE --workdir=DIR [--config.<key>=<value> ...]"
+  assert status == 2 and lines == [f"error: {missing} missing: {usage}"], lines
+
+
 def test_a_broken_config_file_is_one_error_line(tmp_path):
   broken = tmp_path / "broken.py"
   broken.write_text("def get_config():\n  return undefined_name\n")
