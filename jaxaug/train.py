@@ -135,13 +135,17 @@ def check_workdir(workdir: str) -> None:
 
 def check_config(config: ml_collections.ConfigDict, method: contract.Method, mesh) -> None:
   """Rejects (ValueError) what the configuration alone shows to be wrong, before any data is
-  read: batch sizes, every optimiser section, a validation split the method needs, and every
-  value the method's `init` reads (its state is built as shapes only, for 32 x 32 RGB images,
-  or `config.data.image_size`; what depends on the data is checked again once it is read)."""
+  read: batch sizes, the number of epochs, every optimiser section, a validation split the
+  method needs, and every value the method's `init` reads (its state is built as shapes only,
+  for 32 x 32 RGB images, or `config.data.image_size`; what depends on the data is checked
+  again once it is read)."""
   for name in ("batch_size", "val_batch_size", "eval_batch_size"):
     if isinstance(config[name], bool) or not isinstance(config[name], int) or config[name] < 1:
       raise ValueError(f"config.{name}={config[name]!r} must be a positive integer")
     parallel.check_batch_divisible(f"config.{name}", config[name], mesh)
+  if isinstance(config.num_epochs, bool) or not isinstance(config.num_epochs, (int, float)) or not (
+      0 < config.num_epochs < float("inf")):
+    raise ValueError(f"config.num_epochs={config.num_epochs!r} must be a finite number > 0")
   for name, optim in training.optimizer_sections(config):
     training.check_optimizer(optim, name=name)
   if method.uses_val_batch(config) and not config.data.val_fraction:

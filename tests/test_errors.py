@@ -70,6 +70,7 @@ def test_setup_errors_reach_the_terminal_as_one_line(tmp_path):
     ({"augment": "randaugment(2, 99)"},
      "config.augment='randaugment(2, 99)': magnitude must be a number in [0, 10], got 99"),
     ({"batch_size": -3}, "config.batch_size=-3 must be a positive integer"),
+    ({"num_epochs": 0}, "config.num_epochs=0 must be a finite number > 0"),
     ({"method": "reinforce", "reinforce.augment_after": "cutout(4)+blur"},
      "config.reinforce.augment_after='cutout(4)+blur': unknown augmentation 'blur'"),
     ({"optim.learning_rate": -0.1},
