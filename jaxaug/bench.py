@@ -43,6 +43,7 @@ import importlib
 import itertools
 import json
 import os
+import sys
 import tempfile
 import time
 from typing import Any, Callable, Iterator, Sequence
@@ -198,13 +199,8 @@ def step_records(config: ml_collections.ConfigDict, dataset: data.Dataset, *, st
   over one update period, with its steps without the update. `names` selects variants (all
   if None; 'plain', the reference, and the rows a selected one is compared with always run).
   """
-  for dtype in dtypes:
-    models.DTYPES.get(dtype)  # an unknown name fails now, not after the first variants
   rows = step_variants(config)
   valid = [variant.name for variant, _ in rows]
-  unknown = sorted(set(names or ()) - set(valid))
-  if unknown:
-    raise ValueError(f"unknown bench variants {unknown}; valid variants: {', '.join(valid)}")
   copies_of = {variant.name: METHODS.get(variant_config.method).copies_per_example(variant_config)
                for variant, variant_config in rows}
   wanted = set(names or valid) | {PLAIN.name}
@@ -419,15 +415,28 @@ def input_records(*, batches: int = INPUT_BATCHES,
                "batch_size": batch_size, "cpu_count": os.cpu_count()}
 
 
+def check_request(config: ml_collections.ConfigDict, *, sections: Sequence[str],
+                  dtypes: Sequence[str], variant_names: Sequence[str] | None) -> None:
+  """ValueError naming the valid values for an unknown section, dtype or train-step variant."""
+  unknown = sorted(set(sections) - set(SECTIONS))
+  if unknown:
+    raise ValueError(f"unknown bench sections {unknown}; valid sections: {', '.join(SECTIONS)}")
+  for dtype in dtypes:
+    models.DTYPES.get(dtype)
+  valid = [variant.name for variant, _ in step_variants(config)]
+  unknown = sorted(set(variant_names or ()) - set(valid))
+  if unknown:
+    raise ValueError(f"unknown bench variants {unknown}; valid variants: {', '.join(valid)}")
+
+
 def run(config: ml_collections.ConfigDict, *, steps: int,
         dtypes: Sequence[str] = DTYPES, sections: Sequence[str] = SECTIONS,
         augment_batch_size: int = 256, variant_names: Sequence[str] | None = None,
         print_fn=print) -> list[dict[str, Any]]:
   """Runs the named sections (see SECTIONS) and prints (and returns) one record per variant
-  (`variant_names`: the train-step variants to time, all if None)."""
-  unknown = sorted(set(sections) - set(SECTIONS))
-  if unknown:
-    raise ValueError(f"unknown bench sections {unknown}; valid sections: {', '.join(SECTIONS)}")
+  (`variant_names`: the train-step variants to time, all if None). Unknown names raise
+  ValueError (`check_request`) before any data is read."""
+  check_request(config, sections=sections, dtypes=dtypes, variant_names=variant_names)
   dataset = data.load_dataset(config.data)
   section_records = []  # Generators: nothing runs until the loop below asks for a record.
   if "steps" in sections:
@@ -448,6 +457,12 @@ def run(config: ml_collections.ConfigDict, *, steps: int,
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  try:
+    check_request(FLAGS.config, sections=FLAGS.sections, dtypes=FLAGS.dtypes,
+                  variant_names=FLAGS.variants)
+  except ValueError as error:
+    print(f"error: {error}", file=sys.stderr)
+    sys.exit(2)
   run(FLAGS.config, steps=FLAGS.steps,
       dtypes=FLAGS.dtypes, sections=FLAGS.sections, augment_batch_size=FLAGS.augment_batch_size,
       variant_names=FLAGS.variants)

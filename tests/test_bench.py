@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import subprocess
 import sys
 
 import numpy as np
@@ -14,6 +16,7 @@ from jaxaug import bench
 from jaxaug import data
 from jaxaug.config import default_config
 
+SMOKE = os.path.join(os.path.dirname(__file__), "..", "configs", "smoke.py")
 TORCHVISION_INSTALLED = importlib.util.find_spec("torchvision") is not None
 
 
@@ -100,9 +103,28 @@ def test_augment_section_prints_one_parsable_record_per_policy_and_implementatio
     assert "whole batch" in by_name["autoaugment_cifar10/torchvision_batch"]["op_draws"]
 
 
-def test_run_rejects_unknown_sections():
-  with pytest.raises(ValueError, match="'augmentation'"):
-    bench.run(default_config(), steps=1, sections=["augmentation"])
+@pytest.mark.parametrize("request_,message", [
+    ({"sections": ["augmentation"]}, r"unknown bench sections \['augmentation'\]; valid "
+     "sections: steps, augment, input"),
+    ({"dtypes": ["float16"]}, "unknown dtype 'float16'"),
+    ({"variant_names": ["ohl"]}, r"unknown bench variants \['ohl'\]; valid variants: plain"),
+])
+def test_run_rejects_unknown_names_before_reading_data(monkeypatch, request_, message):
+  def no_data(*args, **kwargs):
+    raise AssertionError("data read before the request was checked")
+
+  monkeypatch.setattr(bench.data, "load_dataset", no_data)
+  with pytest.raises(ValueError, match=message):
+    bench.run(default_config(), steps=1, **{"sections": ["steps"], **request_})
+
+
+def test_the_command_line_names_an_unknown_section_in_one_error_line():
+  process = subprocess.run([sys.executable, "-m", "jaxaug.bench", f"--config={SMOKE}",
+                            "--sections=augmentation"], capture_output=True, text=True,
+                           timeout=120)
+  assert process.returncode == 2, process.stderr
+  assert process.stderr.strip().splitlines() == [
+      "error: unknown bench sections ['augmentation']; valid sections: steps, augment, input"]
 
 
 def _smoke_config():
@@ -177,8 +199,6 @@ def test_step_section_times_each_variant_in_each_dtype(monkeypatch):
     assert record["ratio_per_image_to_plain"] == (2.0 if bilevel else copies) / (
         record["copies_per_example"])
     assert record["ratio_to_float32"] == (3.0 if record["dtype"] == "bfloat16" else 1.0)
-  with pytest.raises(ValueError, match="unknown dtype 'float16'"):
-    bench.run(_smoke_config(), steps=1, dtypes=["float16"], sections=["steps"])
   timed.clear()
   records = bench.run(_smoke_config(), steps=1, dtypes=["float32"],
                       sections=["steps"], variant_names=["ohl_K4"], print_fn=lambda line: None)
@@ -186,9 +206,6 @@ def test_step_section_times_each_variant_in_each_dtype(monkeypatch):
   assert records[2]["copies_per_example"] == 4
   # the fake's time follows the batch size: ohl_K4 (batch 16) takes a quarter of plain_x4's
   assert records[2]["ratio_to_plain_same_images"] == 0.25
-  with pytest.raises(ValueError, match=r"unknown bench variants \['ohl'\]; valid variants: plain"):
-    bench.run(_smoke_config(), steps=1, dtypes=["float32"], sections=["steps"],
-              variant_names=["ohl"])
 
 
 def test_step_section_rejects_a_batch_the_devices_do_not_divide():
