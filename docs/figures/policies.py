@@ -142,6 +142,14 @@ def main() -> None:
   parser.add_argument("--ohl", help="glob of ohl runs")
   parser.add_argument("--reward_signal", help="glob of reinforce runs: print only")
   args = parser.parse_args()
+  try:
+    draw(parser, args)
+  except ValueError as error:  # a glob that matches no run, a run without policy/
+    parser.error(str(error))
+
+
+def draw(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+  """Prints the reward signal and draws the figure `args` ask for."""
   panels = [(plot_reinforce, pattern) for pattern in args.reinforce]
   panels += [(plot_ohl, args.ohl)] if args.ohl else []
   if args.reward_signal:
