@@ -41,7 +41,6 @@ def test_a_command_line_mistake_is_one_error_line(tmp_path, config, override, me
 
 @pytest.mark.parametrize("args,missing", [
     ((), "--config and --workdir"),
-    ((f"--config={SMOKE}",), "--workdir"),
     (("--workdir=w",), "--config"),
 ])
 def test_a_missing_required_flag_is_one_error_line_with_the_usage(args, missing):

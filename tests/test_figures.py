@@ -4,7 +4,7 @@ and a glob that matches no run."""
 import json
 import os
 import re
-import subprocess
+import runpy
 import sys
 
 import numpy as np
@@ -37,30 +37,38 @@ def _reinforce_run(workdir, *, seed, informative):
       {"reinforce": {"optim": {"learning_rate": 3.5e-4}}}))
 
 
-def _script(*args):
-  process = subprocess.run([sys.executable, SCRIPT, *args], capture_output=True, text=True,
-                           timeout=120)
-  return process.returncode, process.stdout, process.stderr
+def _script(monkeypatch, capsys, *args):
+  """(status, stdout, stderr) of the script run in this process with `args`."""
+  monkeypatch.setattr(sys, "argv", [SCRIPT, *args])
+  try:
+    runpy.run_path(SCRIPT, run_name="__main__")
+    status = 0
+  except SystemExit as exit_:
+    status = exit_.code
+  captured = capsys.readouterr()
+  return status, captured.out, captured.err
 
 
-def test_the_figure_and_the_reward_signal_of_reinforce_runs(tmp_path):
+def test_the_figure_and_the_reward_signal_of_reinforce_runs(tmp_path, monkeypatch, capsys):
   for seed in range(2):
     _reinforce_run(tmp_path / f"informative,seed={seed}", seed=seed, informative=True)
   _reinforce_run(tmp_path / "uninformative,seed=0", seed=2, informative=False)
-  status, stdout, stderr = _script(str(tmp_path / "figure.png"),
+  status, stdout, stderr = _script(monkeypatch, capsys, str(tmp_path / "figure.png"),
                                    "--reinforce", str(tmp_path / "informative,*"))
   assert status == 0, stderr
   assert (tmp_path / "figure.png").stat().st_size > 0
   r2 = [float(value) for value in re.findall(r"R\^2 (-?[\d.]+)", stdout)]
   assert len(r2) == 2 and min(r2) > 0.7, stdout  # the Invert count predicts the rewards
-  status, stdout, stderr = _script("--reward_signal", str(tmp_path / "uninformative,*"))
+  status, stdout, stderr = _script(monkeypatch, capsys, "--reward_signal",
+                                   str(tmp_path / "uninformative,*"))
   assert status == 0, stderr
   (r2,) = [float(value) for value in re.findall(r"R\^2 (-?[\d.]+)", stdout)]
   assert r2 < 0.2, stdout
 
 
-def test_a_glob_that_matches_no_run_is_one_error(tmp_path):
-  status, _, stderr = _script(str(tmp_path / "figure.png"), "--reinforce", str(tmp_path / "*"))
+def test_a_glob_that_matches_no_run_is_one_error(tmp_path, monkeypatch, capsys):
+  status, _, stderr = _script(monkeypatch, capsys, str(tmp_path / "figure.png"), "--reinforce",
+                              str(tmp_path / "*"))
   assert status == 2
   assert stderr.strip().splitlines()[-1] == (
       f"policies.py: error: no run directory matches '{tmp_path / '*'}'")
