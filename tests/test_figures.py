@@ -59,6 +59,7 @@ def test_the_figure_and_the_reward_signal_of_reinforce_runs(tmp_path, monkeypatc
   assert (tmp_path / "figure.png").stat().st_size > 0
   r2 = [float(value) for value in re.findall(r"R\^2 (-?[\d.]+)", stdout)]
   assert len(r2) == 2 and min(r2) > 0.7, stdout  # the Invert count predicts the rewards
+  assert "reward per op in a policy: Invert +" in stdout, stdout  # the largest fitted value
   status, stdout, stderr = _script(monkeypatch, capsys, "--reward_signal",
                                    str(tmp_path / "uninformative,*"))
   assert status == 0, stderr

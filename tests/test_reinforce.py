@@ -229,11 +229,19 @@ def test_reward_predictability_is_the_leave_one_epoch_out_r2_of_the_policies_con
   counts = np.stack([(tokens[..., 0] == k).reshape(epochs, num_policies, -1).sum(-1)
                      for k in range(num_ops)], -1)
   mean_level = tokens[..., 1].reshape(epochs, num_policies, -1).mean(-1)
-  signal = counts @ rng.normal(size=num_ops) + 0.3 * mean_level
+  weights = np.append(rng.normal(size=num_ops), 0.3)
+  signal = counts @ weights[:-1] + weights[-1] * mean_level
   noisy = signal + 0.3 * signal.std() * rng.normal(size=signal.shape)
   noisy -= noisy.mean(1, keepdims=True)
   predicted = reinforce.reward_predictability(tokens, noisy, num_ops=num_ops)
   assert 0.8 < predicted < 1
+  # without noise the fit gives the weights back, up to a constant added to every op's (the
+  # op counts of a policy sum to S x L, so only differences between ops are identified)
+  fitted = reinforce.reward_coefficients([(tokens[:20], signal[:20]), (tokens[20:], signal[20:])],
+                                         num_ops=num_ops)
+  np.testing.assert_allclose(fitted[:-1] - fitted[:-1].mean(), weights[:-1] - weights[:-1].mean(),
+                             atol=1e-9)
+  np.testing.assert_allclose(fitted[-1], weights[-1], atol=1e-9)
   features = np.concatenate([counts, mean_level[..., None]], -1).astype(float)
   assert predicted == pytest.approx(_press_r2(features - features.mean(1, keepdims=True), noisy),
                                     abs=1e-9)

@@ -12,7 +12,8 @@ Each RUN_GLOB matches run directories (one per seed) holding `policy/` (written 
 --reinforce (one row of panels per --reinforce, titled with the controller's learning
 rate), `method=ohl` runs for --ohl. For each --reinforce run, and each `method=reinforce`
 run of --reward_signal (random policies too), it prints how much of the rewards the
-policies' content predicts (`reinforce.reward_predictability`).
+policies' content predicts (`reinforce.reward_predictability`), then the fit pooled over
+the glob's runs (`reinforce.reward_coefficients`).
 """
 
 import argparse
@@ -86,11 +87,20 @@ def stacked_bars(axis, rows: np.ndarray, labels, title: str) -> None:
 
 
 def print_reward_signal(runs: list[str]) -> None:
-  """One line per run: the leave-one-epoch-out R^2 of its rewards on its policies' content."""
-  for run, policy in zip(runs, read_policies(runs)):
-    r2 = reinforce.reward_predictability(policy.arrays["sub_policies"], policy.arrays["rewards"],
-                                         num_ops=len(policy.settings["names"]))
+  """One line per run: the leave-one-epoch-out R^2 of its rewards on its policies' content;
+  then the fit pooled over the runs: the reward's change per occurrence of each op, largest
+  first, and per magnitude level."""
+  policies = read_policies(runs)
+  names = policies[0].settings["names"]
+  pairs = [(p.arrays["sub_policies"], p.arrays["rewards"]) for p in policies]
+  for run, (tokens, rewards) in zip(runs, pairs):
+    r2 = reinforce.reward_predictability(tokens, rewards, num_ops=len(names))
     print(f"{run}: reward predicted by the policies' content, leave-one-epoch-out R^2 {r2:.2f}")
+  fitted = reinforce.reward_coefficients(pairs, num_ops=len(names))
+  by_op = sorted(zip(names, fitted[:-1]), key=lambda pair: -pair[1])
+  print(f"fit over the {len(runs)} run(s), reward per op in a policy: "
+        + ", ".join(f"{name} {value:+.2f}" for name, value in by_op)
+        + f"; per magnitude level {fitted[-1]:+.2f}")
 
 
 def plot_reinforce(axes, runs: list[str]) -> None:

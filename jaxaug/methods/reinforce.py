@@ -44,6 +44,8 @@ member of the family, is its own method (`jaxaug.methods.ohl`).
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -370,13 +372,10 @@ def export_policy(state: State) -> learned.Policy | None:
               "rewards": np.asarray(rewards, np.float32)})
 
 
-def reward_predictability(sub_policies: np.ndarray, rewards: np.ndarray, *,
-                          num_ops: int) -> float:
-  """How much of the reward the policies' content predicts: the leave-one-epoch-out R^2 of
-  a least-squares fit of each policy's reward on its op counts and mean magnitude level.
-
-  A diagnostic of the controller's signal: near or below 0 when the rewards carry no
-  information about what the policies hold, towards 1 when they are a linear function of it.
+def reward_features(sub_policies: np.ndarray, rewards: np.ndarray, *, num_ops: int
+                    ) -> tuple[np.ndarray, np.ndarray]:
+  """Each policy's content and reward, centred within each epoch (the rewards are normalised
+  among an epoch's M policies, so only differences within an epoch carry information).
 
   Args:
     sub_policies: int [E, M * S, L, 2], (op index, level) of the sub-policies of epoch e's
@@ -385,9 +384,8 @@ def reward_predictability(sub_policies: np.ndarray, rewards: np.ndarray, *,
     num_ops: the number of operations op indices count in.
 
   Returns:
-    1 - (sum of squared errors predicting each epoch from a fit on the others) / (sum of
-    squares), with features and rewards centred within each epoch (the rewards are
-    normalised among an epoch's M policies).
+    features float64 [E, M, num_ops + 1] (the policy's count of each op, then its mean
+    level) and targets float64 [E, M] (its reward).
   """
   epochs, num_policies = rewards.shape
   ops = sub_policies[..., 0].reshape(epochs, num_policies, -1)
@@ -395,10 +393,39 @@ def reward_predictability(sub_policies: np.ndarray, rewards: np.ndarray, *,
   features = np.concatenate([(ops[..., None] == np.arange(num_ops)).sum(2),
                              levels.mean(-1, keepdims=True)], -1).astype(np.float64)
   features -= features.mean(1, keepdims=True)
-  targets = rewards.astype(np.float64) - rewards.mean(1, keepdims=True)
+  return features, rewards.astype(np.float64) - rewards.mean(1, keepdims=True)
+
+
+def reward_coefficients(runs: Sequence[tuple[np.ndarray, np.ndarray]], *, num_ops: int
+                        ) -> np.ndarray:
+  """float64 [num_ops + 1]: the least-squares fit of a policy's reward on its content
+  (`reward_features`), pooled over `runs` ((sub_policies, rewards) pairs): the reward's
+  change per occurrence of each op, then per level of the mean level. A policy's op counts
+  sum to S x L, so only differences between the ops' values are identified; these (the
+  minimum-norm fit) sum to 0 over the ops."""
+  pairs = [reward_features(tokens, rewards, num_ops=num_ops) for tokens, rewards in runs]
+  features = np.concatenate([f.reshape(-1, num_ops + 1) for f, _ in pairs])
+  targets = np.concatenate([t.reshape(-1) for _, t in pairs])
+  return np.linalg.lstsq(features, targets, rcond=None)[0]
+
+
+def reward_predictability(sub_policies: np.ndarray, rewards: np.ndarray, *,
+                          num_ops: int) -> float:
+  """How much of the reward the policies' content predicts: the leave-one-epoch-out R^2 of
+  a least-squares fit of each policy's reward on its op counts and mean magnitude level
+  (`reward_features`, arguments as there).
+
+  A diagnostic of the controller's signal: near or below 0 when the rewards carry no
+  information about what the policies hold, towards 1 when they are a linear function of it.
+
+  Returns:
+    1 - (sum of squared errors predicting each epoch from a fit on the others) / (sum of
+    squares).
+  """
+  features, targets = reward_features(sub_policies, rewards, num_ops=num_ops)
   errors = []
-  for epoch in range(epochs):
-    others = np.arange(epochs) != epoch
+  for epoch in range(len(targets)):
+    others = np.arange(len(targets)) != epoch
     coefficients, *_ = np.linalg.lstsq(features[others].reshape(-1, features.shape[-1]),
                                        targets[others].reshape(-1), rcond=None)
     errors.append(targets[epoch] - features[epoch] @ coefficients)
