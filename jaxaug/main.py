@@ -23,7 +23,6 @@ from jaxaug import train
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Training configuration file.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics, images and results.")
-flags.mark_flags_as_required(["config", "workdir"])
 
 
 def config_spec(argv: list[str]) -> str | None:
@@ -38,19 +37,19 @@ def config_spec(argv: list[str]) -> str | None:
 
 def parse_flags(argv: list[str]) -> list[str]:
   """absl's flag parsing, with the config file and its overrides checked first so that a
-  mistake in them ends the run with one `error:` line and status 2."""
+  mistake in them, an unknown flag or a missing --config or --workdir ends the run with one
+  `error:` line and status 2."""
   spec = config_spec(argv)
-  missing = [name for name in ("config", "workdir")
-             if not any(word == f"--{name}" or word.startswith(f"--{name}=") for word in argv)]
-  if missing and not any(word.startswith("--help") for word in argv):
-    reporting.say(f"error: {' and '.join(f'--{name}' for name in missing)} missing: "
-                  "python -m jaxaug.main --config=FILE --workdir=DIR [--config.<key>=<value> ...]",
-                  file=sys.stderr)
-    sys.exit(2)
   try:
     if spec is not None:
       config_lib.check_overrides(config_lib.load_config_file(spec), argv)
     remaining = FLAGS(argv)
+    missing = [name for name in ("config", "workdir") if FLAGS[name].value is None]
+    if missing:
+      reporting.say(f"error: {' and '.join(f'--{name}' for name in missing)} missing: python -m "
+                    "jaxaug.main --config=FILE --workdir=DIR [--config.<key>=<value> ...]",
+                    file=sys.stderr)
+      sys.exit(2)
     FLAGS.config  # pylint: disable=pointless-statement  (loads the file, applies overrides)
   except flags.UnrecognizedFlagError as error:
     close = difflib.get_close_matches(error.flagname, ["config", "workdir"], n=1)

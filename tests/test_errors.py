@@ -39,11 +39,15 @@ def test_a_command_line_mistake_is_one_error_line(tmp_path, config, override, me
   assert lines[0].startswith(message), lines
 
 
-@pytest.mark.parametrize("args,missing", [
-    ((), "--config and --workdir"),
-    (("--workdir=w",), "--config"),
+@pytest.mark.parametrize("flagfile,missing", [
+    (None, "--config and --workdir"),
+    ("--workdir=w\n", "--config"),  # what a flag file gives counts
 ])
-def test_a_missing_required_flag_is_one_error_line_with_the_usage(args, missing):
+def test_a_missing_required_flag_is_one_error_line_with_the_usage(tmp_path, flagfile, missing):
+  args = []
+  if flagfile is not None:
+    (tmp_path / "flags").write_text(flagfile)
+    args = [f"--flagfile={tmp_path / 'flags'}"]
   status, lines = _main(*args, timeout=120)
   usage = "python -m jaxaug.main --config=FILE --workdir=DIR [--config.<key>=<value> ...]"
   assert status == 2 and lines == [f"error: {missing} missing: {usage}"], lines

@@ -92,6 +92,9 @@ def print_reward_signal(runs: list[str]) -> None:
   first, and per magnitude level."""
   policies = read_policies(runs)
   names = policies[0].settings["names"]
+  for run, policy in zip(runs, policies):
+    if policy.settings["names"] != names:
+      raise ValueError(f"{run}'s ops {policy.settings['names']} differ from {runs[0]}'s {names}")
   pairs = [(p.arrays["sub_policies"], p.arrays["rewards"]) for p in policies]
   for run, (tokens, rewards) in zip(runs, pairs):
     r2 = reinforce.reward_predictability(tokens, rewards, num_ops=len(names))
