@@ -415,18 +415,25 @@ def input_records(*, batches: int = INPUT_BATCHES,
                "batch_size": batch_size, "cpu_count": os.cpu_count()}
 
 
+class RequestError(ValueError):
+  """An unknown section, dtype or train-step variant was asked for (`check_request`)."""
+
+
 def check_request(config: ml_collections.ConfigDict, *, sections: Sequence[str],
                   dtypes: Sequence[str], variant_names: Sequence[str] | None) -> None:
-  """ValueError naming the valid values for an unknown section, dtype or train-step variant."""
+  """RequestError naming the valid values for an unknown section, dtype or train-step variant."""
   unknown = sorted(set(sections) - set(SECTIONS))
   if unknown:
-    raise ValueError(f"unknown bench sections {unknown}; valid sections: {', '.join(SECTIONS)}")
+    raise RequestError(f"unknown bench sections {unknown}; valid sections: {', '.join(SECTIONS)}")
   for dtype in dtypes:
-    models.DTYPES.get(dtype)
+    try:
+      models.DTYPES.get(dtype)
+    except ValueError as error:
+      raise RequestError(str(error)) from None
   valid = [variant.name for variant, _ in step_variants(config)]
   unknown = sorted(set(variant_names or ()) - set(valid))
   if unknown:
-    raise ValueError(f"unknown bench variants {unknown}; valid variants: {', '.join(valid)}")
+    raise RequestError(f"unknown bench variants {unknown}; valid variants: {', '.join(valid)}")
 
 
 def run(config: ml_collections.ConfigDict, *, steps: int,
@@ -435,7 +442,7 @@ def run(config: ml_collections.ConfigDict, *, steps: int,
         print_fn=print) -> list[dict[str, Any]]:
   """Runs the named sections (see SECTIONS) and prints (and returns) one record per variant
   (`variant_names`: the train-step variants to time, all if None). Unknown names raise
-  ValueError (`check_request`) before any data is read."""
+  RequestError (`check_request`) before any data is read."""
   check_request(config, sections=sections, dtypes=dtypes, variant_names=variant_names)
   dataset = data.load_dataset(config.data)
   section_records = []  # Generators: nothing runs until the loop below asks for a record.
@@ -458,14 +465,11 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   try:
-    check_request(FLAGS.config, sections=FLAGS.sections, dtypes=FLAGS.dtypes,
-                  variant_names=FLAGS.variants)
-  except ValueError as error:
+    run(FLAGS.config, steps=FLAGS.steps, dtypes=FLAGS.dtypes, sections=FLAGS.sections,
+        augment_batch_size=FLAGS.augment_batch_size, variant_names=FLAGS.variants)
+  except RequestError as error:
     print(f"error: {error}", file=sys.stderr)
     sys.exit(2)
-  run(FLAGS.config, steps=FLAGS.steps,
-      dtypes=FLAGS.dtypes, sections=FLAGS.sections, augment_batch_size=FLAGS.augment_batch_size,
-      variant_names=FLAGS.variants)
 
 
 if __name__ == "__main__":

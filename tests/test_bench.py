@@ -114,7 +114,7 @@ def test_run_rejects_unknown_names_before_reading_data(monkeypatch, request_, me
     raise AssertionError("data read before the request was checked")
 
   monkeypatch.setattr(bench.data, "load_dataset", no_data)
-  with pytest.raises(ValueError, match=message):
+  with pytest.raises(bench.RequestError, match=message):
     bench.run(default_config(), steps=1, **{"sections": ["steps"], **request_})
 
 
