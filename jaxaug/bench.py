@@ -61,6 +61,7 @@ from jaxaug import data
 from jaxaug import models
 from jaxaug import parallel
 from jaxaug.augment import fixed
+from jaxaug.augment import ops
 from jaxaug.augment import policies
 from jaxaug.methods import METHODS
 from jaxaug.methods import BenchVariant
@@ -280,7 +281,7 @@ def jaxaug_seconds(sampler: Callable[[jax.Array, jax.Array], jax.Array], images:
 
   @jax.jit
   def augment(i, pixels):
-    return sampler(jax.random.fold_in(key, i), pixels.astype(jnp.float32) / 255.0)
+    return sampler(jax.random.fold_in(key, i), ops.levels_to_unit(pixels))
 
   pixels = jax.device_put(images)
   return median_seconds(lambda i: jax.block_until_ready(augment(i, pixels)), repeats)

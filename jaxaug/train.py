@@ -23,6 +23,7 @@ from jaxaug import parallel
 from jaxaug import reporting
 from jaxaug import stopping
 from jaxaug.augment import learned
+from jaxaug.augment import ops
 from jaxaug.methods import METHODS
 from jaxaug.methods import to_float_images
 from jaxaug.methods import contract
@@ -269,7 +270,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   train_step = method.compile_train_step(config, info)
   eval_step = jax.jit(lambda state, batch: method.eval_step(state, to_float_images(batch)))
-  augment = jax.jit(lambda state, images, rng: method.augment(state, images / 255.0, rng))
+  augment = jax.jit(lambda state, images, rng: method.augment(state, ops.levels_to_unit(images), rng))
   summaries = jax.jit(method.summaries)
 
   eval_splits = ("val", "test") if pipeline.num_val_examples else ("test",)

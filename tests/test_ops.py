@@ -127,10 +127,27 @@ def cifar_grey(cifar) -> np.ndarray:
 
 
 def to_unit(levels) -> np.ndarray:
-  """uint8 levels -> float32 [0, 1] as the trainer converts batches (train.py divides by 255 in
-  XLA, which multiplies by fl(1/255): one ulp off numpy's k / 255 for 126 of the 256 levels).
-  The ops return levels / 255 in this same form."""
-  return np.asarray(jnp.asarray(levels, jnp.float32) / 255.0)
+  """uint8 levels -> float32 [0, 1] as the trainer and the ops convert them
+  (`ops.levels_to_unit`): levels times fl(1/255), one ulp off numpy's k / 255 for 126 of the
+  256 levels."""
+  return np.asarray(levels, np.float32) * np.float32(1 / 255)
+
+
+def test_levels_to_unit_is_the_product_in_every_mode_and_dtype():
+  levels = np.arange(256, dtype=np.uint8)
+  expected = to_unit(levels)
+  assert np.count_nonzero(expected != (levels / 255).astype(np.float32)) == 126
+  for name, convert in [("eager", ops.levels_to_unit), ("jit", jax.jit(ops.levels_to_unit)),
+                        ("vmap", jax.vmap(ops.levels_to_unit))]:
+    for dtype in (np.uint8, np.float32):
+      unit = convert(levels.astype(dtype))
+      assert unit.dtype == jnp.float32, (name, dtype)
+      np.testing.assert_array_equal(np.asarray(unit), expected, err_msg=f"{name} {dtype}")
+    # bfloat16 levels stay bfloat16, rounded once from the float32 product: k / 255 rounded.
+    unit = convert(jnp.asarray(levels, jnp.bfloat16))
+    assert unit.dtype == jnp.bfloat16, name
+    np.testing.assert_array_equal(np.asarray(unit, np.float32),
+                                  np.asarray(jnp.asarray(levels / 255, jnp.bfloat16), np.float32))
 
 
 def levels_of(ours: np.ndarray) -> np.ndarray:

@@ -14,10 +14,10 @@ different magnitude per image is one XLA program.
 8-bit semantics (`quantize=True`, the default). The reference is the implementation
 the AutoAugment and PBA policies were searched with: PIL's ImageOps and ImageEnhance
 on uint8 images. An op first rounds `images * 255` to integer levels (a no-op for
-images on the uint8 grid k / 255), computes in levels with PIL's formulas, then
-clips to [0, 255] and truncates towards zero as PIL does (`(UINT8) value`), and
-returns levels / 255. For images on the uint8 grid the result is PIL's uint8 output
-divided by 255, with these documented exceptions:
+images on the uint8 grid `levels_to_unit(k)`, about k / 255), computes in levels with
+PIL's formulas, then clips to [0, 255] and truncates towards zero as PIL does
+(`(UINT8) value`), and returns `levels_to_unit(levels)`. For images on the uint8 grid
+the result is `levels_to_unit` of PIL's uint8 output, with these documented exceptions:
 
 - geometric ops with 'nearest': PIL evaluates affine matrices with off-diagonal
   terms in 16.16 fixed point; a source point within ~1e-3 px of a pixel edge may pick
@@ -104,6 +104,20 @@ def _straight_through(hard: jax.Array, soft: jax.Array) -> jax.Array:
   return hard + (soft - jax.lax.stop_gradient(soft))
 
 
+def levels_to_unit(levels: jax.Array) -> jax.Array:
+  """Levels in [0, 255] (any shape; uint8 or float) -> values in [0, 1], levels x fl(1 / 255).
+
+  The product is taken in float32 (float64 for float64 levels) and returned in the float
+  dtype of `levels` (float32 for integer levels). It is written as a product because XLA
+  turns a float32 division by the constant 255 into it under jit while jax >= 0.11 divides
+  exactly in eager mode; the two differ by one ulp for 126 of the 256 levels, so every
+  conversion from levels (the trainer's batches, the ops' outputs) goes through here."""
+  levels = jnp.asarray(levels)
+  compute_dtype = jnp.promote_types(levels.dtype, jnp.float32)
+  unit = levels.astype(compute_dtype) * jnp.asarray(1.0 / MAX_LEVEL, compute_dtype)
+  return unit.astype(levels.dtype) if jnp.issubdtype(levels.dtype, jnp.floating) else unit
+
+
 def _to_levels(values: jax.Array, quantize: bool) -> jax.Array:
   """Values in [0, 1] -> levels in [0, 255], rounded to integers (straight-through) if `quantize`."""
   levels = values * MAX_LEVEL
@@ -116,7 +130,7 @@ def _to_images(levels: jax.Array, quantize: bool) -> jax.Array:
   clipped = jnp.where(levels < 0, 0.0, jnp.where(levels > MAX_LEVEL, MAX_LEVEL, levels))
   if quantize:
     clipped = _straight_through(jnp.floor(clipped), clipped)
-  return clipped / MAX_LEVEL
+  return levels_to_unit(clipped)
 
 
 def _check(images: jax.Array, magnitude: jax.Array) -> tuple[jax.Array, jax.Array]:

@@ -8,11 +8,11 @@ import types
 from typing import Any, Callable, Hashable
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 from flax import struct
 
 from jaxaug.augment import learned
+from jaxaug.augment import ops
 from jaxaug.methods import augmentation
 from jaxaug.methods import training
 
@@ -224,4 +224,4 @@ def to_float_images(batch: dict | None) -> dict | None:
   """uint8 images -> float32 in [0, 1]; other entries unchanged (None stays None)."""
   if batch is None:
     return None
-  return {**batch, "image": batch["image"].astype(jnp.float32) / 255.0}
+  return {**batch, "image": ops.levels_to_unit(batch["image"])}
