@@ -234,7 +234,7 @@ def test_tfds_source_mock_resize_grayscale_and_validation_split():
 @pytest.mark.parametrize("name,held_out_split", [("cifar10", "test"),
                                                   ("imagenet2012", "validation")])
 def test_tfds_source_reads_the_held_out_split(name, held_out_split):
-  tfds = pytest.importorskip("tensorflow_datasets")
+  pytest.importorskip("tensorflow_datasets")
   offsets = {"train": 0, held_out_split: 100}
 
   def split_records(builder, split, **kwargs):
