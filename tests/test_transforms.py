@@ -577,3 +577,23 @@ def test_random_resized_crop_stage():
                         ("random_resized_crop(8, ratio=(2, 1))", "0 < low <= high")):
     with pytest.raises(ValueError, match=re.escape(message)):
       fixed.compose(spec)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
+def test_saturation_past_full_maps_the_minimum_channel_to_exactly_zero(dtype):
+  # Once S * factor passes 1 the minimum channel is exactly 0 and has gradient exactly 0,
+  # eager and jitted: a value of 0 up to rounding left the final clip's gradient to how
+  # XLA rounded it in each fusion (jax 0.12: a jitted colour augmenter's gradient off).
+  with jax.enable_x64(dtype == jnp.float64):
+    rng = np.random.default_rng(0)
+    low, high = rng.uniform(0.05, 0.3, (4, 16, 16)), rng.uniform(0.6, 0.95, (4, 16, 16))
+    channels = np.stack([low, rng.uniform(low, high), high], axis=-1)
+    images = jnp.asarray(rng.permuted(channels, axis=-1), dtype)  # spread >= 0.3, value <= 0.95
+    factor = jnp.asarray([4.0, 5.0, 8.0, 20.0], dtype)  # so S * factor > 1 at every pixel
+    lowest = jax.nn.one_hot(jnp.argmin(images, -1), 3, dtype=dtype)
+    for name, fn in [("eager", transforms.adjust_saturation),
+                     ("jit", jax.jit(transforms.adjust_saturation))]:
+      out, vjp = jax.vjp(fn, images, factor)
+      assert np.all(np.asarray(out)[np.asarray(lowest, bool)] == 0), name
+      image_grad, factor_grad = vjp(lowest)
+      assert np.all(np.asarray(image_grad) == 0) and np.all(np.asarray(factor_grad) == 0), name
