@@ -270,7 +270,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   train_step = method.compile_train_step(config, info)
   eval_step = jax.jit(lambda state, batch: method.eval_step(state, to_float_images(batch)))
-  augment = jax.jit(lambda state, images, rng: method.augment(state, ops.levels_to_unit(images), rng))
+  augment = jax.jit(
+      lambda state, images, rng: method.augment(state, ops.levels_to_unit(images), rng))
   summaries = jax.jit(method.summaries)
 
   eval_splits = ("val", "test") if pipeline.num_val_examples else ("test",)
@@ -279,7 +280,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   def save_images(step):
     grid_images = pipeline.train_batches(0, 1)["image"][0, :GRID_IMAGES]
-    rows = [grid_images / 255.0] + [
+    rows = [np.asarray(ops.levels_to_unit(grid_images))] + [
         np.asarray(augment(state, grid_images, jax.random.fold_in(image_rng, step * 2 + k)))
         for k in range(2)]
     reporter.save_image_grid(step, "augmented", rows, ["original", "augmented", "augmented"])
